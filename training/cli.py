@@ -1,0 +1,136 @@
+"""The `curator` command. Thin: parse arguments, call one typed function, report errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Curator: art recommendations.")
+data_app = typer.Typer(no_args_is_help=True, help="Create, import and split datasets.")
+app.add_typer(data_app, name="data")
+
+Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+
+
+@data_app.command("generate")
+def generate(
+    out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
+    scale: Annotated[
+        str, typer.Option(help="small, ugallery, or a number of artworks.")
+    ] = "ugallery",
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Simulate an art marketplace (the embedded default dataset)."""
+    from training.data.marketplace import MarketplaceConfig, generate_marketplace
+
+    stats = generate_marketplace(MarketplaceConfig.at_scale(scale, seed=seed), out, overwrite=force)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+
+
+@data_app.command("import-ugallery")
+def import_ugallery(
+    sales: Annotated[Path, typer.Option(help="valid_sales.csv")],
+    artworks: Annotated[Path, typer.Option(help="valid_artworks.csv")],
+    out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Import UGallery's real transactions, with labelled stand-in item features."""
+    from training.data.dataset import save_dataset
+    from training.data.importers import import_ugallery as run_import
+
+    dataset, readme = run_import(sales, artworks, seed=seed)
+    save_dataset(dataset, out, overwrite=force, readme=readme)
+    typer.echo(f"wrote {out}: {dataset.n_items} artworks, {len(dataset.purchases)} purchases")
+
+
+@data_app.command("import-ugallery-release")
+def import_ugallery_release(
+    inventory: Annotated[Path, typer.Option(help="ugallery_inventory.csv")],
+    purchases: Annotated[Path, typer.Option(help="ugallery_purchases.csv")],
+    embeddings: Annotated[Path, typer.Option(help="ugallery_resnet50_embeddings.npy")],
+    out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow unpickling the embeddings file.")
+    ] = False,
+    force: Force = False,
+) -> None:
+    """Import the public UGallery release (hashed ids, real ResNet-50 embeddings)."""
+    from training.data.dataset import save_dataset
+    from training.data.importers import import_ugallery_release as run_import
+
+    dataset, readme = run_import(inventory, purchases, embeddings, trust_pickle=trust_pickle)
+    save_dataset(dataset, out, overwrite=force, readme=readme)
+    typer.echo(f"wrote {out}: {dataset.n_items} artworks, {len(dataset.purchases)} purchases")
+
+
+@data_app.command("holdout")
+def holdout(
+    data: Annotated[Path, typer.Option(help="Dataset directory to split.")],
+    out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
+    fraction: Annotated[float, typer.Option(help="Share of each user's artworks per split.")] = 0.2,
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Copy a dataset with a fixed random holdout split (valid.csv, test.csv)."""
+    from training.data.dataset import load_dataset, save_dataset
+    from training.data.history import holdout_split
+
+    dataset = holdout_split(load_dataset(data), fraction=fraction, seed=seed)
+    save_dataset(dataset, out, overwrite=force, readme=f"Holdout split of {data} (seed {seed}).\n")
+    typer.echo(f"wrote {out}: {len(dataset.test)} test and {len(dataset.valid)} valid purchases")
+
+
+@app.command("evaluate")
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    protocol: Annotated[str, typer.Option(help="replay or holdout.")] = "replay",
+    baselines: Annotated[
+        str | None, typer.Option(help="Comma-separated baselines (default: all that apply).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Holdout split: test or valid.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Write metrics.json and per-test CSVs.")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Rank real purchases with every method and print the paper's table."""
+    from training.data.dataset import load_dataset
+    from training.evaluation.evaluate import evaluate as run_evaluation
+
+    names = None if baselines is None else [n.strip() for n in baselines.split(",") if n.strip()]
+    result = run_evaluation(
+        load_dataset(data),
+        protocol=protocol,
+        baselines=names,
+        split=split,
+        out=out,
+        seed=seed,
+        progress=True,
+    )
+    typer.echo(result.table())
+    if out is not None:
+        typer.echo(f"\nwrote {out}/metrics.json and per-test CSVs")
+
+
+def main() -> None:
+    """Entry point: expected errors (bad input, bad arguments) exit 2 with one clear line."""
+    try:
+        app(standalone_mode=False)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

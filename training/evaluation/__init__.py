@@ -1,0 +1,1 @@
+"""Offline evaluation: the paper's time-ordered replay, a holdout protocol, metrics, baselines."""

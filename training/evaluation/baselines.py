@@ -1,0 +1,126 @@
+"""The paper's baselines, and the two ceilings, as Recommenders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from training.data.dataset import Dataset, SimulatorTruth
+from training.data.features import unit_rows, zscore
+from training.evaluation.protocols import Case
+from training.evaluation.recommender import QueryBatch
+
+BASELINES = ("oracle", "ideal", "visrank-mean", "visrank-max", "popular", "random")
+
+
+class RandomRecommender:
+    """Uniform random scores, seeded per query: the same test gets the same ranking."""
+
+    def __init__(self, seed: int = 0, name: str = "random"):
+        self.name, self.seed = name, seed
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        return np.stack(
+            [
+                np.random.default_rng([self.seed, int(q)]).random(candidates.size)
+                for q in batch.query_ids
+            ]
+        )
+
+
+class PopularRecommender:
+    """Number of purchases of each item strictly before the query's time (no look ahead)."""
+
+    def __init__(self, items: np.ndarray, times: np.ndarray, n_items: int, name: str = "popular"):
+        order = np.argsort(times, kind="stable")
+        self.name, self.n_items = name, n_items
+        self.items, self.times = items[order], times[order]
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> PopularRecommender:
+        purchases = dataset.purchases
+        times = purchases["timestamp"].to_numpy()
+        times = np.where(np.isfinite(times), times, -np.inf)  # untimed: before every query
+        return cls(purchases["item"].to_numpy(), times, dataset.n_items)
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        scores = np.empty((len(batch), candidates.size))
+        for row, time in enumerate(batch.times):
+            seen = int(np.searchsorted(self.times, time, side="left"))
+            scores[row] = np.bincount(self.items[:seen], minlength=self.n_items)[candidates]
+        return scores
+
+
+class VisRank:
+    """Cosine similarity of each candidate to the profile's artworks on z-scored features,
+    pooled by mean (one vector per profile) or max (best-matching profile artwork)."""
+
+    def __init__(self, features: np.ndarray, pooling: str = "mean"):
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
+        self.name, self.pooling = f"visrank-{pooling}", pooling
+        self.vectors = unit_rows(zscore(features))  # [n_items, d]
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        candidate_vectors = self.vectors[candidates]  # [n_candidates, d]
+        if self.pooling == "mean":
+            profile_means = np.stack([self.vectors[p].mean(axis=0) for p in batch.profiles])
+            return profile_means @ candidate_vectors.T  # [B, n_candidates]
+        # Profiles of one batch overlap (a customer's profile recurs, growing, in consecutive
+        # tests): score each distinct profile artwork once, then gather per query.
+        stacked = np.concatenate(batch.profiles)  # [sum of profile sizes]
+        distinct, position = np.unique(stacked, return_inverse=True)
+        similarity = candidate_vectors @ self.vectors[distinct].T  # [n_candidates, n_distinct]
+        offsets = np.cumsum([0] + [p.size for p in batch.profiles[:-1]])
+        return np.maximum.reduceat(similarity[:, position], offsets, axis=1).T  # [B, n_cand]
+
+
+class OracleRecommender:
+    """Knows each test's ground truth: the ceiling of every metric."""
+
+    name = "oracle"
+
+    def __init__(self, cases: Sequence[Case]):
+        self.truth = {case.query_id: case.ground_truth for case in cases}
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        return np.stack([np.isin(candidates, self.truth[int(q)]) for q in batch.query_ids]) * 1.0
+
+
+class IdealRecommender:
+    """The marketplace simulator's true preference: the best any model can hope to learn."""
+
+    name = "ideal"
+
+    def __init__(self, truth: SimulatorTruth):
+        self.truth = truth
+        self.user_row = {user: row for row, user in enumerate(truth.user_ids)}
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        users = [self.user_row[str(user)] for user in batch.user_ids]
+        user_vectors = self.truth.user_vectors[users]  # [B, r]
+        item_vectors = self.truth.item_vectors[candidates]  # [n_candidates, r]
+        return user_vectors @ item_vectors.T + self.truth.item_bias[candidates]
+
+
+def default_baselines(dataset: Dataset) -> list[str]:
+    return [name for name in BASELINES if name != "ideal" or dataset.truth is not None]
+
+
+def build_baselines(names: Sequence[str], dataset: Dataset, cases: Sequence[Case], seed: int = 0):
+    """Recommenders for `names` (see BASELINES), in that order."""
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+    if "ideal" in names and dataset.truth is None:
+        raise ValueError("the ideal baseline needs the simulator's truth.npz (marketplace only)")
+    makers = {
+        "oracle": lambda: OracleRecommender(cases),
+        "ideal": lambda: IdealRecommender(dataset.truth),
+        "visrank-mean": lambda: VisRank(dataset.features, "mean"),
+        "visrank-max": lambda: VisRank(dataset.features, "max"),
+        "popular": lambda: PopularRecommender.from_dataset(dataset),
+        "random": lambda: RandomRecommender(seed),
+    }
+    return [makers[name]() for name in names]

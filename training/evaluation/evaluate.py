@@ -1,0 +1,80 @@
+"""`curator evaluate`: rank every test of a protocol with every method, summarise, write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from training.atomic import atomic_directory
+from training.data.dataset import Dataset
+from training.evaluation.baselines import build_baselines, default_baselines
+from training.evaluation.protocols import holdout_cases, replay_cases
+from training.evaluation.ranking import rank_cases
+from training.evaluation.recommender import Recommender
+from training.evaluation.report import (
+    markdown_table,
+    summary_rows,
+    write_case_csv,
+    write_metrics_json,
+)
+
+PROTOCOLS = ("replay", "holdout")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    protocol: str
+    rows: list[dict]
+
+    def table(self) -> str:
+        return markdown_table(self.rows)
+
+    def row(self, method: str, subset: str) -> dict:
+        return next(r for r in self.rows if r["method"] == method and r["subset"] == subset)
+
+
+def evaluate(
+    dataset: Dataset,
+    *,
+    protocol: str = "replay",
+    baselines: Sequence[str] | None = None,
+    models: Sequence[Recommender] = (),
+    split: str = "test",
+    out: Path | str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Evaluate baselines (default: all that apply) and `models` under one protocol.
+
+    Replay rows come for two subsets, "last" (each customer's last session, the paper's table)
+    and "all"; holdout rows for "all". With `out`, writes metrics.json and one CSV of per-test
+    results per method, all at once at the end.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    cases = replay_cases(dataset) if protocol == "replay" else holdout_cases(dataset, split)
+    if not cases:
+        raise ValueError(f"the {protocol} protocol found no tests in {dataset.path}")
+    names = default_baselines(dataset) if baselines is None else list(baselines)
+    methods = [*build_baselines(names, dataset, cases, seed), *models]
+    subsets = ("last", "all") if protocol == "replay" else ("all",)
+
+    rows, per_case = [], {}
+    for method in tqdm(methods, desc=f"{protocol} evaluation", unit="method", disable=not progress):
+        ranked = rank_cases(method, cases, dataset.n_items, seed=seed)
+        rows += summary_rows(method.name, cases, ranked, subsets)
+        per_case[method.name] = ranked
+    rows.sort(key=lambda row: subsets.index(row["subset"]))  # stable: methods keep their order
+
+    if out is not None:
+        with atomic_directory(out, overwrite=True) as tmp:
+            info = {"dataset": str(dataset.path), "seed": seed}
+            if protocol == "holdout":
+                info["split"] = split
+            write_metrics_json(tmp / "metrics.json", protocol, rows, **info)
+            for name, ranked in per_case.items():
+                write_case_csv(tmp / f"{protocol}-{name}.csv", cases, ranked, dataset.item_ids)
+    return EvaluationResult(protocol, rows)
