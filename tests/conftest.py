@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny hand-written datasets, a small simulated marketplace, the real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UGALLERY = REPO.parent / "shared" / "data" / "ugallery"
+
+
+def write_dataset(
+    root: Path,
+    items: str,
+    purchases: str,
+    features: np.ndarray | None = None,
+    **extra_files: str,
+) -> Path:
+    """Write a native dataset from CSV texts; features default to seeded random [n_items, 4]."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "items.csv").write_text(items)
+    (root / "purchases.csv").write_text(purchases)
+    if features is None:
+        n_items = len(items.strip().splitlines()) - 1
+        features = np.random.default_rng(0).random((n_items, 4), dtype=np.float32)
+    np.save(root / "features.npy", features)
+    for name, text in extra_files.items():
+        (root / f"{name}.csv").write_text(text)
+    return root
+
+
+TINY_ITEMS = """item_id,artist_id,upload_time,one_of_a_kind
+a,x,2020-01-01,true
+b,x,2020-01-01,false
+c,y,2020-01-01,true
+d,y,2020-02-01,true
+e,z,2020-03-15,true
+"""
+TINY_PURCHASES = """user_id,item_id,timestamp
+u1,a,2020-01-10
+u2,b,2020-01-20
+u1,b,2020-02-10
+u1,d,2020-02-10
+u2,c,2020-03-01
+u1,e,2020-04-01
+u3,c,2020-01-05
+"""
+
+
+@pytest.fixture
+def tiny_dataset_dir(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "tiny", TINY_ITEMS, TINY_PURCHASES)
+
+
+@pytest.fixture(scope="session")
+def small_marketplace(tmp_path_factory) -> Path:
+    from training.data.marketplace import MarketplaceConfig, generate_marketplace
+
+    out = tmp_path_factory.mktemp("market") / "small"
+    generate_marketplace(MarketplaceConfig.at_scale("small", seed=3), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ugallery_dataset(tmp_path_factory):
+    """The real UGallery transactions (stand-in features), when ../shared is present."""
+    if not (UGALLERY / "valid_sales.csv").exists():
+        pytest.skip(f"real UGallery data not found at {UGALLERY}")
+    from training.data.importers import import_ugallery
+
+    dataset, _ = import_ugallery(UGALLERY / "valid_sales.csv", UGALLERY / "valid_artworks.csv")
+    return dataset

@@ -1,0 +1,67 @@
+"""The `curator` command as a user runs it: a real subprocess, exit codes, messages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
+
+
+def curator(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", "from training.cli import main; main()", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_then_evaluate_writes_table_and_metrics(tmp_path):
+    done = curator(
+        "data", "generate", "--out", "store", "--scale", "400", "--seed", "2", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "artworks 400" in done.stdout
+    done = curator("evaluate", "--data", "store", "--out", "report", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| ideal | last |" in done.stdout and "| random | all |" in done.stdout
+    rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["rows"]
+    assert {row["method"] for row in rows} >= {"oracle", "ideal", "popular", "random"}
+    assert (tmp_path / "report" / "replay-popular.csv").exists()
+
+
+def test_bad_dataset_exits_2_with_file_line_and_field(tmp_path):
+    write_dataset(tmp_path / "bad", TINY_ITEMS, TINY_PURCHASES + "u1,nope,2020-05-01\n")
+    done = curator("evaluate", "--data", "bad", "--out", "report", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: purchases.csv, line 9, field 'item_id': unknown item 'nope' "
+        "(not in items.csv; 1 row(s) with unknown items in all)"
+    )
+    assert not (tmp_path / "report").exists()
+
+
+def test_import_without_trust_pickle_writes_nothing(tmp_path):
+    (tmp_path / "inv.csv").write_text("artwork_id_hash,artist_id_hash,upload_timestamp\nh,a,1\n")
+    (tmp_path / "pur.csv").write_text("user_id_hash,purchase_timestamp,artwork_id_hash\nu,2,h\n")
+    (tmp_path / "emb.npy").write_bytes(b"")
+    done = curator(
+        "data",
+        "import-ugallery-release",
+        "--inventory",
+        "inv.csv",
+        "--purchases",
+        "pur.csv",
+        "--embeddings",
+        "emb.npy",
+        "--out",
+        "out",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "--trust-pickle" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_protocol_and_baseline_are_usage_errors(tmp_path):
+    write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    done = curator("evaluate", "--data", "d", "--protocol", "magic", cwd=tmp_path)
+    assert done.returncode == 2 and "protocol must be one of" in done.stderr
+    done = curator("evaluate", "--data", "d", "--baselines", "oracle,best", cwd=tmp_path)
+    assert done.returncode == 2 and "unknown baseline(s) ['best']" in done.stderr
