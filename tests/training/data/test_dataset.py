@@ -1,0 +1,147 @@
+"""Loading a native dataset, and one test per validation rule (each matches its message)."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
+from training.data.columns import DatasetError
+from training.data.dataset import load_dataset, save_dataset
+
+
+def test_loads_items_features_and_purchases(tiny_dataset_dir):
+    dataset = load_dataset(tiny_dataset_dir)
+    assert dataset.n_items == 5 and dataset.features.shape == (5, 4)
+    assert list(dataset.items["one_of_a_kind"]) == [True, False, True, True, True]
+    assert dataset.purchases["item"].tolist() == [0, 1, 1, 3, 2, 4, 2]
+    assert dataset.items["upload_time"].iloc[3] == pytest.approx(1580515200.0)  # 2020-02-01Z
+    assert dataset.has_timestamps and dataset.valid is None and dataset.truth is None
+
+
+def test_unix_seconds_and_iso_timestamps_agree(tmp_path):
+    items = TINY_ITEMS.replace("2020-02-01", "1580515200")
+    dataset = load_dataset(write_dataset(tmp_path / "d", items, TINY_PURCHASES))
+    assert dataset.items["upload_time"].iloc[3] == pytest.approx(1580515200.0)
+
+
+def test_purchases_without_timestamps_load_but_have_none(tmp_path):
+    purchases = "user_id,item_id\nu1,a\nu1,b\n"
+    dataset = load_dataset(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert not dataset.has_timestamps
+
+
+def _error(tmp_path, items=TINY_ITEMS, purchases=TINY_PURCHASES, features=None, **extra) -> str:
+    root = write_dataset(tmp_path / "bad", items, purchases, features, **extra)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(root)
+    return str(caught.value)
+
+
+def test_unknown_item_in_purchases_names_line_and_field(tmp_path):
+    message = _error(tmp_path, purchases=TINY_PURCHASES + "u9,zzz,2020-05-01\n")
+    assert message.startswith("purchases.csv, line 9, field 'item_id': unknown item 'zzz'")
+
+
+def test_duplicate_item_ids_name_both_lines(tmp_path):
+    items = TINY_ITEMS + "c,q,2020-01-01,true\n"
+    message = _error(tmp_path, items=items, features=np.ones((6, 4), np.float32))
+    assert message == "items.csv, line 7, field 'item_id': duplicate item_id 'c' (first on line 4)"
+
+
+def test_feature_rows_must_match_items(tmp_path):
+    message = _error(tmp_path, features=np.ones((4, 4), np.float32))
+    assert message == "features.npy: has 4 rows but items.csv has 5 items"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_features_name_the_row(tmp_path, bad):
+    features = np.ones((5, 4), np.float32)
+    features[3, 2] = bad
+    message = _error(tmp_path, features=features)
+    assert message == "features.npy: row 3 (the item on items.csv line 5) has NaN or inf values"
+
+
+def test_features_must_be_float32(tmp_path):
+    message = _error(tmp_path, features=np.ones((5, 4), np.float64))
+    assert message == "features.npy: dtype is float64, expected float32"
+
+
+def test_object_feature_arrays_are_refused_without_unpickling(tmp_path):
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    np.save(root / "features.npy", np.array([("a", [1.0])] * 5, dtype=object), allow_pickle=True)
+    with pytest.raises(DatasetError, match="features.npy: not a plain numeric .npy array"):
+        load_dataset(root)
+
+
+def test_unparseable_timestamp_names_line_and_field(tmp_path):
+    message = _error(tmp_path, purchases=TINY_PURCHASES.replace("2020-03-01", "last tuesday"))
+    assert message == (
+        "purchases.csv, line 6, field 'timestamp': cannot parse 'last tuesday' "
+        "as a timestamp (ISO 8601 or unix seconds)"
+    )
+
+
+def test_unparseable_upload_time(tmp_path):
+    message = _error(tmp_path, items=TINY_ITEMS.replace("2020-03-15", "2020-13-45"))
+    assert message.startswith("items.csv, line 6, field 'upload_time': cannot parse '2020-13-45'")
+
+
+def test_bad_boolean(tmp_path):
+    message = _error(tmp_path, items=TINY_ITEMS.replace("x,2020-01-01,false", "x,2020-01-01,maybe"))
+    assert message == "items.csv, line 3, field 'one_of_a_kind': 'maybe' is not a boolean (true/false)"
+
+
+def test_empty_file(tmp_path):
+    assert _error(tmp_path, purchases="") == "purchases.csv: file is empty"
+
+
+def test_header_only_file(tmp_path):
+    assert _error(tmp_path, purchases="user_id,item_id\n") == "purchases.csv: no data rows (only a header)"
+
+
+def test_missing_column(tmp_path):
+    message = _error(tmp_path, items=TINY_ITEMS.replace("one_of_a_kind", "unique"))
+    assert message.startswith("items.csv, line 1: missing column(s) ['one_of_a_kind']")
+
+
+def test_empty_required_value(tmp_path):
+    message = _error(tmp_path, purchases=TINY_PURCHASES.replace("u2,c,", ",c,"))
+    assert message == "purchases.csv, line 6, field 'user_id': empty value"
+
+
+def test_unknown_item_in_test_split(tmp_path):
+    message = _error(tmp_path, test="user_id,item_id\nu1,a\nu1,nope\n")
+    assert message.startswith("test.csv, line 3, field 'item_id': unknown item 'nope'")
+
+
+def test_missing_features_file(tmp_path):
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    (root / "features.npy").unlink()
+    with pytest.raises(DatasetError, match="^features.npy: file not found$"):
+        load_dataset(root)
+
+
+def test_save_refuses_bad_features_and_writes_nothing(tiny_dataset_dir, tmp_path):
+    dataset = load_dataset(tiny_dataset_dir)
+    broken = dataset.features.copy()
+    broken[0, 0] = np.nan
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match="NaN or inf"):
+        save_dataset(type(dataset)(dataset.items, broken, dataset.purchases), out)
+    assert not out.exists() and list(tmp_path.iterdir()) == [tiny_dataset_dir]
+
+
+def test_save_then_load_round_trips(tiny_dataset_dir, tmp_path):
+    dataset = load_dataset(tiny_dataset_dir)
+    save_dataset(dataset, tmp_path / "copy")
+    again = load_dataset(tmp_path / "copy")
+    np.testing.assert_array_equal(again.features, dataset.features)
+    assert again.items.equals(dataset.items)
+    assert again.purchases.equals(dataset.purchases)
+
+
+def test_save_does_not_replace_an_existing_directory_unless_asked(tiny_dataset_dir, tmp_path):
+    dataset = load_dataset(tiny_dataset_dir)
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_dataset(dataset, tiny_dataset_dir)
+    save_dataset(dataset, tiny_dataset_dir, overwrite=True)
+    assert load_dataset(tiny_dataset_dir).n_items == 5

@@ -1,0 +1,227 @@
+"""The native dataset: a directory that every Curator command reads.
+
+    items.csv       item_id, [artist_id], upload_time (ISO 8601 or unix seconds), one_of_a_kind
+    features.npy    float32 [n_items, d]; row i belongs to items.csv row i
+    purchases.csv   user_id, item_id, [timestamp]; same user and timestamp = one basket
+    valid.csv       optional, user_id, item_id: fixed split for the holdout protocol
+    test.csv        optional, user_id, item_id
+    truth.npz       optional, written by the marketplace simulator only (see SimulatorTruth)
+
+Loading validates everything and raises DatasetError naming file, line and field. Writing goes
+through a temporary directory, so bad input never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.atomic import atomic_directory
+from training.data.columns import (
+    DatasetError,
+    lookup_items,
+    parse_booleans,
+    parse_timestamps,
+    read_csv,
+    require_unique,
+)
+
+FEATURE_CHECK_ROWS = 65_536  # rows per chunk when scanning (possibly memory-mapped) features
+
+
+@dataclass(frozen=True)
+class SimulatorTruth:
+    """The marketplace simulator's true preference: utility = user_vectors[u] . item_vectors[i]
+    + item_bias[i]. Only generated data has it; it gives the evaluation its `ideal` row."""
+
+    user_ids: np.ndarray  # [n_users] str
+    user_vectors: np.ndarray  # [n_users, r]
+    item_vectors: np.ndarray  # [n_items, r]
+    item_bias: np.ndarray  # [n_items]
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            user_ids=self.user_ids.astype(str),
+            user_vectors=self.user_vectors,
+            item_vectors=self.item_vectors,
+            item_bias=self.item_bias,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> SimulatorTruth:
+        with np.load(path, allow_pickle=False) as arrays:
+            return cls(**{name: arrays[name] for name in arrays.files})
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated dataset. `purchases.item` and split frames' `item` are catalogue rows."""
+
+    items: pd.DataFrame  # item_id, artist_id, upload_time (float s), one_of_a_kind (bool)
+    features: np.ndarray  # [n_items, d] float32, possibly memory-mapped
+    purchases: pd.DataFrame  # user_id, item_id, item, timestamp (float s, NaN if absent)
+    valid: pd.DataFrame | None = None  # user_id, item_id, item
+    test: pd.DataFrame | None = None
+    truth: SimulatorTruth | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.items["item_id"].to_numpy()
+
+    @property
+    def has_timestamps(self) -> bool:
+        return bool(np.isfinite(self.purchases["timestamp"].to_numpy()).all())
+
+
+def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
+    """Load and validate a dataset directory. `mmap` maps features.npy instead of reading it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(str(path), "not a dataset directory")
+    items = _load_items(path / "items.csv")
+    features = _load_features(path / "features.npy", n_items=len(items), mmap=mmap)
+    index = pd.Index(items["item_id"])
+    purchases = _load_purchases(path / "purchases.csv", index)
+    splits = {
+        name: _load_split(path / f"{name}.csv", index) if (path / f"{name}.csv").exists() else None
+        for name in ("valid", "test")
+    }
+    truth = SimulatorTruth.load(path / "truth.npz") if (path / "truth.npz").exists() else None
+    return Dataset(items, features, purchases, splits["valid"], splits["test"], truth, path)
+
+
+def _load_items(path: Path) -> pd.DataFrame:
+    name = "items.csv"
+    frame = read_csv(path, name, ["item_id", "upload_time", "one_of_a_kind"], ["artist_id"])
+    require_unique(frame["item_id"], name, "item_id")
+    if "artist_id" not in frame.columns:
+        frame["artist_id"] = ""
+    return pd.DataFrame(
+        {
+            "item_id": frame["item_id"],
+            "artist_id": frame["artist_id"],
+            "upload_time": parse_timestamps(frame["upload_time"], name, "upload_time"),
+            "one_of_a_kind": parse_booleans(frame["one_of_a_kind"], name, "one_of_a_kind"),
+        }
+    )
+
+
+def _load_features(path: Path, *, n_items: int, mmap: bool) -> np.ndarray:
+    name = "features.npy"
+    if not path.exists():
+        raise DatasetError(name, "file not found")
+    try:
+        features = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as error:
+        # numpy refuses object arrays without allow_pickle; we never unpickle here.
+        raise DatasetError(name, f"not a plain numeric .npy array ({error})") from None
+    except (OSError, EOFError) as error:
+        raise DatasetError(name, f"cannot read as .npy ({error})") from None
+    check_features(features, n_items=n_items, name=name)
+    return features
+
+
+def check_features(features: np.ndarray, *, n_items: int, name: str = "features.npy") -> None:
+    """float32, [n_items, d], finite; raises DatasetError naming the first bad row."""
+    if features.dtype != np.float32:
+        raise DatasetError(name, f"dtype is {features.dtype}, expected float32")
+    if features.ndim != 2:
+        raise DatasetError(name, f"shape is {features.shape}, expected [n_items, d]")
+    if features.shape[0] != n_items:
+        raise DatasetError(
+            name, f"has {features.shape[0]} rows but items.csv has {n_items} items"
+        )
+    if features.shape[1] == 0:
+        raise DatasetError(name, "has zero feature columns")
+    for start in range(0, n_items, FEATURE_CHECK_ROWS):
+        chunk = np.asarray(features[start : start + FEATURE_CHECK_ROWS])
+        bad_rows = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if bad_rows.size:
+            row = start + int(bad_rows[0])
+            raise DatasetError(
+                name, f"row {row} (the item on items.csv line {row + 2}) has NaN or inf values"
+            )
+
+
+def _load_purchases(path: Path, index: pd.Index) -> pd.DataFrame:
+    name = "purchases.csv"
+    frame = read_csv(path, name, ["user_id", "item_id"], ["timestamp"])
+    result = pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "item_id": frame["item_id"],
+            "item": lookup_items(frame["item_id"], index, name),
+        }
+    )
+    if "timestamp" in frame.columns:
+        result["timestamp"] = parse_timestamps(frame["timestamp"], name, "timestamp")
+    else:
+        result["timestamp"] = np.nan
+    return result
+
+
+def _load_split(path: Path, index: pd.Index) -> pd.DataFrame:
+    name = path.name
+    frame = read_csv(path, name, ["user_id", "item_id"])
+    return pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "item_id": frame["item_id"],
+            "item": lookup_items(frame["item_id"], index, name),
+        }
+    )
+
+
+def format_time(seconds: np.ndarray) -> np.ndarray:
+    """Float unix seconds -> ISO 8601 UTC strings with milliseconds."""
+    stamps = pd.to_datetime(np.round(np.asarray(seconds) * 1000).astype("int64"), unit="ms")
+    return stamps.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3].to_numpy() + "Z"
+
+
+def write_tables(
+    out: Path,
+    items: pd.DataFrame,
+    purchases: pd.DataFrame,
+    *,
+    valid: pd.DataFrame | None = None,
+    test: pd.DataFrame | None = None,
+) -> None:
+    """Write the CSV files of a dataset into `out` (a directory being assembled)."""
+    pd.DataFrame(
+        {
+            "item_id": items["item_id"],
+            "artist_id": items["artist_id"],
+            "upload_time": format_time(items["upload_time"].to_numpy()),
+            "one_of_a_kind": np.where(items["one_of_a_kind"], "true", "false"),
+        }
+    ).to_csv(out / "items.csv", index=False)
+    columns = {"user_id": purchases["user_id"], "item_id": purchases["item_id"]}
+    if np.isfinite(purchases["timestamp"].to_numpy()).all():
+        columns["timestamp"] = format_time(purchases["timestamp"].to_numpy())
+    pd.DataFrame(columns).to_csv(out / "purchases.csv", index=False)
+    for split_name, split in (("valid", valid), ("test", test)):
+        if split is not None:
+            split[["user_id", "item_id"]].to_csv(out / f"{split_name}.csv", index=False)
+
+
+def save_dataset(dataset: Dataset, out: Path | str, *, overwrite: bool = False, readme: str = "") -> None:
+    """Validate a dataset held in memory and write it atomically to `out`."""
+    check_features(dataset.features, n_items=dataset.n_items)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_tables(tmp, dataset.items, dataset.purchases, valid=dataset.valid, test=dataset.test)
+        np.save(tmp / "features.npy", np.ascontiguousarray(dataset.features))
+        if dataset.truth is not None:
+            dataset.truth.save(tmp / "truth.npz")
+        if readme:
+            (tmp / "README.md").write_text(readme)
+        # Reading back what was written is the final check, before the rename makes it visible.
+        load_dataset(tmp, mmap=True)

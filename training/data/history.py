@@ -1,0 +1,101 @@
+"""Purchase histories: baskets in time order, the paper's split, artists, visual clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from training.data.dataset import Dataset
+from training.data.features import zscore
+
+
+def baskets(purchases: pd.DataFrame) -> pd.DataFrame:
+    """One row per basket (same user, same timestamp), ordered by time, then user.
+
+    Columns: user_id, time, items (int64 array of catalogue rows, purchase order kept),
+    number (0-based basket number of its user), n_baskets (the user's basket count).
+    """
+    if not np.isfinite(purchases["timestamp"].to_numpy()).all():
+        raise ValueError("purchases have no timestamps: baskets and time order are undefined")
+    ordered = purchases.sort_values(["timestamp", "user_id"], kind="stable")
+    users, times = ordered["user_id"].to_numpy(), ordered["timestamp"].to_numpy()
+    starts = np.flatnonzero(
+        np.concatenate([[True], (users[1:] != users[:-1]) | (times[1:] != times[:-1])])
+    )
+    items = np.split(ordered["item"].to_numpy(dtype=np.int64), starts[1:])
+    result = pd.DataFrame({"user_id": users[starts], "time": times[starts], "items": items})
+    by_user = result.groupby("user_id", sort=False)
+    result["number"] = by_user.cumcount()
+    result["n_baskets"] = by_user["time"].transform("size")
+    return result.reset_index(drop=True)
+
+
+def paper_split(purchases: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, hidden): each user's last basket is hidden when the user has two or more."""
+    table = baskets(purchases)
+    hidden_keys = table.loc[
+        (table["n_baskets"] >= 2) & (table["number"] == table["n_baskets"] - 1),
+        ["user_id", "time"],
+    ]
+    keys = pd.MultiIndex.from_frame(purchases[["user_id", "timestamp"]])
+    hidden = keys.isin(pd.MultiIndex.from_frame(hidden_keys))
+    return purchases[~hidden].reset_index(drop=True), purchases[hidden].reset_index(drop=True)
+
+
+def artist_index(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [n_items] int64, artist_ids): code -1 where an item has no artist."""
+    artists = items["artist_id"].replace("", np.nan)
+    codes, uniques = pd.factorize(artists)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=str)
+
+
+def visual_clusters(
+    dataset: Dataset, *, n_clusters: int = 100, pca_dim: int = 128, seed: int = 0
+) -> np.ndarray:
+    """k-means cluster of each item [n_items] over z-scored, PCA-reduced features."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    if not 1 <= n_clusters <= dataset.n_items:
+        raise ValueError(f"n_clusters must be in [1, {dataset.n_items}], got {n_clusters}")
+    standardized = zscore(dataset.features)  # [n_items, d]
+    n_components = min(pca_dim, *standardized.shape)
+    reduced = PCA(n_components=n_components, random_state=seed).fit_transform(standardized)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed)
+    return kmeans.fit_predict(reduced).astype(np.int64)
+
+
+def holdout_split(
+    dataset: Dataset, *, fraction: float = 0.2, min_items: int = 3, seed: int = 0
+) -> Dataset:
+    """A copy of `dataset` with a fixed holdout split: for each user with at least `min_items`
+    distinct purchased artworks, `fraction` of them (at least one) move to test.csv and as many
+    again to valid.csv, chosen at random (seeded); purchases.csv keeps the rest."""
+    if not 0.0 < fraction < 0.5:
+        raise ValueError(f"fraction must be in (0, 0.5), got {fraction}")
+    rng = np.random.default_rng(seed)
+    purchases = dataset.purchases
+    held = {"valid": [], "test": []}
+    for _, rows in purchases.groupby("user_id", sort=True):
+        distinct = rows.drop_duplicates("item")
+        if len(distinct) < min_items:
+            continue
+        n_held = max(1, round(fraction * len(distinct)))
+        if len(distinct) - 2 * n_held < 1:
+            continue
+        chosen = distinct.index.to_numpy()[rng.permutation(len(distinct))[: 2 * n_held]]
+        held["test"].append(chosen[:n_held])
+        held["valid"].append(chosen[n_held:])
+    test_rows, valid_rows = (np.concatenate(held[s] or [[]]).astype(int) for s in ("test", "valid"))
+    held_items = purchases.loc[np.concatenate([test_rows, valid_rows]), ["user_id", "item"]]
+    held_keys = pd.MultiIndex.from_frame(held_items)
+    keep = ~pd.MultiIndex.from_frame(purchases[["user_id", "item"]]).isin(held_keys)
+    split = ["user_id", "item_id", "item"]
+    return Dataset(
+        items=dataset.items,
+        features=dataset.features,
+        purchases=purchases[keep].reset_index(drop=True),
+        valid=purchases.loc[valid_rows, split].reset_index(drop=True),
+        test=purchases.loc[test_rows, split].reset_index(drop=True),
+        truth=dataset.truth,
+    )
