@@ -15,7 +15,9 @@ _FALSE = {"false", "f", "0", "no", "n"}
 class DatasetError(ValueError):
     """Bad input data. The message names the file and, where known, the line and field."""
 
-    def __init__(self, file: str, problem: str, *, line: int | None = None, field: str | None = None):
+    def __init__(
+        self, file: str, problem: str, *, line: int | None = None, field: str | None = None
+    ):
         where = file
         if line is not None:
             where += f", line {line}"
@@ -109,7 +111,9 @@ def require_unique(values: pd.Series, file: str, field: str) -> None:
         )
 
 
-def lookup_items(item_ids: pd.Series, index: pd.Index, file: str, field: str = "item_id") -> np.ndarray:
+def lookup_items(
+    item_ids: pd.Series, index: pd.Index, file: str, field: str = "item_id"
+) -> np.ndarray:
     """Map item ids to catalogue rows; an unknown id is an error naming its line."""
     rows = index.get_indexer(item_ids)
     unknown = np.flatnonzero(rows < 0)

@@ -137,9 +137,7 @@ def check_features(features: np.ndarray, *, n_items: int, name: str = "features.
     if features.ndim != 2:
         raise DatasetError(name, f"shape is {features.shape}, expected [n_items, d]")
     if features.shape[0] != n_items:
-        raise DatasetError(
-            name, f"has {features.shape[0]} rows but items.csv has {n_items} items"
-        )
+        raise DatasetError(name, f"has {features.shape[0]} rows but items.csv has {n_items} items")
     if features.shape[1] == 0:
         raise DatasetError(name, "has zero feature columns")
     for start in range(0, n_items, FEATURE_CHECK_ROWS):
@@ -213,7 +211,9 @@ def write_tables(
             split[["user_id", "item_id"]].to_csv(out / f"{split_name}.csv", index=False)
 
 
-def save_dataset(dataset: Dataset, out: Path | str, *, overwrite: bool = False, readme: str = "") -> None:
+def save_dataset(
+    dataset: Dataset, out: Path | str, *, overwrite: bool = False, readme: str = ""
+) -> None:
     """Validate a dataset held in memory and write it atomically to `out`."""
     check_features(dataset.features, n_items=dataset.n_items)
     with atomic_directory(out, overwrite=overwrite) as tmp:

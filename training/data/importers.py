@@ -71,7 +71,9 @@ def import_ugallery(sales: Path, artworks: Path, *, seed: int = 0) -> tuple[Data
         {
             "user_id": sold["customer_id"],
             "item_id": sold["artwork_id"],
-            "item": lookup_items(sold["artwork_id"], pd.Index(items["item_id"]), sales_name, "artwork_id"),
+            "item": lookup_items(
+                sold["artwork_id"], pd.Index(items["item_id"]), sales_name, "artwork_id"
+            ),
             "timestamp": parse_timestamps(sold["order_date"], sales_name, "order_date"),
         }
     )
@@ -114,7 +116,9 @@ def load_release_embeddings(path: Path, *, trust_pickle: bool) -> tuple[np.ndarr
     except (OSError, ValueError, EOFError) as error:
         raise DatasetError(name, f"cannot read as .npy ({error})") from None
     if rows.ndim not in (1, 2) or len(rows) == 0:
-        raise DatasetError(name, f"expected a non-empty array of (id, vector) rows, got {rows.shape}")
+        raise DatasetError(
+            name, f"expected a non-empty array of (id, vector) rows, got {rows.shape}"
+        )
     ids, vectors = [], []
     for index, row in enumerate(rows):
         if len(row) != 2:
@@ -122,7 +126,9 @@ def load_release_embeddings(path: Path, *, trust_pickle: bool) -> tuple[np.ndarr
         vector = np.asarray(row[1], dtype=np.float64)
         if vector.ndim != 1 or (vectors and vector.size != vectors[0].size):
             expected = vectors[0].size if vectors else "a flat vector"
-            raise DatasetError(name, f"row {index}: vector shape {vector.shape}, expected {expected}")
+            raise DatasetError(
+                name, f"row {index}: vector shape {vector.shape}, expected {expected}"
+            )
         if not np.isfinite(vector).all():
             raise DatasetError(name, f"row {index}: vector has NaN or inf values")
         ids.append(str(row[0]))
@@ -149,16 +155,22 @@ def import_ugallery_release(
             field="artwork_id_hash",
         )
     index = pd.Index(inv["artwork_id_hash"])
-    bought = read_csv(purchases, pur_name, ["user_id_hash", "purchase_timestamp", "artwork_id_hash"])
+    bought = read_csv(
+        purchases, pur_name, ["user_id_hash", "purchase_timestamp", "artwork_id_hash"]
+    )
     table = pd.DataFrame(
         {
             "user_id": bought["user_id_hash"],
             "item_id": bought["artwork_id_hash"],
             "item": lookup_items(bought["artwork_id_hash"], index, pur_name, "artwork_id_hash"),
-            "timestamp": parse_timestamps(bought["purchase_timestamp"], pur_name, "purchase_timestamp"),
+            "timestamp": parse_timestamps(
+                bought["purchase_timestamp"], pur_name, "purchase_timestamp"
+            ),
         }
     )
-    baskets_per_item = table.drop_duplicates(["user_id", "timestamp", "item"])["item"].value_counts()
+    baskets_per_item = table.drop_duplicates(["user_id", "timestamp", "item"])[
+        "item"
+    ].value_counts()
     sold_repeatedly = np.zeros(len(inv), dtype=bool)
     sold_repeatedly[baskets_per_item.index[baskets_per_item.to_numpy() >= 2]] = True
     items = pd.DataFrame(

@@ -69,7 +69,14 @@ class MarketplaceConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_items", "n_artists", "n_customers", "n_styles", "latent_dim", "feature_dim"):
+        for name in (
+            "n_items",
+            "n_artists",
+            "n_customers",
+            "n_styles",
+            "latent_dim",
+            "feature_dim",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not np.isclose(sum(self.basket_size_probs), 1.0):
@@ -89,7 +96,9 @@ class MarketplaceConfig:
         try:
             n_items = int(scale)
         except ValueError:
-            raise ValueError(f"scale must be small, ugallery or a number of artworks, got {scale!r}")
+            raise ValueError(
+                f"scale must be small, ugallery or a number of artworks, got {scale!r}"
+            ) from None
         if n_items < 10:
             raise ValueError(f"scale must be at least 10 artworks, got {n_items}")
         ratio = n_items / UGALLERY_ITEMS

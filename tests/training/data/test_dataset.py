@@ -87,7 +87,9 @@ def test_unparseable_upload_time(tmp_path):
 
 def test_bad_boolean(tmp_path):
     message = _error(tmp_path, items=TINY_ITEMS.replace("x,2020-01-01,false", "x,2020-01-01,maybe"))
-    assert message == "items.csv, line 3, field 'one_of_a_kind': 'maybe' is not a boolean (true/false)"
+    assert (
+        message == "items.csv, line 3, field 'one_of_a_kind': 'maybe' is not a boolean (true/false)"
+    )
 
 
 def test_empty_file(tmp_path):
@@ -95,7 +97,10 @@ def test_empty_file(tmp_path):
 
 
 def test_header_only_file(tmp_path):
-    assert _error(tmp_path, purchases="user_id,item_id\n") == "purchases.csv: no data rows (only a header)"
+    assert (
+        _error(tmp_path, purchases="user_id,item_id\n")
+        == "purchases.csv: no data rows (only a header)"
+    )
 
 
 def test_missing_column(tmp_path):

@@ -22,7 +22,10 @@ def test_baskets_group_same_user_and_time_in_time_order(tiny_dataset_dir):
 
 def test_paper_split_hides_last_basket_of_users_with_two_or_more(tiny_dataset_dir):
     train, hidden = paper_split(load_dataset(tiny_dataset_dir).purchases)
-    assert sorted(zip(hidden["user_id"], hidden["item_id"], strict=True)) == [("u1", "e"), ("u2", "c")]
+    assert sorted(zip(hidden["user_id"], hidden["item_id"], strict=True)) == [
+        ("u1", "e"),
+        ("u2", "c"),
+    ]
     assert len(train) == 5 and "u3" in set(train["user_id"])  # one basket: nothing hidden
 
 

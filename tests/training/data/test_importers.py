@@ -49,7 +49,9 @@ def test_ugallery_unknown_artwork_in_sales_is_an_error(tmp_path):
     (tmp_path / "sales.csv").write_text(
         "id,customer_id,artwork_id,order_date\n1,5,1,2015-02-01\n2,5,99,2015-03-01\n"
     )
-    with pytest.raises(DatasetError, match=r"^sales.csv, line 3, field 'artwork_id': unknown item '99'"):
+    with pytest.raises(
+        DatasetError, match=r"^sales.csv, line 3, field 'artwork_id': unknown item '99'"
+    ):
         import_ugallery(tmp_path / "sales.csv", tmp_path / "art.csv")
 
 

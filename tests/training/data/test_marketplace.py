@@ -42,7 +42,9 @@ def test_same_seed_same_store_other_seed_other_store(tmp_path):
     generate_marketplace(MarketplaceConfig.at_scale(300, seed=6), tmp_path / "c")
     for name in ("items.csv", "purchases.csv", "features.npy"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert (tmp_path / "a" / "purchases.csv").read_bytes() != (tmp_path / "c" / "purchases.csv").read_bytes()
+    assert (tmp_path / "a" / "purchases.csv").read_bytes() != (
+        tmp_path / "c" / "purchases.csv"
+    ).read_bytes()
 
 
 def test_customers_buy_what_they_truly_prefer(small_marketplace):
