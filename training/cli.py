@@ -86,6 +86,30 @@ def holdout(
     typer.echo(f"wrote {out}: {len(dataset.test)} test and {len(dataset.valid)} valid purchases")
 
 
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    out: Annotated[Path, typer.Option(help="Run directory, e.g. runs/curator.")],
+    config: Annotated[
+        str | None, typer.Option(help="YAML/TOML file or preset (curator, curatornet-paper).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint.")
+    ] = False,
+) -> None:
+    """Train the towers; the best epoch on the validation replay is kept."""
+    from training.config import load_config
+    from training.data.dataset import load_dataset
+    from training.train import train as run_training
+
+    result = run_training(load_dataset(data), load_config(config), out, resume=resume)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    typer.echo(
+        f"trained {out} in {result.seconds:.0f} s: best epoch {result.best_epoch} of "
+        f"{result.epochs_run} (validation {metrics})"
+    )
+
+
 @app.command("evaluate")
 def evaluate(
     data: Annotated[Path, typer.Option(help="Dataset directory.")],
@@ -95,17 +119,27 @@ def evaluate(
     ] = None,
     split: Annotated[str, typer.Option(help="Holdout split: test or valid.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Write metrics.json and per-test CSVs.")] = None,
+    model: Annotated[
+        list[Path] | None, typer.Option(help="A training run to add as a row; repeatable.")
+    ] = None,
     seed: Seed = 0,
 ) -> None:
     """Rank real purchases with every method and print the paper's table."""
     from training.data.dataset import load_dataset
     from training.evaluation.evaluate import evaluate as run_evaluation
 
+    dataset = load_dataset(data)
+    models = []
+    if model:
+        from training.recommender import load_run_recommender
+
+        models = [load_run_recommender(run, dataset.features, dataset.item_ids) for run in model]
     names = None if baselines is None else [n.strip() for n in baselines.split(",") if n.strip()]
     result = run_evaluation(
-        load_dataset(data),
+        dataset,
         protocol=protocol,
         baselines=names,
+        models=models,
         split=split,
         out=out,
         seed=seed,

@@ -1,0 +1,122 @@
+"""The training job's configuration: one frozen dataclass, loaded from YAML or TOML."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from towers.user_tower import POOLINGS
+from training.sampling import POLICIES
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+LOSSES = ("softmax", "bpr")
+SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # towers
+    item_hidden: tuple[int, ...] = (200, 200)
+    user_hidden: tuple[int, ...] = (300, 300, 200)
+    activation: str = "selu"
+    pooling: str = "avg_max"
+    dropout: float = 0.0
+    l2_normalize: bool = True
+    hybrid: bool = False
+    # objective
+    loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
+    temperature: float = 0.05
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    weight_decay: float = 0.0
+    # examples: policy -> anchors per epoch (`history` always takes every basket)
+    policies: tuple[tuple[str, int], ...] = (("history", 1), ("one_item", 2000))
+    hard_negatives: bool = False  # softmax: add each example's policy negative to the batch
+    in_cluster: float = 0.6
+    n_clusters: int = 100
+    max_profile: int = 50
+    # optimisation
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    lr_decay: float = 1.0  # learning rate multiplier per epoch
+    epochs: int = 30
+    patience: int = 5
+    selection_metric: str = "auc"
+    seed: int = 0
+    # export: index kind and ScaNN parameters
+    scann_min_items: int = 20_000
+    scann_leaves_to_search_share: float = 0.05
+    scann_dimensions_per_block: int = 2
+    scann_reorder: int = 200
+
+    def __post_init__(self) -> None:
+        pairs = self.policies.items() if isinstance(self.policies, dict) else self.policies
+        object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
+        object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
+        object.__setattr__(self, "user_hidden", tuple(int(u) for u in self.user_hidden))
+        checks = {
+            "loss": (self.loss in LOSSES, f"one of {LOSSES}"),
+            "pooling": (self.pooling in POOLINGS, f"one of {POOLINGS}"),
+            "selection_metric": (
+                self.selection_metric in SELECTION_METRICS,
+                f"one of {SELECTION_METRICS}",
+            ),
+            "policies": (set(self.policy_counts) <= set(POLICIES), f"names from {POLICIES}"),
+            "temperature": (self.temperature > 0, "> 0"),
+            "batch_size": (self.batch_size >= 2, ">= 2"),
+            "learning_rate": (self.learning_rate > 0, "> 0"),
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "max_profile": (self.max_profile >= 1, ">= 1"),
+            "in_cluster": (0.0 <= self.in_cluster <= 1.0, "in [0, 1]"),
+            "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"config field {name!r} must be {expected}, got {getattr(self, name)!r}"
+                )
+        if self.hybrid and self.loss == "bpr":
+            raise ValueError("config: hybrid towers are trained with the softmax loss only")
+        if self.loss == "bpr" and not self.policies:
+            raise ValueError("config: the bpr loss needs at least one sampling policy")
+
+    @property
+    def policy_counts(self) -> dict[str, int]:
+        return dict(self.policies)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["policies"] = self.policy_counts
+        values["item_hidden"], values["user_hidden"] = (
+            list(self.item_hidden),
+            list(self.user_hidden),
+        )
+        return values
+
+
+def load_config(source: str | Path | None) -> TrainConfig:
+    """A config from a YAML/TOML file, or a preset name in training/configs (None: `curator`)."""
+    path = Path(source) if source is not None else CONFIG_DIR / "curator.yaml"
+    if source is not None and not path.exists() and (CONFIG_DIR / f"{source}.yaml").exists():
+        path = CONFIG_DIR / f"{source}.yaml"
+    if not path.exists():
+        presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"config {source!r}: no such file, and not a preset ({presets})")
+    text = path.read_text()
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path.name}: not valid {path.suffix[1:].upper()}: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path.name}: expected a mapping of config fields")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path.name}: unknown config field(s) {unknown}")
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path.name}: {error}") from None

@@ -1,0 +1,133 @@
+"""The trainable model: both towers, and the loss that trains them (TFRS Model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from towers.item_tower import ItemTower
+from towers.user_tower import UserTower
+from training.config import TrainConfig
+
+
+def build_towers(
+    config: TrainConfig,
+    feature_mean: np.ndarray,
+    feature_variance: np.ndarray,
+    vocabulary: list[str] | None = None,
+) -> tuple[ItemTower, UserTower]:
+    """The two towers a config describes; z-score statistics come from the training catalogue."""
+    weight_decay = config.weight_decay
+    item_tower = ItemTower(
+        feature_mean,
+        feature_variance,
+        hidden_units=config.item_hidden,
+        activation=config.activation,
+        dropout=config.dropout,
+        l2_normalize=config.l2_normalize,
+        l2_weight=weight_decay,
+        vocabulary=vocabulary if config.hybrid else None,
+        name="item_tower",
+    )
+    user_tower = UserTower(
+        hidden_units=config.user_hidden,
+        activation=config.activation,
+        pooling=config.pooling,
+        dropout=config.dropout,
+        l2_normalize=config.l2_normalize,
+        l2_weight=weight_decay,
+        bias_slot=config.hybrid,
+        name="user_tower",
+    )
+    return item_tower, user_tower
+
+
+class CuratorModel(tfrs.models.Model):
+    """Towers plus loss. Batches hold catalogue rows (row n_items is padding):
+
+    profile [batch, max_profile], positive [batch], negative [batch] (-1: none),
+    owned [batch, max_owned] (the customer's purchases: never negatives).
+
+    softmax: tfrs.tasks.Retrieval over in-batch candidates (plus policy negatives when
+    `hard_negatives`), with temperature, accidental-hit removal, the customer's other purchases
+    masked out, and log-q correction by each artwork's share of the training positives.
+    bpr: -log sigmoid(score(positive) - score(negative)) on policy triples (the paper's loss).
+    """
+
+    def __init__(
+        self,
+        item_tower: ItemTower,
+        user_tower: UserTower,
+        features: np.ndarray,
+        item_ids: np.ndarray,
+        config: TrainConfig,
+        positive_share: np.ndarray | None = None,
+    ):
+        super().__init__()
+        self.item_tower, self.user_tower, self.config = item_tower, user_tower, config
+        self.n_items = features.shape[0]
+        padded = np.concatenate([features, np.zeros((1, features.shape[1]), features.dtype)])
+        self.features = tf.constant(padded)  # [n_items + 1, d]
+        self.item_ids = tf.constant(np.append(item_ids.astype(str), ""))  # [n_items + 1]
+        share = np.ones(self.n_items) / self.n_items if positive_share is None else positive_share
+        self.positive_share = tf.constant(np.append(share, 1.0).astype(np.float32))
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature,
+            remove_accidental_hits=config.remove_accidental_hits,
+        )
+
+    def item_vectors(self, rows: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """[n] catalogue rows -> [n, dim]."""
+        features = tf.gather(self.features, rows)
+        if self.item_tower.vocabulary is not None:
+            features = {"features": features, "item_id": tf.gather(self.item_ids, rows)}
+        return self.item_tower(features, training=training)
+
+    def towers_on_batch(self, profile, candidates, training: bool = False):
+        """User vectors [batch, dim] for padded profiles and item vectors [n, dim] for
+        candidates, running the item tower once per distinct artwork of the batch."""
+        flat = tf.reshape(profile, [-1])  # [batch * max_profile]
+        distinct, position = tf.unique(tf.concat([flat, candidates], axis=0))
+        vectors = self.item_vectors(distinct, training)  # [n_distinct, dim]
+        n_flat = tf.size(flat)
+        profile_vectors = tf.reshape(
+            tf.gather(vectors, position[:n_flat]),
+            [tf.shape(profile)[0], tf.shape(profile)[1], self.item_tower.output_dim],
+        )  # [batch, max_profile, dim]
+        mask = profile < self.n_items  # [batch, max_profile]
+        users = self.user_tower((profile_vectors, mask), training=training)
+        return users, tf.gather(vectors, position[n_flat:])
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        positive, negative = inputs["positive"], inputs["negative"]
+        if self.config.loss == "bpr":
+            has_negative = negative >= 0
+            positive = tf.boolean_mask(positive, has_negative)
+            negative = tf.boolean_mask(negative, has_negative)
+            profile = tf.boolean_mask(inputs["profile"], has_negative)
+            users, items = self.towers_on_batch(
+                profile, tf.concat([positive, negative], 0), training
+            )
+            n = tf.shape(positive)[0]
+            margin = tf.reduce_sum(users * (items[:n] - items[n:]), axis=-1)  # [batch]
+            return -tf.reduce_mean(tf.math.log_sigmoid(margin))
+
+        candidates = positive
+        if self.config.hard_negatives:
+            candidates = tf.concat([positive, tf.boolean_mask(negative, negative >= 0)], 0)
+        users, items = self.towers_on_batch(inputs["profile"], candidates, training)
+        owned = inputs["owned"]  # [batch, max_owned]
+        is_owned = tf.reduce_any(owned[:, :, None] == candidates[None, None, :], axis=1)
+        own_positive = tf.eye(tf.shape(users)[0], tf.shape(candidates)[0], dtype=tf.bool)
+        return self.task(
+            users,
+            items,
+            candidate_ids=candidates,
+            candidate_sampling_probability=(
+                tf.gather(self.positive_share, candidates) if self.config.logq_correction else None
+            ),
+            score_mask=tf.logical_or(~is_owned, own_positive),  # [batch, n_candidates]
+            compute_metrics=False,
+            compute_batch_metrics=False,
+        )

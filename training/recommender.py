@@ -1,0 +1,91 @@
+"""Trained towers as an evaluation Recommender, and loading a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from towers.item_tower import ItemTower
+from towers.user_tower import UserTower
+from training.evaluation.recommender import QueryBatch
+
+ITEM_CHUNK = 8_192
+
+
+def embed_items(item_tower: ItemTower, features: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """Item vectors [n_items, dim] float32, in chunks (features may be memory-mapped)."""
+    chunks = []
+    for start in range(0, features.shape[0], ITEM_CHUNK):
+        block = tf.constant(np.asarray(features[start : start + ITEM_CHUNK], dtype=np.float32))
+        if item_tower.vocabulary is not None:
+            block = {
+                "features": block,
+                "item_id": tf.constant(item_ids[start : start + ITEM_CHUNK]),
+            }
+        chunks.append(item_tower(block).numpy())
+    return np.concatenate(chunks)
+
+
+def pad_profiles(profiles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [batch, max_profile] padded with 0, mask [batch, max_profile])."""
+    width = max(p.size for p in profiles)
+    rows = np.zeros((len(profiles), width), dtype=np.int64)
+    mask = np.zeros((len(profiles), width), dtype=bool)
+    for i, profile in enumerate(profiles):
+        rows[i, : profile.size], mask[i, : profile.size] = profile, True
+    return rows, mask
+
+
+class TowerRecommender:
+    """Scores with trained towers: item vectors once per catalogue, user vectors per batch."""
+
+    def __init__(self, name: str, item_tower: ItemTower, user_tower: UserTower, features, item_ids):
+        self.name, self.user_tower = name, user_tower
+        self.item_vectors = embed_items(item_tower, features, np.asarray(item_ids).astype(str))
+
+    def user_vectors(self, profiles: list[np.ndarray]) -> np.ndarray:
+        rows, mask = pad_profiles(profiles)
+        vectors = self.item_vectors[rows]  # [batch, max_profile, dim]
+        return self.user_tower((tf.constant(vectors), tf.constant(mask))).numpy()
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        users = self.user_vectors(batch.profiles)  # [batch, dim]
+        return users @ self.item_vectors[candidates].T  # [batch, n_candidates]
+
+
+def save_towers(run_dir: Path, item_tower: ItemTower, user_tower: UserTower, prefix: str) -> None:
+    """Tower configs (towers.json, written once) and weights (`prefix` checkpoint)."""
+    configs = run_dir / "towers.json"
+    if not configs.exists():
+        configs.write_text(
+            json.dumps(
+                {"item_tower": item_tower.get_config(), "user_tower": user_tower.get_config()}
+            )
+        )
+    tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower).write(str(run_dir / prefix))
+
+
+def load_towers(run_dir: Path | str, prefix: str = "best/towers") -> tuple[ItemTower, UserTower]:
+    """The towers of a run, rebuilt from towers.json and restored from its best weights."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "towers.json").exists():
+        raise ValueError(f"{run_dir} is not a finished training run (no towers.json)")
+    configs = json.loads((run_dir / "towers.json").read_text())
+    item_tower = ItemTower.from_config(configs["item_tower"])
+    user_tower = UserTower.from_config(configs["user_tower"])
+    features = tf.zeros([1, item_tower.feature_dim])
+    if item_tower.vocabulary is not None:
+        features = {"features": features, "item_id": tf.constant([""])}
+    vectors = item_tower(features)[:, None, :]  # build the variables before restoring them
+    user_tower((vectors, tf.ones([1, 1], tf.bool)))
+    checkpoint = tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower)
+    checkpoint.read(str(run_dir / prefix)).assert_existing_objects_matched().expect_partial()
+    return item_tower, user_tower
+
+
+def load_run_recommender(run_dir: Path | str, features, item_ids) -> TowerRecommender:
+    item_tower, user_tower = load_towers(run_dir)
+    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, features, item_ids)
