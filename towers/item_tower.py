@@ -56,7 +56,9 @@ class ItemTower(tf.keras.layers.Layer):
         )
         self.stack = DenseStack(self.hidden_units, activation, self.dropout, self.l2_weight)
         if self.vocabulary is not None:
-            self.lookup = tf.keras.layers.StringLookup(vocabulary=self.vocabulary, num_oov_indices=1)
+            self.lookup = tf.keras.layers.StringLookup(
+                vocabulary=self.vocabulary, num_oov_indices=1
+            )
             size = len(self.vocabulary) + 1  # row 0: out of vocabulary
             self.item_embedding = tf.keras.layers.Embedding(
                 size, self.hidden_units[-1], embeddings_initializer="zeros"

@@ -6,14 +6,19 @@ sampler draws every negative, from the positive's visual cluster with probabilit
 `in_cluster` (the paper's "fine-grained threshold", 0.6) and uniformly otherwise, rejecting
 candidates that break the rule or that the customer owns.
 
-| policy | guideline | anchor | negative rule |
-| --- | --- | --- | --- |
-| history | (5) next basket given the past | profile = purchases before a basket, positive = an artwork of it | shares neither artist nor cluster with the profile |
-| profile | (1) profile above non-profile | profile = a customer's purchases, positive = one of them | not owned |
-| one_item | (2) one-item fake profile | profile = {i}, positive = i | not i |
-| artist_cluster | (3) unbought same artist and cluster | profile = purchases, positive = an unbought artwork of a profile artist, same cluster | shares neither artist nor cluster with the profile |
-| same_artist | (4) one item, same artist above other artists | profile = {i}, positive = same artist and cluster as i | same cluster, other artist |
-| basket | (6) hidden item of a basket | profile = the basket without i, positive = i | not owned |
+Policies (guideline number in the paper), anchor -> negative rule:
+
+- history (5), next basket given the past: profile = purchases before a basket, positive = an
+  artwork of it -> shares neither artist nor cluster with the profile.
+- profile (1), profile above non-profile: profile = a customer's purchases, positive = one of
+  them -> not owned.
+- one_item (2), one-item fake profile: profile = {i}, positive = i -> not i.
+- artist_cluster (3), unbought same artist and cluster: profile = purchases, positive = an
+  unbought artwork of a profile artist in the same cluster -> shares neither artist nor cluster
+  with the profile.
+- same_artist (4), one item, same artist above other artists: profile = {i}, positive = same
+  artist and cluster as i -> same cluster, other artist.
+- basket (6), hidden item of a basket: profile = the basket without i, positive = i -> not owned.
 
 `history` anchors are every (basket after a customer's first, artwork) pair; the other policies
 draw as many anchors as the configuration asks, afresh each epoch.
