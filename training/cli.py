@@ -150,6 +150,29 @@ def evaluate(
         typer.echo(f"\nwrote {out}/metrics.json and per-test CSVs")
 
 
+@app.command("export")
+def export(
+    run: Annotated[Path, typer.Option(help="A finished training run, e.g. runs/curator.")],
+    out: Annotated[Path, typer.Option(help="Exports root; the next version goes inside.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Catalogue to index (default: the run's dataset).")
+    ] = None,
+) -> None:
+    """Export a run: tower and retrieval SavedModels, catalogue and manifest."""
+    import json
+
+    from training.data.dataset import load_dataset
+    from training.export import export_run
+
+    if data is None:
+        summary = run / "summary.json"
+        if not summary.exists():
+            raise ValueError(f"{run} is not a finished training run (no summary.json)")
+        data = Path(json.loads(summary.read_text())["dataset"])
+    version = export_run(run, load_dataset(data, mmap=True), out, progress=typer.echo)
+    typer.echo(f"exported {run} to {version}")
+
+
 def main() -> None:
     """Entry point: expected errors (bad input, bad arguments) exit 2 with one clear line."""
     try:

@@ -46,9 +46,10 @@ class TrainConfig:
     patience: int = 5
     selection_metric: str = "auc"
     seed: int = 0
-    # export: index kind and ScaNN parameters
+    # export: the index's k, its kind and ScaNN parameters
+    export_k: int = 100
     scann_min_items: int = 20_000
-    scann_leaves_to_search_share: float = 0.05
+    scann_leaves_to_search_share: float = 0.1
     scann_dimensions_per_block: int = 2
     scann_reorder: int = 200
 
@@ -72,6 +73,11 @@ class TrainConfig:
             "max_profile": (self.max_profile >= 1, ">= 1"),
             "in_cluster": (0.0 <= self.in_cluster <= 1.0, "in [0, 1]"),
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
+            "export_k": (self.export_k >= 1, ">= 1"),
+            "scann_leaves_to_search_share": (
+                0.0 < self.scann_leaves_to_search_share <= 1.0,
+                "in (0, 1]",
+            ),
         }
         for name, (ok, expected) in checks.items():
             if not ok:

@@ -18,7 +18,7 @@ import tensorflow_recommenders as tfrs
 class IndexConfig:
     k: int = 100
     scann_min_items: int = 20_000
-    leaves_to_search_share: float = 0.05
+    leaves_to_search_share: float = 0.1
     dimensions_per_block: int = 2
     reorder: int = 200
 
