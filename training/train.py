@@ -203,8 +203,9 @@ def train(
         else:
             since_best.assign_add(1)
         epoch.assign_add(1)
-        manager.save(checkpoint_number=current + 1)
+        # history first: a run killed in between resumes from a checkpoint it can read back
         (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        manager.save(checkpoint_number=current + 1)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3g}", **{config.selection_metric: f"{value:.4f}"})
     bar.close()
@@ -217,7 +218,7 @@ def train(
         "validation_tests": len(validation_cases),
         "fit_purchases": len(fit_purchases),
         "data_fingerprint": data_fingerprint(dataset),
-        "dataset": str(dataset.path),
+        "dataset": str(Path(dataset.path).resolve()) if dataset.path else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -1,0 +1,191 @@
+"""The training job end to end, --resume after a killed run, and the export loaded elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from training.config import TrainConfig, load_config
+from training.data.dataset import load_dataset
+from training.export import MANIFEST, export_run, export_versions
+from training.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "item_hidden": [32],
+    "user_hidden": [32],
+    "policies": {"history": 1, "same_artist": 300},
+    "batch_size": 128,
+    "epochs": 4,
+    "patience": 4,
+    "n_clusters": 20,
+    "learning_rate": 0.003,
+}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return replace(load_config("curator"), **{**TINY, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_marketplace, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(load_dataset(small_marketplace), tiny_config(), run_dir, progress=False)
+    return run_dir
+
+
+def test_training_improves_over_random_on_the_validation_replay(trained_run):
+    history = json.loads((trained_run / "history.json").read_text())
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
+    assert summary["best_validation"]["auc"] > 0.6  # random ranks at 0.5
+    assert all(np.isfinite(r["loss"]) for r in history)
+    assert sorted(p.name for p in (trained_run / "checkpoints").glob("ckpt-*.index")) == [
+        f"ckpt-{e}.index" for e in range(1, len(history) + 1)
+    ]
+    assert yaml.safe_load((trained_run / "config.yaml").read_text())["item_hidden"] == [32]
+
+
+def test_a_run_directory_is_never_overwritten(trained_run, small_marketplace):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(load_dataset(small_marketplace), tiny_config(), trained_run, progress=False)
+
+
+def test_resume_refuses_a_different_config(trained_run, small_marketplace):
+    with pytest.raises(ValueError, match="config differs"):
+        train(
+            load_dataset(small_marketplace),
+            tiny_config(temperature=0.3),
+            trained_run,
+            resume=True,
+            progress=False,
+        )
+
+
+LOAD_AND_RETRIEVE = """
+import json, sys
+import numpy as np
+import scann  # registers the ScaNN ops before the SavedModel is loaded
+import tensorflow as tf
+export, queries = sys.argv[1], np.load(sys.argv[2])
+retrieval = tf.saved_model.load(export + "/retrieval").signatures["serving_default"]
+user_tower = tf.saved_model.load(export + "/user_tower").signatures["serving_default"]
+mask = tf.constant(queries["mask"])
+out = retrieval(features=tf.constant(queries["features"]), mask=mask)
+users = user_tower(features=tf.constant(queries["features"]), mask=mask)["vectors"]
+np.savez(sys.argv[3], scores=out["scores"].numpy(), ids=out["item_ids"].numpy().astype(str),
+         users=users.numpy())
+"""
+
+
+@pytest.mark.parametrize("kind", ["brute_force", "scann"])
+def test_a_separate_process_loads_the_export_and_retrieves_the_same_top_k(
+    trained_run, small_marketplace, tmp_path, kind
+):
+    dataset = load_dataset(small_marketplace)
+    if kind == "scann":  # force ScaNN on the small catalogue, configured exact
+        config = yaml.safe_load((trained_run / "config.yaml").read_text())
+        config.update(scann_min_items=1, scann_leaves_to_search_share=1.0, scann_reorder=2_000)
+        (trained_run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        version = export_run(trained_run, dataset, tmp_path / "exports", progress=lambda _: None)
+    finally:
+        if kind == "scann":
+            config.update(
+                scann_min_items=20_000, scann_leaves_to_search_share=0.1, scann_reorder=200
+            )
+            (trained_run / "config.yaml").write_text(yaml.safe_dump(config))
+    manifest = json.loads((version / MANIFEST).read_text())
+    assert manifest["index"]["kind"] == kind
+    assert manifest["index"]["recall_at_10"] == 1.0
+    assert export_versions(tmp_path / "exports") == [1]
+
+    # In this process: the towers and the exact top-k over the exported item vectors.
+    from towers.profile_encoder import ProfileEncoder
+    from training.recommender import load_towers
+
+    profiles = [dataset.purchases["item"].to_numpy()[i : i + 1 + i % 4] for i in range(0, 40, 4)]
+    rows = np.zeros((len(profiles), 4), np.int64)
+    mask = np.zeros((len(profiles), 4), bool)
+    for i, p in enumerate(profiles):
+        rows[i, : p.size], mask[i, : p.size] = p, True
+    features = np.asarray(dataset.features)[rows].astype(np.float32)
+    encoder = ProfileEncoder(*load_towers(trained_run))
+    users = encoder({"features": features, "mask": mask}).numpy()
+    vectors = np.load(version / "catalogue" / "item_vectors.npy")
+    want = np.sort(users @ vectors.T, axis=1)[:, ::-1][:, :100]
+
+    np.savez(tmp_path / "queries.npz", features=features, mask=mask)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_AND_RETRIEVE,
+            str(version),
+            str(tmp_path / "queries.npz"),
+            str(tmp_path / "answer.npz"),
+        ],
+        check=True,
+        env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
+    )
+    answer = np.load(tmp_path / "answer.npz")
+    np.testing.assert_allclose(answer["users"], users, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answer["scores"], want, rtol=1e-4, atol=1e-4)
+    # Ids: each returned id's exported vector gives its returned score (ties may swap ids).
+    row_of = {item: i for i, item in enumerate(dataset.item_ids.astype(str))}
+    found_rows = np.vectorize(row_of.__getitem__)(answer["ids"])
+    rescored = np.einsum("bd,bkd->bk", users, vectors[found_rows])
+    np.testing.assert_allclose(rescored, answer["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_export_refuses_an_unfinished_run(tmp_path, small_marketplace):
+    with pytest.raises(ValueError, match="not a finished training run"):
+        export_run(tmp_path, load_dataset(small_marketplace), tmp_path / "exports")
+
+
+def test_resume_after_a_killed_run_finishes_like_an_uninterrupted_one(small_marketplace, tmp_path):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "epochs": 3, "patience": 3}))
+    command = [
+        sys.executable, "-m", "training.cli", "train", "--data", str(small_marketplace),
+        "--config", str(config_file),
+    ]  # fmt: skip
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed)], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "ckpt-1.index").exists():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(list((killed / "checkpoints").glob("ckpt-*.index")))
+    assert done_before < 3
+
+    subprocess.run([*command, "--out", str(killed), "--resume"], cwd=ROOT, env=env, check=True)
+    straight = tmp_path / "straight"
+    subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True)
+
+    def checkpoints(run):
+        return sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index"))
+
+    assert checkpoints(killed) == checkpoints(straight) == [f"ckpt-{e}.index" for e in (1, 2, 3)]
+    resumed_history = json.loads((killed / "history.json").read_text())
+    straight_history = json.loads((straight / "history.json").read_text())
+    assert [r["epoch"] for r in resumed_history] == [1, 2, 3]
+    for a, b in zip(resumed_history, straight_history, strict=True):
+        assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=0.02)
+    version = export_run(killed, load_dataset(small_marketplace), tmp_path / "exports",
+                         progress=lambda _: None)  # fmt: skip
+    assert (version / "retrieval" / "saved_model.pb").exists()
