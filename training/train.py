@@ -3,7 +3,8 @@
 Data, as the paper splits it: each customer's last basket is the test (never seen here). Of the
 rest, each customer's last basket is the validation: the model is fitted on what remains, and
 every epoch it is scored by the replay protocol on those validation sessions, which picks the
-best epoch and stops training when `patience` epochs bring no improvement.
+best epoch and stops training when `patience` epochs bring no improvement. A holdout dataset
+(with valid.csv) is validated on valid.csv instead (see `training_split`).
 
 A run directory holds config.yaml, towers.json (tower configs), best/ (the selected weights),
 checkpoints/ (model, optimizer and progress after every epoch: `--resume` continues from the
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import yaml
 from tqdm import tqdm
@@ -27,7 +29,7 @@ from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.data.features import zscore_stats
 from training.data.history import artist_index, paper_split, visual_clusters
-from training.evaluation.protocols import replay_cases
+from training.evaluation.protocols import holdout_cases, replay_cases
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
 from training.model import CuratorModel, build_towers
@@ -104,6 +106,7 @@ def train(
 ) -> TrainResult:
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    elapsed_before = 0.0  # seconds of earlier sessions of a resumed run
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
     if resume and not (run_dir / "checkpoints").exists():
@@ -119,11 +122,7 @@ def train(
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     tf.keras.utils.set_random_seed(config.seed)
-    train_purchases, _test = paper_split(dataset.purchases)
-    fit_purchases, _valid = paper_split(train_purchases)
-    validation_cases = [
-        case for case in replay_cases(_with_purchases(dataset, train_purchases)) if case.is_last
-    ]
+    fit_purchases, validation_cases = training_split(dataset)
     artists, _ = artist_index(dataset.items)
     clusters = visual_clusters(dataset, n_clusters=min(config.n_clusters, dataset.n_items))
     context = SamplingContext.build(fit_purchases, artists, clusters, config.max_profile)
@@ -159,6 +158,7 @@ def train(
         model.optimizer.build(model.trainable_variables)
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         history = json.loads((run_dir / "history.json").read_text())[: int(epoch.numpy())]
+        elapsed_before = history[-1]["elapsed_s"] if history else 0.0
 
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     bar = tqdm(
@@ -188,6 +188,7 @@ def train(
             "epoch": current + 1,
             "loss": float(fit.history["loss"][-1]),
             "examples": len(examples),
+            "elapsed_s": round(elapsed_before + time.perf_counter() - started, 2),
             **{f"valid_{k}": v for k, v in metrics.items()},
         }
         history.append(record)
@@ -219,12 +220,26 @@ def train(
         "fit_purchases": len(fit_purchases),
         "data_fingerprint": data_fingerprint(dataset),
         "dataset": str(Path(dataset.path).resolve()) if dataset.path else None,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(elapsed_before + time.perf_counter() - started, 1),
+        "seconds_to_best": best["elapsed_s"],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return TrainResult(
         run_dir, best["epoch"], summary["best_validation"], len(history), summary["seconds"]
     )
+
+
+def training_split(dataset: Dataset) -> tuple[pd.DataFrame, list]:
+    """(purchases to fit on, validation cases). A dataset with valid.csv (a holdout split) is
+    fitted on all its purchases and validated on valid.csv by the holdout protocol. Otherwise the
+    paper's split: each customer's last basket is the test, never seen here; of the rest, each
+    customer's last basket is the validation, scored by the replay protocol (last sessions)."""
+    if dataset.valid is not None:
+        return dataset.purchases, holdout_cases(dataset, "valid")
+    train_purchases, _test = paper_split(dataset.purchases)
+    fit_purchases, _valid = paper_split(train_purchases)
+    replay = replay_cases(_with_purchases(dataset, train_purchases))
+    return fit_purchases, [case for case in replay if case.is_last]
 
 
 def _with_purchases(dataset: Dataset, purchases) -> Dataset:

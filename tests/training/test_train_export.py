@@ -189,3 +189,16 @@ def test_resume_after_a_killed_run_finishes_like_an_uninterrupted_one(small_mark
     version = export_run(killed, load_dataset(small_marketplace), tmp_path / "exports",
                          progress=lambda _: None)  # fmt: skip
     assert (version / "retrieval" / "saved_model.pb").exists()
+
+
+def test_a_holdout_dataset_is_validated_on_its_valid_split(small_marketplace, tmp_path):
+    from training.data.dataset import save_dataset
+    from training.data.history import holdout_split
+    from training.evaluation.protocols import holdout_cases
+
+    save_dataset(holdout_split(load_dataset(small_marketplace), seed=1), tmp_path / "holdout")
+    dataset = load_dataset(tmp_path / "holdout")
+    run = train(dataset, tiny_config(epochs=1), tmp_path / "run", progress=False)
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["validation_tests"] == len(holdout_cases(dataset, "valid")) > 0
+    assert summary["fit_purchases"] == len(dataset.purchases)
