@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data/marketplace
 REPORT_DIR ?= reports/marketplace
+RUNS_DIR ?= runs
+EXPORT_DIR ?= exports
 
-.PHONY: run test lint data evaluate clean
+.PHONY: run test lint data train evaluate export clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,15 +17,31 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Main job on the embedded default marketplace; reruns reuse what is already built.
-run: evaluate
+# Main job on the embedded default marketplace: train Curator and the paper's configuration,
+# evaluate both beside the baselines, export Curator. Reruns reuse what is already built, and
+# an interrupted training run is resumed from its last checkpoint.
+run: export
 
 data: $(STAMP)
 	@if [ -f $(DATA_DIR)/items.csv ]; then echo "reusing $(DATA_DIR)"; \
 	else $(BIN)/curator data generate --out $(DATA_DIR); fi
 
-evaluate: data
-	$(BIN)/curator evaluate --data $(DATA_DIR) --out $(REPORT_DIR)
+train: data
+	@for config in curator curatornet-paper; do \
+	  run=$(RUNS_DIR)/$$config; \
+	  if [ -f $$run/summary.json ]; then echo "reusing $$run"; \
+	  elif [ -d $$run/checkpoints ]; then \
+	    $(BIN)/curator train --data $(DATA_DIR) --config $$config --out $$run --resume || exit 1; \
+	  else $(BIN)/curator train --data $(DATA_DIR) --config $$config --out $$run || exit 1; fi; \
+	done
+
+evaluate: train
+	$(BIN)/curator evaluate --data $(DATA_DIR) --out $(REPORT_DIR) \
+	  --model $(RUNS_DIR)/curator --model $(RUNS_DIR)/curatornet-paper
+
+export: evaluate
+	@if ls $(EXPORT_DIR)/*/manifest.json >/dev/null 2>&1; then echo "reusing $(EXPORT_DIR)"; \
+	else $(BIN)/curator export --run $(RUNS_DIR)/curator --out $(EXPORT_DIR); fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,7 +13,8 @@ class ProfileEncoder(tf.keras.Model):
     """Runs the shared item tower over every profile artwork, then the user tower.
 
     Inputs: `{"features": [batch, max_profile, feature_dim], "mask": [batch, max_profile] bool}`
-    plus `"item_id": [batch, max_profile]` strings when the item tower is hybrid.
+    plus `"item_id"` and `"artist_id"` `[batch, max_profile]` strings when the item tower uses
+    ids (hybrid or artist embedding; ignored otherwise).
     Output: `[batch, user_tower.output_dim]`.
     """
 
@@ -25,8 +26,12 @@ class ProfileEncoder(tf.keras.Model):
         features = inputs["features"]
         batch, max_profile = tf.shape(features)[0], tf.shape(features)[1]
         flat = tf.reshape(features, [-1, self.item_tower.feature_dim])  # [batch * max_profile, d]
-        if self.item_tower.vocabulary is not None:
-            flat = {"features": flat, "item_id": tf.reshape(inputs["item_id"], [-1])}
+        if self.item_tower.uses_ids:
+            flat = {
+                "features": flat,
+                "item_id": tf.reshape(inputs["item_id"], [-1]),
+                "artist_id": tf.reshape(inputs["artist_id"], [-1]),
+            }
         vectors = self.item_tower(flat, training=training)  # [batch * max_profile, dim]
         vectors = tf.reshape(vectors, [batch, max_profile, self.item_tower.output_dim])
         return self.user_tower((vectors, inputs["mask"]), training=training)

@@ -133,7 +133,7 @@ def evaluate(
     if model:
         from training.recommender import load_run_recommender
 
-        models = [load_run_recommender(run, dataset.features, dataset.item_ids) for run in model]
+        models = [load_run_recommender(run, dataset) for run in model]
     names = None if baselines is None else [n.strip() for n in baselines.split(",") if n.strip()]
     result = run_evaluation(
         dataset,

@@ -26,6 +26,8 @@ class TrainConfig:
     dropout: float = 0.0
     l2_normalize: bool = True
     hybrid: bool = False
+    bias_head: bool = False  # a learned visual "appeal" added to every score
+    artist_embedding: bool = False  # known artists: a learned embedding and bias
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
     temperature: float = 0.05
@@ -84,8 +86,10 @@ class TrainConfig:
                 raise ValueError(
                     f"config field {name!r} must be {expected}, got {getattr(self, name)!r}"
                 )
-        if self.hybrid and self.loss == "bpr":
-            raise ValueError("config: hybrid towers are trained with the softmax loss only")
+        if (self.hybrid or self.artist_embedding) and self.loss == "bpr":
+            raise ValueError(
+                "config: hybrid and artist_embedding towers are trained with the softmax loss only"
+            )
         if self.loss == "bpr" and not self.policies:
             raise ValueError("config: the bpr loss needs at least one sampling policy")
 

@@ -1,15 +1,16 @@
 """`curator export`: a trained run -> a versioned directory the service loads.
 
 exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then renamed):
-- item_tower/  SavedModel, `serving_default(features [n, d] float32[, item_id [n] string])`
-               -> {"vectors": [n, dim]}
-- user_tower/  SavedModel, `serving_default(features [b, p, d], mask [b, p] bool[, item_id])`
-               -> {"vectors": [b, dim]}, and `from_item_vectors(vectors [b, p, dim], mask)`
-               for profiles of catalogue artworks whose vectors are already known
+- item_tower/  SavedModel, `serving_default(features [n, d] float32, item_id [n] string,
+               artist_id [n] string)` -> {"vectors": [n, dim]}
+- user_tower/  SavedModel, `serving_default(features [b, p, d], mask [b, p] bool, item_id,
+               artist_id)` -> {"vectors": [b, dim]}, and `from_item_vectors(vectors [b, p, dim],
+               mask)` for profiles of catalogue artworks whose vectors are already known
 - retrieval/   SavedModel, a tfrs factorized_top_k index (ScaNN from `scann_min_items` artworks
                on, else brute force) over every catalogue vector, with the user tower as its
-               query model: `serving_default(features, mask[, item_id])` -> {"scores", "item_ids"}
-               [b, k]. Loading it needs `import scann` first.
+               query model: `serving_default(features, mask, item_id, artist_id)` ->
+               {"scores", "item_ids"} [b, k]. Loading it needs `import scann` first.
+               Every signature takes the ids; towers without id embeddings ignore them.
 - catalogue/items.csv, catalogue/item_vectors.npy (row i of one is row i of the other)
 - manifest.json: version, run, config, data fingerprint, training metrics, the index and its
                recall@10 against exact search, measured here on real customers' profiles.
@@ -63,100 +64,77 @@ def export_versions(root: Path | str) -> list[int]:
     )
 
 
+def _specs(feature_dim: int, profile: bool) -> list[tf.TensorSpec]:
+    """Signature inputs: features[, mask], item_id, artist_id. Every signature takes the ids so
+    that callers need not know the tower's options; visual-only towers ignore them."""
+    shape = [None, None] if profile else [None]
+    specs = [tf.TensorSpec([*shape, feature_dim], tf.float32, name="features")]
+    if profile:
+        specs.append(tf.TensorSpec(shape, tf.bool, name="mask"))
+    return specs + [
+        tf.TensorSpec(shape, tf.string, name="item_id"),
+        tf.TensorSpec(shape, tf.string, name="artist_id"),
+    ]
+
+
 class _ItemTowerModule(tf.Module):
     def __init__(self, item_tower: ItemTower):
         super().__init__()
         self.item_tower = item_tower
-        d = item_tower.feature_dim
-        features = tf.TensorSpec([None, d], tf.float32, name="features")
-        if item_tower.vocabulary is None:
-            self.serve = tf.function(
-                lambda features: {"vectors": self.item_tower(features)},
-                input_signature=[features],
-            )
-        else:
-            self.serve = tf.function(
-                lambda features, item_id: {
-                    "vectors": self.item_tower({"features": features, "item_id": item_id})
-                },
-                input_signature=[features, tf.TensorSpec([None], tf.string, name="item_id")],
-            )
+
+        @tf.function(input_signature=_specs(item_tower.feature_dim, profile=False))
+        def serve(features, item_id, artist_id):
+            inputs = {"features": features, "item_id": item_id, "artist_id": artist_id}
+            return {"vectors": self.item_tower(inputs)}
+
+        self.serve = serve
 
 
 class _UserTowerModule(tf.Module):
     def __init__(self, encoder: ProfileEncoder):
         super().__init__()
         self.encoder = encoder
-        d, dim = encoder.item_tower.feature_dim, encoder.item_tower.output_dim
-        features = tf.TensorSpec([None, None, d], tf.float32, name="features")
-        mask = tf.TensorSpec([None, None], tf.bool, name="mask")
-        if encoder.item_tower.vocabulary is None:
-            self.serve = tf.function(
-                lambda features, mask: {
-                    "vectors": self.encoder({"features": features, "mask": mask})
-                },
-                input_signature=[features, mask],
-            )
-        else:
-            self.serve = tf.function(
-                lambda features, mask, item_id: {
-                    "vectors": self.encoder(
-                        {"features": features, "mask": mask, "item_id": item_id}
-                    )
-                },
-                input_signature=[
-                    features,
-                    mask,
-                    tf.TensorSpec([None, None], tf.string, name="item_id"),
-                ],
-            )
-        self.from_item_vectors = tf.function(
-            lambda vectors, mask: {"vectors": self.encoder.user_tower((vectors, mask))},
-            input_signature=[tf.TensorSpec([None, None, dim], tf.float32, name="vectors"), mask],
+        item_tower = encoder.item_tower
+
+        @tf.function(input_signature=_specs(item_tower.feature_dim, profile=True))
+        def serve(features, mask, item_id, artist_id):
+            inputs = {"features": features, "mask": mask, "item_id": item_id}
+            return {"vectors": self.encoder({**inputs, "artist_id": artist_id})}
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, item_tower.output_dim], tf.float32, name="vectors"),
+                tf.TensorSpec([None, None], tf.bool, name="mask"),
+            ]
         )
+        def from_item_vectors(vectors, mask):
+            return {"vectors": self.encoder.user_tower((vectors, mask))}
+
+        self.serve, self.from_item_vectors = serve, from_item_vectors
 
 
 class _RetrievalModule(tf.Module):
     def __init__(self, index, encoder: ProfileEncoder):
         super().__init__()
         self.index = index
-        d = encoder.item_tower.feature_dim
-        features = tf.TensorSpec([None, None, d], tf.float32, name="features")
-        mask = tf.TensorSpec([None, None], tf.bool, name="mask")
 
-        def answer(queries):
-            scores, item_ids = self.index(queries)
+        @tf.function(input_signature=_specs(encoder.item_tower.feature_dim, profile=True))
+        def serve(features, mask, item_id, artist_id):
+            inputs = {"features": features, "mask": mask, "item_id": item_id}
+            scores, item_ids = self.index({**inputs, "artist_id": artist_id})
             return {"scores": scores, "item_ids": item_ids}
 
-        if encoder.item_tower.vocabulary is None:
-            self.serve = tf.function(
-                lambda features, mask: answer({"features": features, "mask": mask}),
-                input_signature=[features, mask],
-            )
-        else:
-            self.serve = tf.function(
-                lambda features, mask, item_id: answer(
-                    {"features": features, "mask": mask, "item_id": item_id}
-                ),
-                input_signature=[
-                    features,
-                    mask,
-                    tf.TensorSpec([None, None], tf.string, name="item_id"),
-                ],
-            )
+        self.serve = serve
 
 
-def _profile_inputs(
-    dataset: Dataset, profiles: list[np.ndarray], hybrid: bool
-) -> dict[str, tf.Tensor]:
+def _profile_inputs(dataset: Dataset, profiles: list[np.ndarray]) -> dict[str, tf.Tensor]:
     rows, mask = pad_profiles(profiles)  # [b, p]
-    inputs = {
+    return {
         "features": tf.constant(np.asarray(dataset.features)[rows], tf.float32),
         "mask": tf.constant(mask),
+        "item_id": tf.constant(dataset.item_ids.astype(str)[rows]),
+        "artist_id": tf.constant(dataset.items["artist_id"].to_numpy().astype(str)[rows]),
     }
-    if hybrid:
-        inputs["item_id"] = tf.constant(dataset.item_ids.astype(str)[rows])
-    return inputs
 
 
 def _recall_profiles(dataset: Dataset, seed: int) -> list[np.ndarray]:
@@ -167,10 +145,10 @@ def _recall_profiles(dataset: Dataset, seed: int) -> list[np.ndarray]:
     return [groups[i] for i in np.sort(chosen)]
 
 
-def _index_recall(index, encoder, dataset, vectors, profiles, hybrid, k=10) -> float:
+def _index_recall(index, encoder, dataset, vectors, profiles, k=10) -> float:
     found, exact = [], []
     for start in range(0, len(profiles), 100):
-        inputs = _profile_inputs(dataset, profiles[start : start + 100], hybrid)
+        inputs = _profile_inputs(dataset, profiles[start : start + 100])
         scores, _ids = index(inputs, k=k)
         users = encoder(inputs).numpy()
         found.append(scores.numpy())
@@ -191,16 +169,15 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
             f"{run_dir} was trained on {item_tower.feature_dim}-d features; "
             f"{dataset.path} has {dataset.features.shape[1]}-d"
         )
-    hybrid = item_tower.vocabulary is not None
     encoder = ProfileEncoder(item_tower, user_tower)
     ids = dataset.item_ids.astype(str)
     progress(f"embedding {dataset.n_items:,} artworks")
-    vectors = embed_items(item_tower, dataset.features, ids)
+    vectors = embed_items(item_tower, dataset.features, ids, dataset.items["artist_id"])
     settings = index_config(config)
     progress(f"building the index: {settings.describe(dataset.n_items)}")
     index = build_index(vectors, ids, settings, query_model=encoder)
     profiles = _recall_profiles(dataset, config.seed)
-    recall = _index_recall(index, encoder, dataset, vectors, profiles, hybrid)
+    recall = _index_recall(index, encoder, dataset, vectors, profiles)
     progress(f"index recall@10 against exact search: {recall:.4f} ({len(profiles)} profiles)")
 
     version = (export_versions(out) or [0])[-1] + 1
@@ -248,7 +225,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
                 "recall_at_10": round(recall, 4),
                 "recall_queries": len(profiles),
             },
-            "hybrid": hybrid,
+            "uses_ids": item_tower.uses_ids,
             "tensorflow": tf.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

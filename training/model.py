@@ -16,6 +16,7 @@ def build_towers(
     feature_mean: np.ndarray,
     feature_variance: np.ndarray,
     vocabulary: list[str] | None = None,
+    artist_vocabulary: list[str] | None = None,
 ) -> tuple[ItemTower, UserTower]:
     """The two towers a config describes; z-score statistics come from the training catalogue."""
     weight_decay = config.weight_decay
@@ -28,6 +29,8 @@ def build_towers(
         l2_normalize=config.l2_normalize,
         l2_weight=weight_decay,
         vocabulary=vocabulary if config.hybrid else None,
+        bias_head=config.bias_head,
+        artist_vocabulary=artist_vocabulary if config.artist_embedding else None,
         name="item_tower",
     )
     user_tower = UserTower(
@@ -37,7 +40,7 @@ def build_towers(
         dropout=config.dropout,
         l2_normalize=config.l2_normalize,
         l2_weight=weight_decay,
-        bias_slot=config.hybrid,
+        bias_slot=config.hybrid or config.bias_head or config.artist_embedding,
         name="user_tower",
     )
     return item_tower, user_tower
@@ -61,6 +64,7 @@ class CuratorModel(tfrs.models.Model):
         user_tower: UserTower,
         features: np.ndarray,
         item_ids: np.ndarray,
+        artist_ids: np.ndarray,
         config: TrainConfig,
         positive_share: np.ndarray | None = None,
     ):
@@ -70,6 +74,7 @@ class CuratorModel(tfrs.models.Model):
         padded = np.concatenate([features, np.zeros((1, features.shape[1]), features.dtype)])
         self.features = tf.constant(padded)  # [n_items + 1, d]
         self.item_ids = tf.constant(np.append(item_ids.astype(str), ""))  # [n_items + 1]
+        self.artist_ids = tf.constant(np.append(artist_ids.astype(str), ""))  # [n_items + 1]
         share = np.ones(self.n_items) / self.n_items if positive_share is None else positive_share
         self.positive_share = tf.constant(np.append(share, 1.0).astype(np.float32))
         self.task = tfrs.tasks.Retrieval(
@@ -80,8 +85,12 @@ class CuratorModel(tfrs.models.Model):
     def item_vectors(self, rows: tf.Tensor, training: bool = False) -> tf.Tensor:
         """[n] catalogue rows -> [n, dim]."""
         features = tf.gather(self.features, rows)
-        if self.item_tower.vocabulary is not None:
-            features = {"features": features, "item_id": tf.gather(self.item_ids, rows)}
+        if self.item_tower.uses_ids:
+            features = {
+                "features": features,
+                "item_id": tf.gather(self.item_ids, rows),
+                "artist_id": tf.gather(self.artist_ids, rows),
+            }
         return self.item_tower(features, training=training)
 
     def towers_on_batch(self, profile, candidates, training: bool = False):

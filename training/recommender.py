@@ -10,20 +10,25 @@ import tensorflow as tf
 
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
+from training.data.dataset import Dataset
 from training.evaluation.recommender import QueryBatch
 
 ITEM_CHUNK = 8_192
 
 
-def embed_items(item_tower: ItemTower, features: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+def embed_items(
+    item_tower: ItemTower, features: np.ndarray, item_ids: np.ndarray, artist_ids: np.ndarray
+) -> np.ndarray:
     """Item vectors [n_items, dim] float32, in chunks (features may be memory-mapped)."""
+    item_ids, artist_ids = np.asarray(item_ids).astype(str), np.asarray(artist_ids).astype(str)
     chunks = []
     for start in range(0, features.shape[0], ITEM_CHUNK):
         block = tf.constant(np.asarray(features[start : start + ITEM_CHUNK], dtype=np.float32))
-        if item_tower.vocabulary is not None:
+        if item_tower.uses_ids:
             block = {
                 "features": block,
                 "item_id": tf.constant(item_ids[start : start + ITEM_CHUNK]),
+                "artist_id": tf.constant(artist_ids[start : start + ITEM_CHUNK]),
             }
         chunks.append(item_tower(block).numpy())
     return np.concatenate(chunks)
@@ -42,9 +47,11 @@ def pad_profiles(profiles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 class TowerRecommender:
     """Scores with trained towers: item vectors once per catalogue, user vectors per batch."""
 
-    def __init__(self, name: str, item_tower: ItemTower, user_tower: UserTower, features, item_ids):
+    def __init__(self, name: str, item_tower: ItemTower, user_tower: UserTower, dataset: Dataset):
         self.name, self.user_tower = name, user_tower
-        self.item_vectors = embed_items(item_tower, features, np.asarray(item_ids).astype(str))
+        self.item_vectors = embed_items(
+            item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
+        )
 
     def user_vectors(self, profiles: list[np.ndarray]) -> np.ndarray:
         rows, mask = pad_profiles(profiles)
@@ -77,8 +84,8 @@ def load_towers(run_dir: Path | str, prefix: str = "best/towers") -> tuple[ItemT
     item_tower = ItemTower.from_config(configs["item_tower"])
     user_tower = UserTower.from_config(configs["user_tower"])
     features = tf.zeros([1, item_tower.feature_dim])
-    if item_tower.vocabulary is not None:
-        features = {"features": features, "item_id": tf.constant([""])}
+    if item_tower.uses_ids:
+        features = {"features": features, "item_id": [""], "artist_id": [""]}
     vectors = item_tower(features)[:, None, :]  # build the variables before restoring them
     user_tower((vectors, tf.ones([1, 1], tf.bool)))
     checkpoint = tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower)
@@ -86,6 +93,6 @@ def load_towers(run_dir: Path | str, prefix: str = "best/towers") -> tuple[ItemT
     return item_tower, user_tower
 
 
-def load_run_recommender(run_dir: Path | str, features, item_ids) -> TowerRecommender:
+def load_run_recommender(run_dir: Path | str, dataset: Dataset) -> TowerRecommender:
     item_tower, user_tower = load_towers(run_dir)
-    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, features, item_ids)
+    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, dataset)

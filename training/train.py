@@ -88,9 +88,7 @@ def _batches(examples: Examples, n_items: int, batch_size: int, seed) -> tf.data
 
 
 def validate(model: CuratorModel, dataset: Dataset, cases) -> dict:
-    recommender = TowerRecommender(
-        "validation", model.item_tower, model.user_tower, dataset.features, dataset.item_ids
-    )
+    recommender = TowerRecommender("validation", model.item_tower, model.user_tower, dataset)
     ranked = rank_cases(recommender, cases, dataset.n_items)
     (row,) = summary_rows("validation", cases, ranked, ["all"])
     return {k: v for k, v in row.items() if k in ("auc", "r@20", "r@100", "ndcg@20")}
@@ -133,12 +131,16 @@ def train(
         mean,
         np.square(std),
         vocabulary=list(np.unique(dataset.item_ids[fit_purchases["item"]])),
+        artist_vocabulary=list(
+            np.unique(dataset.items["artist_id"].to_numpy()[fit_purchases["item"]].astype(str))
+        ),
     )
     model = CuratorModel(
         item_tower,
         user_tower,
         np.asarray(dataset.features),
         dataset.item_ids,
+        dataset.items["artist_id"].to_numpy(),
         config,
         positive_share=counts / counts.sum(),
     )

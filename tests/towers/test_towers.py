@@ -77,16 +77,27 @@ def test_empty_profile_is_an_error():
         tower((vectors, mask))
 
 
-def test_hybrid_tower_unknown_ids_get_exactly_the_visual_vector():
-    tower = ItemTower(np.zeros(4), np.ones(4), hidden_units=(3,), vocabulary=["a", "b"])
-    features = tf.random.normal([2, 4], seed=4)
-    tower({"features": features, "item_id": tf.constant(["a", "zzz"])})
-    tower.item_embedding.embeddings.assign(tf.ones_like(tower.item_embedding.embeddings))
-    tower.item_bias.embeddings.assign(tf.fill(tower.item_bias.embeddings.shape, 2.0))
-    out = tower({"features": features, "item_id": tf.constant(["a", "zzz"])}).numpy()
+def test_id_embeddings_add_to_known_ids_and_leave_unknown_ones_visual():
+    tower = ItemTower(
+        np.zeros(4), np.ones(4), hidden_units=(3,), vocabulary=["a", "b"], artist_vocabulary=["x"]
+    )
+    features = tf.random.normal([3, 4], seed=4)
+    inputs = {
+        "features": features,
+        "item_id": tf.constant(["a", "zzz", "new"]),
+        "artist_id": tf.constant(["x", "x", "unknown"]),
+    }
+    tower(inputs)
+    for (_lookup, embedding, bias), value in zip(
+        tower.id_embeddings.values(), (1.0, 10.0), strict=True
+    ):
+        embedding.embeddings.assign(tf.fill(embedding.embeddings.shape, value))
+        bias.embeddings.assign(tf.fill(bias.embeddings.shape, value * 2))
+    out = tower(inputs).numpy()
     visual = tower.stack(tower.normalize(features)).numpy()
-    np.testing.assert_allclose(out[0], np.append(visual[0] + 1.0, 2.0), rtol=1e-5)
-    np.testing.assert_allclose(out[1], np.append(visual[1], 0.0), rtol=1e-5)
+    np.testing.assert_allclose(out[0], np.append(visual[0] + 11.0, 22.0), rtol=1e-5)
+    np.testing.assert_allclose(out[1], np.append(visual[1] + 10.0, 20.0), rtol=1e-5)
+    np.testing.assert_allclose(out[2], np.append(visual[2], 0.0), rtol=1e-5)  # all unknown
     assert tower.output_dim == 4
 
 
@@ -109,3 +120,18 @@ def test_saved_model_round_trip_gives_the_same_predictions(item_tower, tmp_path)
     np.testing.assert_allclose(loaded(inputs).numpy(), want, rtol=1e-6)
     restored = tf.saved_model.load(str(tmp_path / "encoder"))
     np.testing.assert_allclose(restored(inputs).numpy(), want, rtol=1e-6)
+
+
+def test_bias_head_adds_a_visual_appeal_to_every_score():
+    tower = ItemTower(np.zeros(4), np.ones(4), hidden_units=(3,), l2_normalize=True, bias_head=True)
+    features = tf.random.normal([5, 4], seed=6)
+    tower(features)
+    tower.visual_bias.kernel.assign([[1.0], [-2.0], [0.5]])
+    out = tower(features).numpy()
+    hidden = tower.stack(tower.normalize(features)).numpy()
+    np.testing.assert_allclose(out[:, -1], hidden @ np.array([1.0, -2.0, 0.5]), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out[:, :-1], axis=1), 1.0, rtol=1e-5)
+    user = UserTower(hidden_units=(3,), l2_normalize=True, bias_slot=True)
+    users = user((tf.constant(out[None, :2]), tf.ones([1, 2], tf.bool))).numpy()
+    assert users[0, -1] == 1.0  # score = taste . vector + appeal
+    assert tower.output_dim == user.output_dim == 4

@@ -80,9 +80,9 @@ import tensorflow as tf
 export, queries = sys.argv[1], np.load(sys.argv[2])
 retrieval = tf.saved_model.load(export + "/retrieval").signatures["serving_default"]
 user_tower = tf.saved_model.load(export + "/user_tower").signatures["serving_default"]
-mask = tf.constant(queries["mask"])
-out = retrieval(features=tf.constant(queries["features"]), mask=mask)
-users = user_tower(features=tf.constant(queries["features"]), mask=mask)["vectors"]
+inputs = {key: tf.constant(queries[key]) for key in ("features", "mask", "item_id", "artist_id")}
+out = retrieval(**inputs)
+users = user_tower(**inputs)["vectors"]
 np.savez(sys.argv[3], scores=out["scores"].numpy(), ids=out["item_ids"].numpy().astype(str),
          users=users.numpy())
 """
@@ -119,13 +119,18 @@ def test_a_separate_process_loads_the_export_and_retrieves_the_same_top_k(
     mask = np.zeros((len(profiles), 4), bool)
     for i, p in enumerate(profiles):
         rows[i, : p.size], mask[i, : p.size] = p, True
-    features = np.asarray(dataset.features)[rows].astype(np.float32)
+    inputs = {
+        "features": np.asarray(dataset.features)[rows].astype(np.float32),
+        "mask": mask,
+        "item_id": dataset.item_ids.astype(str)[rows],
+        "artist_id": dataset.items["artist_id"].to_numpy().astype(str)[rows],
+    }
     encoder = ProfileEncoder(*load_towers(trained_run))
-    users = encoder({"features": features, "mask": mask}).numpy()
+    users = encoder(inputs).numpy()
     vectors = np.load(version / "catalogue" / "item_vectors.npy")
     want = np.sort(users @ vectors.T, axis=1)[:, ::-1][:, :100]
 
-    np.savez(tmp_path / "queries.npz", features=features, mask=mask)
+    np.savez(tmp_path / "queries.npz", **inputs)
     subprocess.run(
         [
             sys.executable,
