@@ -37,6 +37,7 @@ class TrainConfig:
     # examples: policy -> anchors per epoch (`history` always takes every basket)
     policies: tuple[tuple[str, int], ...] = (("history", 1), ("one_item", 2000))
     hard_negatives: bool = False  # softmax: add each example's policy negative to the batch
+    uniform_negatives: int = 0  # softmax: catalogue artworks drawn uniformly, per batch
     in_cluster: float = 0.6
     n_clusters: int = 100
     max_profile: int = 50
@@ -76,6 +77,7 @@ class TrainConfig:
             "in_cluster": (0.0 <= self.in_cluster <= 1.0, "in [0, 1]"),
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
             "export_k": (self.export_k >= 1, ">= 1"),
+            "uniform_negatives": (self.uniform_negatives >= 0, ">= 0"),
             "scann_leaves_to_search_share": (
                 0.0 < self.scann_leaves_to_search_share <= 1.0,
                 "in (0, 1]",

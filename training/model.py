@@ -53,8 +53,10 @@ class CuratorModel(tfrs.models.Model):
     owned [batch, max_owned] (the customer's purchases: never negatives).
 
     softmax: tfrs.tasks.Retrieval over in-batch candidates (plus policy negatives when
-    `hard_negatives`), with temperature, accidental-hit removal, the customer's other purchases
-    masked out, and log-q correction by each artwork's share of the training positives.
+    `hard_negatives`, plus `uniform_negatives` artworks drawn uniformly from the catalogue, so
+    that artworks that never sold are seen and ranked down too), with temperature,
+    accidental-hit removal, the customer's other purchases masked out, and log-q correction by
+    each candidate's sampling probability.
     bpr: -log sigmoid(score(positive) - score(negative)) on policy triples (the paper's loss).
     """
 
@@ -108,6 +110,13 @@ class CuratorModel(tfrs.models.Model):
         users = self.user_tower((profile_vectors, mask), training=training)
         return users, tf.gather(vectors, position[n_flat:])
 
+    def _sampling_probability(self, candidates: tf.Tensor, n_batch: tf.Tensor) -> tf.Tensor:
+        """Each candidate's chance of being drawn as a negative: in-batch candidates follow the
+        training positives' distribution, uniform ones 1/n_items; the mixture of both."""
+        n_uniform = float(self.config.uniform_negatives)
+        share = tf.gather(self.positive_share, candidates)  # [n_candidates]
+        return (n_batch * share + n_uniform / self.n_items) / (n_batch + n_uniform)
+
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         positive, negative = inputs["positive"], inputs["negative"]
         if self.config.loss == "bpr":
@@ -125,6 +134,11 @@ class CuratorModel(tfrs.models.Model):
         candidates = positive
         if self.config.hard_negatives:
             candidates = tf.concat([positive, tf.boolean_mask(negative, negative >= 0)], 0)
+        n_batch = tf.cast(tf.size(candidates), tf.float32)
+        n_uniform = self.config.uniform_negatives
+        if n_uniform:  # mixed negative sampling: catalogue artworks drawn uniformly
+            drawn = tf.random.uniform([n_uniform], 0, self.n_items, dtype=candidates.dtype)
+            candidates = tf.concat([candidates, drawn], 0)
         users, items = self.towers_on_batch(inputs["profile"], candidates, training)
         owned = inputs["owned"]  # [batch, max_owned]
         is_owned = tf.reduce_any(owned[:, :, None] == candidates[None, None, :], axis=1)
@@ -134,7 +148,9 @@ class CuratorModel(tfrs.models.Model):
             items,
             candidate_ids=candidates,
             candidate_sampling_probability=(
-                tf.gather(self.positive_share, candidates) if self.config.logq_correction else None
+                self._sampling_probability(candidates, n_batch)
+                if self.config.logq_correction
+                else None
             ),
             score_mask=tf.logical_or(~is_owned, own_positive),  # [batch, n_candidates]
             compute_metrics=False,
