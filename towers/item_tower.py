@@ -10,6 +10,12 @@ import tensorflow as tf
 from towers.dense_stack import DenseStack
 
 
+def item_inputs(features, item_id, artist_id) -> dict:
+    """An ItemTower's dict input: features `[..., feature_dim]` and the ids `[...]` its
+    embeddings look up (ignored by a tower without id embeddings)."""
+    return {"features": features, "item_id": item_id, "artist_id": artist_id}
+
+
 @tf.keras.utils.register_keras_serializable(package="curator")
 class ItemTower(tf.keras.layers.Layer):
     """z-score normalisation, then a dense stack (CuratorNet: 200, 200, selu).

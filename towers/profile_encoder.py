@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from towers.item_tower import ItemTower
+from towers.item_tower import ItemTower, item_inputs
 from towers.user_tower import UserTower
 
 
@@ -27,11 +27,8 @@ class ProfileEncoder(tf.keras.Model):
         batch, max_profile = tf.shape(features)[0], tf.shape(features)[1]
         flat = tf.reshape(features, [-1, self.item_tower.feature_dim])  # [batch * max_profile, d]
         if self.item_tower.uses_ids:
-            flat = {
-                "features": flat,
-                "item_id": tf.reshape(inputs["item_id"], [-1]),
-                "artist_id": tf.reshape(inputs["artist_id"], [-1]),
-            }
+            ids = (tf.reshape(inputs[key], [-1]) for key in ("item_id", "artist_id"))
+            flat = item_inputs(flat, *ids)
         vectors = self.item_tower(flat, training=training)  # [batch * max_profile, dim]
         vectors = tf.reshape(vectors, [batch, max_profile, self.item_tower.output_dim])
         return self.user_tower((vectors, inputs["mask"]), training=training)

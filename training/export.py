@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from towers.item_tower import ItemTower
+from towers.item_tower import ItemTower, item_inputs
 from towers.profile_encoder import ProfileEncoder
 from training.atomic import atomic_directory
 from training.config import TrainConfig
@@ -84,8 +84,7 @@ class _ItemTowerModule(tf.Module):
 
         @tf.function(input_signature=_specs(item_tower.feature_dim, profile=False))
         def serve(features, item_id, artist_id):
-            inputs = {"features": features, "item_id": item_id, "artist_id": artist_id}
-            return {"vectors": self.item_tower(inputs)}
+            return {"vectors": self.item_tower(item_inputs(features, item_id, artist_id))}
 
         self.serve = serve
 
@@ -98,8 +97,8 @@ class _UserTowerModule(tf.Module):
 
         @tf.function(input_signature=_specs(item_tower.feature_dim, profile=True))
         def serve(features, mask, item_id, artist_id):
-            inputs = {"features": features, "mask": mask, "item_id": item_id}
-            return {"vectors": self.encoder({**inputs, "artist_id": artist_id})}
+            inputs = {**item_inputs(features, item_id, artist_id), "mask": mask}
+            return {"vectors": self.encoder(inputs)}
 
         @tf.function(
             input_signature=[
@@ -120,8 +119,8 @@ class _RetrievalModule(tf.Module):
 
         @tf.function(input_signature=_specs(encoder.item_tower.feature_dim, profile=True))
         def serve(features, mask, item_id, artist_id):
-            inputs = {"features": features, "mask": mask, "item_id": item_id}
-            scores, item_ids = self.index({**inputs, "artist_id": artist_id})
+            inputs = {**item_inputs(features, item_id, artist_id), "mask": mask}
+            scores, item_ids = self.index(inputs)
             return {"scores": scores, "item_ids": item_ids}
 
         self.serve = serve
@@ -129,12 +128,12 @@ class _RetrievalModule(tf.Module):
 
 def _profile_inputs(dataset: Dataset, profiles: list[np.ndarray]) -> dict[str, tf.Tensor]:
     rows, mask = pad_profiles(profiles)  # [b, p]
-    return {
-        "features": tf.constant(np.asarray(dataset.features)[rows], tf.float32),
-        "mask": tf.constant(mask),
-        "item_id": tf.constant(dataset.item_ids.astype(str)[rows]),
-        "artist_id": tf.constant(dataset.items["artist_id"].to_numpy().astype(str)[rows]),
-    }
+    inputs = item_inputs(
+        tf.constant(np.asarray(dataset.features)[rows], tf.float32),
+        tf.constant(dataset.item_ids.astype(str)[rows]),
+        tf.constant(dataset.items["artist_id"].to_numpy().astype(str)[rows]),
+    )
+    return {**inputs, "mask": tf.constant(mask)}
 
 
 def _recall_profiles(dataset: Dataset, seed: int) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from towers.item_tower import ItemTower
+from towers.item_tower import ItemTower, item_inputs
 from towers.user_tower import UserTower
 from training.config import TrainConfig
 
@@ -88,11 +88,8 @@ class CuratorModel(tfrs.models.Model):
         """[n] catalogue rows -> [n, dim]."""
         features = tf.gather(self.features, rows)
         if self.item_tower.uses_ids:
-            features = {
-                "features": features,
-                "item_id": tf.gather(self.item_ids, rows),
-                "artist_id": tf.gather(self.artist_ids, rows),
-            }
+            ids = tf.gather(self.item_ids, rows), tf.gather(self.artist_ids, rows)
+            features = item_inputs(features, *ids)
         return self.item_tower(features, training=training)
 
     def towers_on_batch(self, profile, candidates, training: bool = False):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from towers.item_tower import ItemTower
+from towers.item_tower import ItemTower, item_inputs
 from towers.user_tower import UserTower
 from training.data.dataset import Dataset
 from training.evaluation.recommender import QueryBatch
@@ -25,11 +25,8 @@ def embed_items(
     for start in range(0, features.shape[0], ITEM_CHUNK):
         block = tf.constant(np.asarray(features[start : start + ITEM_CHUNK], dtype=np.float32))
         if item_tower.uses_ids:
-            block = {
-                "features": block,
-                "item_id": tf.constant(item_ids[start : start + ITEM_CHUNK]),
-                "artist_id": tf.constant(artist_ids[start : start + ITEM_CHUNK]),
-            }
+            chunk = slice(start, start + ITEM_CHUNK)
+            block = item_inputs(block, item_ids[chunk], artist_ids[chunk])
         chunks.append(item_tower(block).numpy())
     return np.concatenate(chunks)
 
@@ -85,7 +82,7 @@ def load_towers(run_dir: Path | str, prefix: str = "best/towers") -> tuple[ItemT
     user_tower = UserTower.from_config(configs["user_tower"])
     features = tf.zeros([1, item_tower.feature_dim])
     if item_tower.uses_ids:
-        features = {"features": features, "item_id": [""], "artist_id": [""]}
+        features = item_inputs(features, [""], [""])
     vectors = item_tower(features)[:, None, :]  # build the variables before restoring them
     user_tower((vectors, tf.ones([1, 1], tf.bool)))
     checkpoint = tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower)
