@@ -94,6 +94,28 @@ class ItemTower(tf.keras.layers.Layer):
                     ),
                 )
 
+    def set_id_bias(self, key: str, values: Sequence[float]) -> None:
+        """Sets the learned bias of each id of the `key` vocabulary ("item_id" or "artist_id"),
+        e.g. to a prior from the sales log; the out-of-vocabulary bucket stays at zero."""
+        if key not in self.id_embeddings:
+            raise ValueError(f"this item tower has no {key} embedding")
+        lookup, _embedding, bias = self.id_embeddings[key]
+        values = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+        if values.shape[0] != lookup.vocabulary_size() - 1:
+            raise ValueError(
+                f"{key} bias: {values.shape[0]} values for {lookup.vocabulary_size() - 1} ids"
+            )
+        if not bias.built:
+            bias.build((None,))
+        bias.embeddings.assign(np.concatenate([np.zeros((1, 1), np.float32), values]))
+
+    def id_bias(self, key: str) -> np.ndarray:
+        """The learned bias of each id of the `key` vocabulary, in vocabulary order."""
+        if key not in self.id_embeddings:
+            raise ValueError(f"this item tower has no {key} embedding")
+        _lookup, _embedding, bias = self.id_embeddings[key]
+        return bias.embeddings.numpy()[1:, 0].copy()
+
     @property
     def feature_dim(self) -> int:
         return len(self.feature_mean)

@@ -28,6 +28,9 @@ class TrainConfig:
     hybrid: bool = False
     bias_head: bool = False  # a learned visual "appeal" added to every score
     artist_embedding: bool = False  # known artists: a learned embedding and bias
+    # after training: artist biases += w x the artist's centred log sell-through rate, with w
+    # the one of these weights that scores best on the validation (none: no prior)
+    artist_prior_weights: tuple[float, ...] = ()
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
     temperature: float = 0.05
@@ -61,6 +64,9 @@ class TrainConfig:
         object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
         object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
         object.__setattr__(self, "user_hidden", tuple(int(u) for u in self.user_hidden))
+        object.__setattr__(
+            self, "artist_prior_weights", tuple(float(w) for w in self.artist_prior_weights)
+        )
         checks = {
             "loss": (self.loss in LOSSES, f"one of {LOSSES}"),
             "pooling": (self.pooling in POOLINGS, f"one of {POOLINGS}"),
@@ -92,6 +98,8 @@ class TrainConfig:
             raise ValueError(
                 "config: hybrid and artist_embedding towers are trained with the softmax loss only"
             )
+        if self.artist_prior_weights and not self.artist_embedding:
+            raise ValueError("config: artist_prior_weights needs artist_embedding: true")
         if self.loss == "bpr" and not self.policies:
             raise ValueError("config: the bpr loss needs at least one sampling policy")
 
@@ -106,6 +114,7 @@ class TrainConfig:
             list(self.item_hidden),
             list(self.user_hidden),
         )
+        values["artist_prior_weights"] = list(self.artist_prior_weights)
         return values
 
 

@@ -212,7 +212,11 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
             "data_fingerprint": summary["data_fingerprint"],
             "config": config.to_dict(),
             "training": {
-                k: summary[k] for k in ("best_epoch", "best_validation", "epochs_run", "seconds")
+                **{
+                    k: summary[k]
+                    for k in ("best_epoch", "best_validation", "epochs_run", "seconds")
+                },
+                "artist_prior_weight": summary.get("artist_prior", {}).get("weight"),
             },
             "catalogue": {
                 "items": int(dataset.n_items),

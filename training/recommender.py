@@ -14,6 +14,7 @@ from training.data.dataset import Dataset
 from training.evaluation.recommender import QueryBatch
 
 ITEM_CHUNK = 8_192
+MODEL_PREFIX = "model/towers"  # a run's final weights (best/towers: the selected epoch's)
 
 
 def embed_items(
@@ -72,11 +73,13 @@ def save_towers(run_dir: Path, item_tower: ItemTower, user_tower: UserTower, pre
     tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower).write(str(run_dir / prefix))
 
 
-def load_towers(run_dir: Path | str, prefix: str = "best/towers") -> tuple[ItemTower, UserTower]:
-    """The towers of a run, rebuilt from towers.json and restored from its best weights."""
+def load_towers(run_dir: Path | str, prefix: str = MODEL_PREFIX) -> tuple[ItemTower, UserTower]:
+    """The towers of a run, rebuilt from towers.json and restored from its final weights
+    (`prefix`: best/towers for the selected epoch's, before calibration)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "towers.json").exists():
-        raise ValueError(f"{run_dir} is not a finished training run (no towers.json)")
+    for needed in ("towers.json", f"{prefix}.index"):
+        if not (run_dir / needed).exists():
+            raise ValueError(f"{run_dir} is not a finished training run (no {needed})")
     configs = json.loads((run_dir / "towers.json").read_text())
     item_tower = ItemTower.from_config(configs["item_tower"])
     user_tower = UserTower.from_config(configs["user_tower"])

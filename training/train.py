@@ -6,7 +6,8 @@ every epoch it is scored by the replay protocol on those validation sessions, wh
 best epoch and stops training when `patience` epochs bring no improvement. A holdout dataset
 (with valid.csv) is validated on valid.csv instead (see `training_split`).
 
-A run directory holds config.yaml, towers.json (tower configs), best/ (the selected weights),
+A run directory holds config.yaml, towers.json (tower configs), best/ (the selected epoch's
+weights), model/ (those weights as finally calibrated: the model that is evaluated and exported),
 checkpoints/ (model, optimizer and progress after every epoch: `--resume` continues from the
 last), history.json (per-epoch loss and validation metrics), summary.json and logs/ (TensorBoard).
 """
@@ -28,12 +29,17 @@ from tqdm import tqdm
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.data.features import zscore_stats
-from training.data.history import artist_index, paper_split, visual_clusters
+from training.data.history import (
+    artist_index,
+    artist_sell_through,
+    paper_split,
+    visual_clusters,
+)
 from training.evaluation.protocols import holdout_cases, replay_cases
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
 from training.model import CuratorModel, build_towers
-from training.recommender import TowerRecommender, save_towers
+from training.recommender import MODEL_PREFIX, TowerRecommender, load_towers, save_towers
 from training.sampling import Examples, SamplingContext, sample_examples
 
 
@@ -87,8 +93,8 @@ def _batches(examples: Examples, n_items: int, batch_size: int, seed) -> tf.data
     return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(2)
 
 
-def validate(model: CuratorModel, dataset: Dataset, cases) -> dict:
-    recommender = TowerRecommender("validation", model.item_tower, model.user_tower, dataset)
+def validate(item_tower, user_tower, dataset: Dataset, cases) -> dict:
+    recommender = TowerRecommender("validation", item_tower, user_tower, dataset)
     ranked = rank_cases(recommender, cases, dataset.n_items)
     (row,) = summary_rows("validation", cases, ranked, ["all"])
     return {k: v for k, v in row.items() if k in ("auc", "r@20", "r@100", "ndcg@20")}
@@ -126,14 +132,15 @@ def train(
     context = SamplingContext.build(fit_purchases, artists, clusters, config.max_profile)
     counts = np.bincount(fit_purchases["item"], minlength=dataset.n_items) + 1.0  # smoothed
     mean, std = zscore_stats(dataset.features)
+    artist_vocabulary = list(
+        np.unique(dataset.items["artist_id"].to_numpy()[fit_purchases["item"]].astype(str))
+    )
     item_tower, user_tower = build_towers(
         config,
         mean,
         np.square(std),
         vocabulary=list(np.unique(dataset.item_ids[fit_purchases["item"]])),
-        artist_vocabulary=list(
-            np.unique(dataset.items["artist_id"].to_numpy()[fit_purchases["item"]].astype(str))
-        ),
+        artist_vocabulary=artist_vocabulary,
     )
     model = CuratorModel(
         item_tower,
@@ -185,7 +192,7 @@ def train(
             epochs=1,
             verbose=0,
         )
-        metrics = validate(model, dataset, validation_cases)
+        metrics = validate(item_tower, user_tower, dataset, validation_cases)
         record = {
             "epoch": current + 1,
             "loss": float(fit.history["loss"][-1]),
@@ -214,9 +221,20 @@ def train(
     bar.close()
 
     best = max(history, key=lambda r: r[f"valid_{config.selection_metric}"])
+    best_validation = {k[6:]: v for k, v in best.items() if k.startswith("valid_")}
+    item_tower, user_tower = load_towers(run_dir, "best/towers")
+    prior = {}
+    if config.artist_prior_weights:
+        prior = calibrate_artist_prior(
+            item_tower, user_tower, dataset, fit_purchases, validation_cases, config
+        )
+        best_validation = prior["validation"]
+    save_towers(run_dir, item_tower, user_tower, MODEL_PREFIX)
     summary = {
         "best_epoch": best["epoch"],
-        "best_validation": {k[6:]: v for k, v in best.items() if k.startswith("valid_")},
+        "best_validation": best_validation,
+        "epoch_validation": {k[6:]: v for k, v in best.items() if k.startswith("valid_")},
+        "artist_prior": prior,
         "epochs_run": len(history),
         "validation_tests": len(validation_cases),
         "fit_purchases": len(fit_purchases),
@@ -229,6 +247,30 @@ def train(
     return TrainResult(
         run_dir, best["epoch"], summary["best_validation"], len(history), summary["seconds"]
     )
+
+
+def calibrate_artist_prior(
+    item_tower, user_tower, dataset: Dataset, fit_purchases, validation_cases, config
+) -> dict:
+    """Adds w x each artist's centred log sell-through rate (from the fitted purchases) to its
+    learned bias, for the w of `config.artist_prior_weights` that scores best on the validation
+    (the tower is left with that w). In-batch softmax leaves these biases near zero: an artist's
+    sales put its artworks among the positives and the in-batch negatives alike."""
+    prior = artist_sell_through(dataset.items, fit_purchases, item_tower.artist_vocabulary)
+    learned = item_tower.id_bias("artist_id")
+    scores = []
+    for weight in config.artist_prior_weights:
+        item_tower.set_id_bias("artist_id", learned + weight * prior)
+        scores.append(
+            {"weight": weight, **validate(item_tower, user_tower, dataset, validation_cases)}
+        )
+    chosen = max(scores, key=lambda row: row[config.selection_metric])
+    item_tower.set_id_bias("artist_id", learned + chosen["weight"] * prior)
+    return {
+        "weight": chosen["weight"],
+        "validation": {k: v for k, v in chosen.items() if k != "weight"},
+        "grid": scores,
+    }
 
 
 def training_split(dataset: Dataset) -> tuple[pd.DataFrame, list]:

@@ -101,6 +101,21 @@ def test_id_embeddings_add_to_known_ids_and_leave_unknown_ones_visual():
     assert tower.output_dim == 4
 
 
+def test_set_id_bias_sets_known_artists_and_keeps_unknown_ones_at_zero():
+    tower = ItemTower(np.zeros(4), np.ones(4), hidden_units=(3,), artist_vocabulary=["x", "y"])
+    tower.set_id_bias("artist_id", [0.5, -0.25])
+    inputs = {
+        "features": tf.zeros([3, 4]),
+        "item_id": tf.constant(["a", "b", "c"]),
+        "artist_id": tf.constant(["y", "x", "new"]),
+    }
+    np.testing.assert_allclose(tower(inputs).numpy()[:, -1], [-0.25, 0.5, 0.0])
+    with pytest.raises(ValueError, match="2 ids"):
+        tower.set_id_bias("artist_id", [1.0])
+    with pytest.raises(ValueError, match="no item_id embedding"):
+        tower.set_id_bias("item_id", [1.0, 2.0])
+
+
 def test_get_config_round_trip_rebuilds_equal_towers(item_tower):
     user_tower = UserTower(hidden_units=(6, 3), pooling="avg", dropout=0.1, l2_normalize=True)
     for tower in (item_tower, user_tower):

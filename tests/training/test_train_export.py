@@ -56,6 +56,35 @@ def test_training_improves_over_random_on_the_validation_replay(trained_run):
     assert yaml.safe_load((trained_run / "config.yaml").read_text())["item_hidden"] == [32]
 
 
+def test_artist_biases_get_the_sales_prior_weight_that_validates_best(
+    trained_run, small_marketplace
+):
+    from training.data.history import artist_sell_through
+    from training.recommender import load_towers
+    from training.train import training_split
+
+    summary = json.loads((trained_run / "summary.json").read_text())["artist_prior"]
+    grid = {row["weight"]: row["auc"] for row in summary["grid"]}
+    assert tuple(grid) == tiny_config().artist_prior_weights
+    assert grid[summary["weight"]] == max(grid.values()) == summary["validation"]["auc"]
+
+    dataset = load_dataset(small_marketplace)
+    learned, _ = load_towers(trained_run, "best/towers")
+    final, _ = load_towers(trained_run)
+    prior = artist_sell_through(dataset.items, training_split(dataset)[0], final.artist_vocabulary)
+    np.testing.assert_allclose(
+        final.id_bias("artist_id"),
+        learned.id_bias("artist_id") + summary["weight"] * prior,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_artist_prior_needs_artist_embeddings():
+    with pytest.raises(ValueError, match="artist_prior_weights needs artist_embedding"):
+        tiny_config(artist_embedding=False)
+
+
 def test_a_run_directory_is_never_overwritten(trained_run, small_marketplace):
     with pytest.raises(FileExistsError, match="--resume"):
         train(load_dataset(small_marketplace), tiny_config(), trained_run, progress=False)

@@ -49,6 +49,26 @@ def artist_index(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques, dtype=str)
 
 
+def artist_sell_through(
+    items: pd.DataFrame, purchases: pd.DataFrame, artist_ids: list[str] | np.ndarray
+) -> np.ndarray:
+    """Each artist's log sell-through rate, log((sales + 1) / (listed + 1)), counted up to the
+    last of `purchases` (artworks uploaded later are not counted as listed) and centred on the
+    average listed artwork, so an unknown artist (0) is a typical one. [len(artist_ids)]"""
+    cutoff = purchases["timestamp"].max()
+    artists = items["artist_id"].to_numpy().astype(str)
+    listed = pd.Series(artists[items["upload_time"].to_numpy() <= cutoff]).value_counts()
+    sales = pd.Series(artists[purchases["item"].to_numpy()]).value_counts()
+    artist_ids = pd.Index(np.asarray(artist_ids, dtype=str))
+    rate = np.log(
+        (sales.reindex(artist_ids, fill_value=0).to_numpy() + 1.0)
+        / (listed.reindex(artist_ids, fill_value=0).to_numpy() + 1.0)
+    )
+    weight = listed.reindex(artist_ids, fill_value=0).to_numpy()
+    centre = np.average(rate, weights=weight) if weight.sum() else rate.mean()
+    return rate - centre
+
+
 def visual_clusters(
     dataset: Dataset, *, n_clusters: int = 100, pca_dim: int = 128, seed: int = 0
 ) -> np.ndarray:

@@ -5,6 +5,7 @@ import numpy as np
 from training.data.dataset import load_dataset
 from training.data.history import (
     artist_index,
+    artist_sell_through,
     baskets,
     holdout_split,
     paper_split,
@@ -35,6 +36,22 @@ def test_artist_index_codes_and_missing_artist():
     items = pd.DataFrame({"artist_id": ["x", "y", "", "x"]})
     codes, artists = artist_index(items)
     assert codes.tolist() == [0, 1, -1, 0] and artists.tolist() == ["x", "y"]
+
+
+def test_artist_sell_through_counts_sales_per_listed_artwork_up_to_the_cutoff():
+    import pandas as pd
+
+    items = pd.DataFrame(
+        {
+            "artist_id": ["x", "x", "x", "y", "y", "x"],
+            "upload_time": [0.0, 0.0, 0.0, 0.0, 0.0, 99.0],  # the last is listed after the cutoff
+        }
+    )
+    purchases = pd.DataFrame({"item": [0, 1, 3], "timestamp": [5.0, 6.0, 7.0]})
+    prior = artist_sell_through(items, purchases, ["x", "y", "z"])
+    rate = np.log([(2 + 1) / (3 + 1), (1 + 1) / (2 + 1), 1.0])  # z: never listed, never sold
+    centre = (3 * rate[0] + 2 * rate[1]) / 5  # the average listed artwork
+    np.testing.assert_allclose(prior, rate - centre)
 
 
 def test_visual_clusters_recover_artist_styles(small_marketplace):
