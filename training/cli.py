@@ -173,6 +173,30 @@ def export(
     typer.echo(f"exported {run} to {version}")
 
 
+@app.command("serve")
+def serve(
+    model: Annotated[
+        Path | None, typer.Option(help="Exports root (default: $CURATOR_MODEL_DIR or exports/).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+) -> None:
+    """Serve recommendations over HTTP from the newest export (settings: docs/serving.md)."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.model import load_serving_model, newest_version
+    from serving.settings import Settings
+
+    given = {"model_dir": model, "host": host, "port": port}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    load_serving_model(newest_version(settings.model_dir))  # a clear error before uvicorn starts
+    typer.echo(
+        f"serving {settings.model_dir} on http://{settings.host}:{settings.port} (docs: /docs)"
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
 def main() -> None:
     """Entry point: expected errors (bad input, bad arguments) exit 2 with one clear line."""
     try:

@@ -11,7 +11,11 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
                query model: `serving_default(features, mask, item_id, artist_id)` ->
                {"scores", "item_ids"} [b, k]. Loading it needs `import scann` first.
                Every signature takes the ids; towers without id embeddings ignore them.
-- catalogue/items.csv, catalogue/item_vectors.npy (row i of one is row i of the other)
+- catalogue/items.csv, catalogue/item_vectors.npy (row i of one is row i of the other),
+  catalogue/purchases.csv (the purchase log the model was exported with: the service's starting
+  customer profiles and sold artworks)
+- towers.json, model/towers.*: the towers' configs and weights (`load_towers(export_dir)`), for
+  the service and for anyone rebuilding the Keras layers
 - manifest.json: version, run, config, data fingerprint, training metrics, the index and its
                recall@10 against exact search, measured here on real customers' profiles.
 """
@@ -21,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +37,16 @@ from training.atomic import atomic_directory
 from training.config import TrainConfig
 from training.data.dataset import Dataset, format_time
 from training.index import IndexConfig, build_index, exact_top_k, recall_at_k
-from training.recommender import embed_items, load_towers, pad_profiles
+from training.recommender import (
+    MODEL_PREFIX,
+    embed_items,
+    load_towers,
+    pad_profiles,
+    save_towers,
+)
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: catalogue/purchases.csv
 RECALL_QUERIES = 500
 SCANN_NAMESPACE = ["Scann"]
 
@@ -202,7 +211,12 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         items["upload_time"] = format_time(items["upload_time"].to_numpy())
         items.to_csv(tmp / "catalogue" / "items.csv", index=False)
         np.save(tmp / "catalogue" / "item_vectors.npy", vectors.astype(np.float32))
-        shutil.copy(run_dir / "towers.json", tmp / "towers.json")
+        purchases = dataset.purchases[["user_id", "item_id"]].copy()
+        times = dataset.purchases["timestamp"].to_numpy()
+        timed = np.isfinite(times)
+        purchases["timestamp"] = np.where(timed, format_time(np.where(timed, times, 0.0)), "")
+        purchases.to_csv(tmp / "catalogue" / "purchases.csv", index=False)
+        save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
         manifest = {
             "format": FORMAT_VERSION,
             "version": version,

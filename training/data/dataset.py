@@ -87,10 +87,10 @@ def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(str(path), "not a dataset directory")
-    items = _load_items(path / "items.csv")
+    items = load_items_table(path / "items.csv")
     features = _load_features(path / "features.npy", n_items=len(items), mmap=mmap)
     index = pd.Index(items["item_id"])
-    purchases = _load_purchases(path / "purchases.csv", index)
+    purchases = load_purchases_table(path / "purchases.csv", index)
     splits = {
         name: _load_split(path / f"{name}.csv", index) if (path / f"{name}.csv").exists() else None
         for name in ("valid", "test")
@@ -99,7 +99,7 @@ def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
     return Dataset(items, features, purchases, splits["valid"], splits["test"], truth, path)
 
 
-def _load_items(path: Path) -> pd.DataFrame:
+def load_items_table(path: Path) -> pd.DataFrame:
     name = "items.csv"
     frame = read_csv(path, name, ["item_id", "upload_time", "one_of_a_kind"], ["artist_id"])
     require_unique(frame["item_id"], name, "item_id")
@@ -150,7 +150,7 @@ def check_features(features: np.ndarray, *, n_items: int, name: str = "features.
             )
 
 
-def _load_purchases(path: Path, index: pd.Index) -> pd.DataFrame:
+def load_purchases_table(path: Path, index: pd.Index) -> pd.DataFrame:
     name = "purchases.csv"
     frame = read_csv(path, name, ["user_id", "item_id"], ["timestamp"])
     result = pd.DataFrame(

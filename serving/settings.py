@@ -1,0 +1,36 @@
+"""The service's settings: environment variables `CURATOR_*` (or a `.env` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field can be set as `CURATOR_<FIELD>`, e.g. `CURATOR_MODEL_DIR=exports/`."""
+
+    model_config = SettingsConfigDict(env_prefix="CURATOR_", env_file=".env", extra="ignore")
+
+    model_dir: Path = Field(Path("exports"), description="the export root (versions 1, 2, ...)")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the live state; default: SQLite beside the exports"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_profile: int = Field(50, ge=1, description="longest profile used (most recent kept)")
+    max_batch: int = Field(256, ge=1, description="requests per recommendations:batch call")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    api_key: SecretStr | None = Field(
+        None, description="when set, write and admin endpoints need the X-API-Key header"
+    )
+    watch_seconds: float = Field(
+        0.0, ge=0.0, description="poll the export root for a newer version (0: off)"
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.model_dir / 'curator.db').resolve()}"
