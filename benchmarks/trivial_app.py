@@ -12,5 +12,8 @@ app = FastAPI()
 
 @app.post("/v1/recommendations", response_model=Recommendations)
 async def recommendations(body: RecommendationRequest) -> Recommendations:
-    items = [RecommendedItem(item_id=f"art-{i}", score=1.0 / (i + 1), artist_id="a") for i in range(body.k)]
+    items = [
+        RecommendedItem(item_id=f"art-{i}", score=1.0 / (i + 1), artist_id="a")
+        for i in range(body.k)
+    ]
     return Recommendations(model_version=0, strategy="trivial", items=items)

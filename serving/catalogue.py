@@ -61,6 +61,7 @@ class Catalogue:
         self.upload_time = np.zeros(capacity)
         self.upload_time[:n] = model.items["upload_time"].to_numpy()
         self.sold = np.zeros(capacity, bool)  # one-of-a-kind artworks bought
+        self.sold_penalty = np.zeros(capacity, np.float32)  # -inf where sold: added to scores
         self.sales = np.zeros(capacity, np.int64)
         self.size = n
         self.profiles: dict[str, list[int]] = {}
@@ -128,6 +129,7 @@ class Catalogue:
             self.one_of_a_kind = _grown(self.one_of_a_kind, capacity)
             self.upload_time = _grown(self.upload_time, capacity)
             self.sold = _grown(self.sold, capacity)
+            self.sold_penalty = _grown(self.sold_penalty, capacity)
             self.sales = _grown(self.sales, capacity)
         self.vectors[start:end] = vectors
         self.columns[:, start:end] = vectors.T
@@ -152,6 +154,7 @@ class Catalogue:
             self.sales[row] += 1
             if self.one_of_a_kind[row]:
                 self.sold[row] = True
+                self.sold_penalty[row] = -np.inf
 
     def add_items(self, items: Sequence[NewItem], vectors: np.ndarray, store) -> None:
         """Checked, committed to the database, then searchable (the caller serialises writes)."""
@@ -197,12 +200,11 @@ class Catalogue:
         row first."""
         size = self.size
         scores = queries @ self.columns[:, :size]  # [b, size]
-        only = np.asarray(available_only, bool)
-        if only.any():
-            sold = np.flatnonzero(self.sold[:size])
-            scores[np.ix_(np.flatnonzero(only), sold)] = -np.inf
+        penalty = self.sold_penalty[:size]
         results = []
-        for row_scores, excluded in zip(scores, exclude, strict=True):
+        for row_scores, excluded, only in zip(scores, exclude, available_only, strict=True):
+            if only:
+                row_scores += penalty
             row_scores[excluded[excluded < size]] = -np.inf
             results.append(_best(row_scores, k))
         return results

@@ -72,3 +72,44 @@ def ugallery_dataset(tmp_path_factory):
 
     dataset, _ = import_ugallery(UGALLERY / "valid_sales.csv", UGALLERY / "valid_artworks.csv")
     return dataset
+
+
+# a model small enough to train in seconds (tests/training, tests/serving)
+TINY_TRAINING = {
+    "item_hidden": [32],
+    "user_hidden": [32],
+    "policies": {"history": 1, "same_artist": 300},
+    "batch_size": 128,
+    "epochs": 4,
+    "patience": 4,
+    "n_clusters": 20,
+    "learning_rate": 0.003,
+}
+
+
+def tiny_config(**changes):
+    from dataclasses import replace
+
+    from training.config import load_config
+
+    return replace(load_config("curator"), **{**TINY_TRAINING, **changes})
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_marketplace, tmp_path_factory) -> Path:
+    from training.data.dataset import load_dataset
+    from training.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(load_dataset(small_marketplace), tiny_config(), run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_export(trained_run, small_marketplace, tmp_path_factory) -> Path:
+    """exports/1 of the tiny run over the small marketplace (read-only: copy before changing)."""
+    from training.data.dataset import load_dataset
+    from training.export import export_run
+
+    root = tmp_path_factory.mktemp("exports")
+    return export_run(trained_run, load_dataset(small_marketplace), root, progress=lambda _: None)

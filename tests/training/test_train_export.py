@@ -8,40 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from training.config import TrainConfig, load_config
+from tests.conftest import TINY_TRAINING, tiny_config
 from training.data.dataset import load_dataset
 from training.export import MANIFEST, export_run, export_versions
 from training.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "item_hidden": [32],
-    "user_hidden": [32],
-    "policies": {"history": 1, "same_artist": 300},
-    "batch_size": 128,
-    "epochs": 4,
-    "patience": 4,
-    "n_clusters": 20,
-    "learning_rate": 0.003,
-}
-
-
-def tiny_config(**changes) -> TrainConfig:
-    return replace(load_config("curator"), **{**TINY, **changes})
-
-
-@pytest.fixture(scope="module")
-def trained_run(small_marketplace, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(load_dataset(small_marketplace), tiny_config(), run_dir, progress=False)
-    return run_dir
 
 
 def test_training_improves_over_random_on_the_validation_replay(trained_run):
@@ -187,7 +165,7 @@ def test_export_refuses_an_unfinished_run(tmp_path, small_marketplace):
 
 def test_resume_after_a_killed_run_finishes_like_an_uninterrupted_one(small_marketplace, tmp_path):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "epochs": 3, "patience": 3}))
+    config_file.write_text(yaml.safe_dump({**TINY_TRAINING, "epochs": 3, "patience": 3}))
     command = [
         sys.executable, "-m", "training.cli", "train", "--data", str(small_marketplace),
         "--config", str(config_file),

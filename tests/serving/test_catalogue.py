@@ -1,0 +1,171 @@
+"""The service's ranking against a brute-force numpy reference on random data."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from serving.catalogue import Catalogue, Conflict, RequestError, UnknownItems
+from serving.model import ServingModel
+from serving.store import NewItem, Purchase
+from serving.user_kernel import NumpyUserTower
+from towers.item_tower import ItemTower
+from towers.user_tower import UserTower
+
+N_ITEMS, DIM, FEATURES = 500, 8, 6
+
+
+class MemoryStore:
+    """Stands in for the database where a test is about the in-memory state only."""
+
+    def __init__(self):
+        self.items, self.purchases = [], []
+
+    def add_items(self, items):
+        self.items.extend(items)
+
+    def add_purchases(self, purchases):
+        self.purchases.extend(purchases)
+
+
+@pytest.fixture
+def catalogue() -> Catalogue:
+    rng = np.random.default_rng(7)
+    item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(DIM,))
+    item_tower(tf.zeros([1, FEATURES]))
+    user_tower = UserTower(hidden_units=(DIM,))
+    user_tower((tf.zeros([1, 1, DIM]), tf.ones([1, 1], tf.bool)))
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{n}" for n in range(N_ITEMS)],
+            "artist_id": [f"a{n % 17}" for n in range(N_ITEMS)],
+            "upload_time": rng.integers(0, 1000, N_ITEMS).astype(float),
+            "one_of_a_kind": rng.random(N_ITEMS) < 0.7,
+        }
+    )
+    bought = rng.choice(N_ITEMS, 120, replace=False)
+    purchases = pd.DataFrame(
+        {
+            "user_id": [f"c{n % 30}" for n in range(120)],
+            "item_id": items["item_id"].to_numpy()[bought],
+            "item": bought,
+            "timestamp": np.arange(120.0),
+        }
+    )
+    # some prints bought twice: popularity beyond 1
+    prints = np.flatnonzero(~items["one_of_a_kind"].to_numpy())[:5]
+    again = pd.DataFrame(
+        {
+            "user_id": "c99",
+            "item_id": items["item_id"].to_numpy()[prints],
+            "item": prints,
+            "timestamp": 500.0,
+        }
+    )
+    model = ServingModel(
+        Path("memory"),
+        {"version": 3},
+        item_tower,
+        NumpyUserTower(user_tower),
+        items,
+        rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
+        pd.concat([purchases, again], ignore_index=True),
+    )
+    return Catalogue(model)
+
+
+def reference_top_k(vectors, sold, query, k, excluded, available_only):
+    scores = vectors @ query
+    keep = np.ones(len(vectors), bool)
+    keep[excluded] = False
+    if available_only:
+        keep &= ~sold
+    rows = np.flatnonzero(keep)
+    order = np.lexsort((rows, -scores[rows]))[:k]
+    return rows[order], scores[rows[order]]
+
+
+def test_top_k_equals_brute_force_with_exclusions_and_sold_artworks(catalogue):
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(12, DIM)).astype(np.float32)
+    exclude = [rng.choice(N_ITEMS, rng.integers(0, 40), replace=False) for _ in queries]
+    available_only = [bool(b) for b in rng.random(12) < 0.5]
+    results = catalogue.top_k(queries, 25, exclude=exclude, available_only=available_only)
+    vectors, sold = catalogue.vectors[: catalogue.size], catalogue.sold[: catalogue.size]
+    assert sold.sum() > 50  # the purchases sold originals
+    for query, excluded, only, result in zip(
+        queries, exclude, available_only, results, strict=True
+    ):
+        rows, scores = reference_top_k(vectors, sold, query, 25, excluded, only)
+        np.testing.assert_array_equal(result.rows, rows)
+        np.testing.assert_allclose(result.scores, scores, rtol=1e-5)
+
+
+def test_top_k_returns_fewer_when_fewer_are_eligible(catalogue):
+    everything_but_two = np.arange(2, N_ITEMS)
+    (result,) = catalogue.top_k(
+        np.ones((1, DIM), np.float32), 10, exclude=[everything_but_two], available_only=[False]
+    )
+    assert sorted(result.rows.tolist()) == [0, 1]
+
+
+def test_added_artworks_are_ranked_at_once_and_the_arrays_grow(catalogue):
+    rng = np.random.default_rng(1)
+    new = [
+        NewItem(f"new{n}", "a1", True, 2000.0, np.zeros(FEATURES, np.float32)) for n in range(1000)
+    ]
+    vectors = rng.normal(size=(1000, DIM)).astype(np.float32) * 5
+    catalogue.add_items(new, vectors, MemoryStore())
+    assert catalogue.size == N_ITEMS + 1000 and catalogue.row_of["new999"] == N_ITEMS + 999
+    query = rng.normal(size=(1, DIM)).astype(np.float32)
+    (result,) = catalogue.top_k(query, 30, exclude=[np.array([], int)], available_only=[True])
+    rows, scores = reference_top_k(
+        catalogue.vectors[: catalogue.size],
+        catalogue.sold[: catalogue.size],
+        query[0],
+        30,
+        [],
+        True,
+    )
+    np.testing.assert_array_equal(result.rows, rows)
+    assert (result.rows >= N_ITEMS).any()  # the new, larger vectors win
+
+
+def test_purchases_update_profiles_and_sell_originals(catalogue):
+    original = int(
+        np.flatnonzero(
+            catalogue.one_of_a_kind[: catalogue.size] & ~catalogue.sold[: catalogue.size]
+        )[0]
+    )
+    item_id = catalogue.item_ids[original]
+    catalogue.add_purchases([Purchase("newcomer", item_id, 900.0)], MemoryStore())
+    assert catalogue.profiles["newcomer"] == [original] and catalogue.sold[original]
+    with pytest.raises(Conflict, match="already sold"):
+        catalogue.check_purchases([Purchase("other", item_id, 901.0)])
+    with pytest.raises(UnknownItems, match="'nope'"):
+        catalogue.check_purchases([Purchase("other", "nope", 901.0)])
+
+
+def test_popular_ranks_by_sales_then_newest(catalogue):
+    result = catalogue.popular(10, exclude=np.array([], int), available_only=True)
+    size = catalogue.size
+    rows = np.flatnonzero(~catalogue.sold[:size])
+    order = np.lexsort((-catalogue.upload_time[rows], -catalogue.sales[rows]))[:10]
+    np.testing.assert_array_equal(result.rows, rows[order])
+    assert result.scores[0] == catalogue.sales[rows].max() >= 1
+
+
+def test_new_items_are_checked_before_anything_is_written(catalogue):
+    store = MemoryStore()
+    good = NewItem("fresh", "a1", True, 1.0, np.zeros(FEATURES, np.float32))
+    with pytest.raises(Conflict, match="already in the catalogue"):
+        catalogue.add_items(
+            [good, NewItem("i3", "a1", True, 1.0, good.features)], np.zeros((2, DIM)), store
+        )
+    with pytest.raises(Conflict, match="given twice"):
+        catalogue.check_new_items([good, good])
+    with pytest.raises(RequestError, match=r"items\[0\].features: 3 values, expected 6"):
+        catalogue.check_new_items([NewItem("x", "", True, 1.0, np.zeros(3, np.float32))])
+    assert store.items == [] and "fresh" not in catalogue.row_of
