@@ -8,7 +8,7 @@ REPORT_DIR ?= reports/marketplace
 RUNS_DIR ?= runs
 EXPORT_DIR ?= exports
 
-.PHONY: run test lint data train evaluate export clean
+.PHONY: run test lint data train evaluate export serve clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ evaluate: train
 export: evaluate
 	@if ls $(EXPORT_DIR)/*/manifest.json >/dev/null 2>&1; then echo "reusing $(EXPORT_DIR)"; \
 	else $(BIN)/curator export --run $(RUNS_DIR)/curator --out $(EXPORT_DIR); fi
+
+# The recommendation service on the newest export (http://127.0.0.1:8000/docs).
+serve: export
+	$(BIN)/curator serve --model $(EXPORT_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
