@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -29,17 +30,22 @@ def dataset(small_marketplace):
 def server(tiny_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(tiny_export, root / "1")
-    running = curator_server(root, root / "live.db", api_key="test-key", max_k="50")
+    running = curator_server(
+        root, root / "live.db", api_key="test-key", max_k="50", max_body_bytes="45000000"
+    )
     yield running
     running.stop()
 
 
 def copy_export(source, target):
-    """A copy of an export as a new version (its manifest names the version)."""
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
+    """A copy of an export as a new version (its manifest names the version), appearing at
+    once, as `curator export` writes them."""
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.copytree(source, staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
     manifest["version"] = int(target.name)
-    (target / "manifest.json").write_text(json.dumps(manifest))
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    staging.rename(target)
 
 
 def artwork(item_id: str, features: np.ndarray, artist_id: str = "artist-new") -> dict:
@@ -168,6 +174,15 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(server, method, path, bod
     response = getattr(server.client, method)(path, headers=KEY, **({"json": body} if body else {}))
     assert response.status_code == status, response.text
     assert detail in str(response.json()["detail"])
+
+
+def test_a_body_over_the_limit_is_refused(server):
+    response = server.client.post(
+        "/v1/items",
+        content=b" " * 45_000_001,
+        headers={**KEY, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
 
 
 def test_write_endpoints_need_the_api_key(server):
@@ -302,3 +317,18 @@ def test_no_input_gets_a_server_error(server):
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+
+
+def test_the_watcher_switches_to_a_new_export_by_itself(tiny_export, tmp_path):
+    root = tmp_path / "exports"
+    shutil.copytree(tiny_export, root / "1")
+    server = curator_server(root, tmp_path / "live.db", watch_seconds="0.5")
+    try:
+        copy_export(tiny_export, root / "2")
+        deadline = time.monotonic() + 60
+        while server.client.get("/readyz").json()["model_version"] != 2:
+            assert time.monotonic() < deadline, "the watcher did not load version 2"
+            time.sleep(0.2)
+        assert 'curator_reloads_total{outcome="loaded"} 2.0' in server.client.get("/metrics").text
+    finally:
+        server.stop()
