@@ -8,7 +8,7 @@ REPORT_DIR ?= reports/marketplace
 RUNS_DIR ?= runs
 EXPORT_DIR ?= exports
 
-.PHONY: run test lint data train evaluate export serve clean
+.PHONY: run test lint data train evaluate export demo serve clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 # Main job on the embedded default marketplace: train Curator and the paper's configuration,
-# evaluate both beside the baselines, export Curator. Reruns reuse what is already built, and
-# an interrupted training run is resumed from its last checkpoint.
-run: export
+# evaluate both beside the baselines, export Curator, then start the service, show example
+# requests and keep serving until Ctrl-C (`make run DEMO_EXIT=1` stops after the examples).
+# Reruns reuse what is already built; an interrupted training run resumes from its checkpoint.
+run: demo
 
 data: $(STAMP)
 	@if [ -f $(DATA_DIR)/items.csv ]; then echo "reusing $(DATA_DIR)"; \
@@ -42,6 +43,9 @@ evaluate: train
 export: evaluate
 	@if ls $(EXPORT_DIR)/*/manifest.json >/dev/null 2>&1; then echo "reusing $(EXPORT_DIR)"; \
 	else $(BIN)/curator export --run $(RUNS_DIR)/curator --out $(EXPORT_DIR); fi
+
+demo: export
+	$(BIN)/curator demo --model $(EXPORT_DIR) $(if $(DEMO_EXIT),--no-keep-serving,)
 
 # The recommendation service on the newest export (http://127.0.0.1:8000/docs).
 serve: export

@@ -197,6 +197,21 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 
+@app.command("demo")
+def demo(
+    model: Annotated[Path, typer.Option(help="Exports root.")] = Path("exports"),
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    keep_serving: Annotated[
+        bool, typer.Option(help="Keep serving after the examples (until Ctrl-C).")
+    ] = True,
+) -> None:
+    """Start the service on the newest export and show example requests and answers."""
+    from serving.demo import run_demo
+
+    run_demo(model, host, port, keep_serving, echo=typer.echo)
+
+
 def main() -> None:
     """Entry point: expected errors (bad input, bad arguments) exit 2 with one clear line."""
     try:

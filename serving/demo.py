@@ -1,0 +1,133 @@
+"""`curator demo`: start the service on an export, show a few real requests and their answers.
+
+The last step of `make run`. It starts `curator serve` as a child process, waits until it is
+ready, then calls the API as the gallery's website would: a returning customer, a visitor's
+cart, a visitor with no history, similar artworks, a new artwork uploaded (searchable at once)
+and a purchase (the customer's recommendations change, the sold original disappears). Then it
+keeps serving until Ctrl-C, or stops with `--no-keep-serving`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from serving.model import newest_version
+from training.data.dataset import load_dataset
+
+
+def _show(title: str, request: dict | None, answer: dict, echo) -> None:
+    echo(f"\n{title}")
+    if request is not None:
+        echo(f"  request: {json.dumps(request)}")
+    echo(f"  strategy: {answer['strategy']}, model version {answer['model_version']}")
+    for rank, item in enumerate(answer["items"], 1):
+        echo(
+            f"  {rank:>2}. {item['item_id']:<14} {item['artist_id']:<14} score {item['score']:.4f}"
+        )
+
+
+def _wait_ready(client: httpx.Client, process: subprocess.Popen, echo, timeout=300) -> None:
+    deadline, last = time.monotonic() + timeout, 0.0
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError("the service exited before it was ready (see its output above)")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise RuntimeError(f"the service was not ready after {timeout} s")
+        if time.monotonic() - last > 5:
+            echo("  waiting for the service to load the model ...")
+            last = time.monotonic()
+        time.sleep(0.3)
+
+
+def run_demo(model_dir: Path, host: str, port: int, keep_serving: bool, echo=print) -> None:
+    export = newest_version(model_dir)
+    manifest = json.loads((export / "manifest.json").read_text())
+    purchases = pd.read_csv(export / "catalogue" / "purchases.csv")
+    url = f"http://{host}:{port}"
+    echo(f"starting the service on {url} with {export} ...")
+    command = [sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir)]
+    process = subprocess.Popen([*command, "--host", host, "--port", str(port)], env=os.environ)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            _wait_ready(client, process, echo)
+            _examples(client, manifest, purchases, echo)
+        echo(f"\nthe service is running at {url}; interactive API docs: {url}/docs")
+        if not keep_serving:
+            return
+        echo("press Ctrl-C to stop it")
+        process.wait()
+    except KeyboardInterrupt:
+        echo("\nstopping the service")
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def _examples(client: httpx.Client, manifest: dict, purchases: pd.DataFrame, echo) -> None:
+    model = client.get("/v1/model").json()
+    echo(
+        f"\nGET /v1/model: version {model['version']}, {model['catalogue']['items']:,} artworks, "
+        f"index {model['index']['kind']} (recall@10 {model['index']['recall_at_10']})"
+    )
+    counts = purchases.groupby("user_id")["item_id"].agg(list)
+    customer = counts.map(len).idxmax()
+    echo(f"\ncustomer {customer} bought: {', '.join(counts[customer][:8])}")
+    request = {"customer_id": customer, "k": 5}
+    before = client.post("/v1/recommendations", json=request).json()
+    _show("POST /v1/recommendations (a returning customer)", request, before, echo)
+
+    cart = {"item_ids": list(purchases["item_id"].iloc[:3]), "k": 5}
+    answer = client.post("/v1/recommendations", json=cart).json()
+    _show("POST /v1/recommendations (a visitor's cart)", cart, answer, echo)
+
+    visitor = {"customer_id": f"first-visit-{int(time.time())}", "k": 5}
+    answer = client.post("/v1/recommendations", json=visitor).json()
+    _show("POST /v1/recommendations (a visitor with no history)", visitor, answer, echo)
+
+    liked = counts[customer][-1]
+    answer = client.get(f"/v1/items/{liked}/similar", params={"k": 5}).json()
+    _show(f"GET /v1/items/{liked}/similar", None, answer, echo)
+
+    dataset = load_dataset(manifest["dataset"], mmap=True) if manifest.get("dataset") else None
+    if dataset is not None and Path(manifest["dataset"]).exists():
+        row = int(np.flatnonzero(dataset.item_ids == liked)[0])
+        new_id = f"demo-upload-{int(time.time())}"
+        upload = {
+            "items": [
+                {
+                    "item_id": new_id,
+                    "artist_id": str(dataset.items["artist_id"].iloc[row]),
+                    "features": np.asarray(dataset.features[row], np.float32).tolist(),
+                }
+            ]
+        }
+        added = client.post("/v1/items", json=upload).json()
+        echo(
+            f"\nPOST /v1/items: uploaded {new_id} (the image features of {liked}, as a new "
+            f"artwork): accepted {added['accepted']}, catalogue now {added['catalogue_size']:,}"
+        )
+        answer = client.get(f"/v1/items/{liked}/similar", params={"k": 3}).json()
+        _show(f"GET /v1/items/{liked}/similar (the new artwork, at once)", None, answer, echo)
+
+    top = before["items"][0]["item_id"]
+    bought = {"purchases": [{"customer_id": customer, "item_id": top}]}
+    response = client.post("/v1/purchases", json=bought)
+    echo(f"\nPOST /v1/purchases {json.dumps(bought)}: {response.status_code} {response.json()}")
+    after = client.post("/v1/recommendations", json=request).json()
+    _show("POST /v1/recommendations (the same customer, after buying it)", request, after, echo)

@@ -1,0 +1,35 @@
+"""`curator demo`, the last step of `make run`, against a real service process."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.serving.server import REPO, free_port
+
+
+def test_demo_shows_every_example_and_the_docs_address(tiny_export, tmp_path):
+    root = tmp_path / "exports"
+    shutil.copytree(tiny_export, root / "1")
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "training.cli", "demo", "--model", str(root), "--port", str(port),
+         "--no-keep-serving"],
+        cwd=REPO,
+        env={**os.environ, "CURATOR_DATABASE_URL": f"sqlite:///{tmp_path / 'live.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for shown in (
+        "(a returning customer)",
+        "(a visitor's cart)",
+        "strategy: popular",
+        "(the new artwork, at once)",
+        "POST /v1/purchases",
+        f"interactive API docs: http://127.0.0.1:{port}/docs",
+    ):
+        assert shown in done.stdout
+    # the artwork it uploaded is its own nearest neighbour
+    assert "demo-upload-" in done.stdout.split("(the new artwork, at once)")[1].splitlines()[2]
