@@ -31,7 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.serving.server import Server, curator_server  # noqa: E402
+from serving.process import ServiceProcess, curator_service  # noqa: E402
 from training.export import export_versions  # noqa: E402
 
 LUA = """
@@ -87,7 +87,7 @@ def main() -> None:
         script = tmp / "recommend.lua"
         script.write_text(LUA % ", ".join(f"[[{body}]]" for body in bodies))
         rows = []
-        trivial = Server(
+        trivial = ServiceProcess(
             [sys.executable, "-m", "uvicorn", "benchmarks.trivial_app:app", "--log-level",
              "warning"],
             tmp / "trivial.log",
@@ -102,7 +102,7 @@ def main() -> None:
             )
         finally:
             trivial.stop()
-        service = curator_server(args.model, tmp / "live.db")
+        service = curator_service(args.model, tmp / "live.db", tmp / "service.log")
         try:
             result = wrk(f"{service.url}/v1/recommendations", script, args.duration)
             rows.append(("curator /v1/recommendations", result))

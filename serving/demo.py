@@ -10,9 +10,6 @@ keeps serving until Ctrl-C, or stops with `--no-keep-serving`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from serving.model import newest_version
+from serving.process import curator_service
 from training.data.dataset import load_dataset
 
 
@@ -35,48 +33,25 @@ def _show(title: str, request: dict | None, answer: dict, echo) -> None:
         )
 
 
-def _wait_ready(client: httpx.Client, process: subprocess.Popen, echo, timeout=300) -> None:
-    deadline, last = time.monotonic() + timeout, 0.0
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError("the service exited before it was ready (see its output above)")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.terminate()
-            raise RuntimeError(f"the service was not ready after {timeout} s")
-        if time.monotonic() - last > 5:
-            echo("  waiting for the service to load the model ...")
-            last = time.monotonic()
-        time.sleep(0.3)
-
-
 def run_demo(model_dir: Path, host: str, port: int, keep_serving: bool, echo=print) -> None:
     export = newest_version(model_dir)
     manifest = json.loads((export / "manifest.json").read_text())
     purchases = pd.read_csv(export / "catalogue" / "purchases.csv")
     url = f"http://{host}:{port}"
     echo(f"starting the service on {url} with {export} ...")
-    command = [sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir)]
-    process = subprocess.Popen([*command, "--host", host, "--port", str(port)], env=os.environ)
+    service = curator_service(
+        model_dir, host=host, port=port, on_wait=lambda: echo("  loading the model ...")
+    )
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            _wait_ready(client, process, echo)
-            _examples(client, manifest, purchases, echo)
+        _examples(service.client, manifest, purchases, echo)
         echo(f"\nthe service is running at {url}; interactive API docs: {url}/docs")
-        if not keep_serving:
-            return
-        echo("press Ctrl-C to stop it")
-        process.wait()
+        if keep_serving:
+            echo("press Ctrl-C to stop it")
+            service.process.wait()
     except KeyboardInterrupt:
         echo("\nstopping the service")
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=60)
+        service.stop()
 
 
 def _examples(client: httpx.Client, manifest: dict, purchases: pd.DataFrame, echo) -> None:

@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import sys
 
-from tests.serving.server import REPO, free_port
+from serving.process import REPO, free_port
 
 
 def test_demo_shows_every_example_and_the_docs_address(tiny_export, tmp_path):

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serving.server import curator_server
+from serving.process import curator_service
 from training.data.dataset import load_dataset
 from training.evaluation.recommender import QueryBatch
 from training.recommender import load_run_recommender
@@ -30,8 +30,13 @@ def dataset(small_marketplace):
 def server(tiny_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(tiny_export, root / "1")
-    running = curator_server(
-        root, root / "live.db", api_key="test-key", max_k="50", max_body_bytes="45000000"
+    running = curator_service(
+        root,
+        root / "live.db",
+        root / "service.log",
+        api_key="test-key",
+        max_k=50,
+        max_body_bytes=45_000_000,
     )
     yield running
     running.stop()
@@ -235,7 +240,7 @@ def test_adding_1000_artworks_takes_under_5_seconds(server, dataset):
 def test_acknowledged_writes_survive_a_crash(tiny_export, tmp_path, dataset):
     root = tmp_path / "exports"
     shutil.copytree(tiny_export, root / "1")
-    first = curator_server(root, tmp_path / "live.db")
+    first = curator_service(root, tmp_path / "live.db", tmp_path / "service.log")
     features = np.asarray(dataset.features[20])
     assert (
         first.client.post("/v1/items", json={"items": [artwork("kept", features)]}).status_code
@@ -245,7 +250,7 @@ def test_acknowledged_writes_survive_a_crash(tiny_export, tmp_path, dataset):
     assert first.client.post("/v1/purchases", json=purchase).status_code == 200
     first.stop(kill=True)  # no shutdown hook runs
 
-    second = curator_server(root, tmp_path / "live.db")
+    second = curator_service(root, tmp_path / "live.db", tmp_path / "service.log")
     try:
         assert second.client.get("/metrics").text.count("curator_catalogue_items 1501.0") == 1
         answer = second.client.post("/v1/recommendations", json={"customer_id": "loyal"}).json()
@@ -264,7 +269,7 @@ def test_model_swap_under_load_drops_no_request_and_refuses_a_broken_export(
 ):
     root = tmp_path / "exports"
     shutil.copytree(tiny_export, root / "1")
-    server = curator_server(root, tmp_path / "live.db")
+    server = curator_service(root, tmp_path / "live.db", tmp_path / "service.log")
     try:
         features = np.asarray(dataset.features[30])
         server.client.post("/v1/items", json={"items": [artwork("live-1", features)]})
@@ -322,7 +327,9 @@ def test_no_input_gets_a_server_error(server):
 def test_the_watcher_switches_to_a_new_export_by_itself(tiny_export, tmp_path):
     root = tmp_path / "exports"
     shutil.copytree(tiny_export, root / "1")
-    server = curator_server(root, tmp_path / "live.db", watch_seconds="0.5")
+    server = curator_service(
+        root, tmp_path / "live.db", tmp_path / "service.log", watch_seconds="0.5"
+    )
     try:
         copy_export(tiny_export, root / "2")
         deadline = time.monotonic() + 60
