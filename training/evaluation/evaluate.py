@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from training.atomic import atomic_directory
@@ -15,6 +16,7 @@ from training.evaluation.protocols import holdout_cases, replay_cases
 from training.evaluation.ranking import rank_cases
 from training.evaluation.recommender import Recommender
 from training.evaluation.report import (
+    case_frame,
     markdown_table,
     summary_rows,
     write_case_csv,
@@ -28,6 +30,7 @@ PROTOCOLS = ("replay", "holdout")
 class EvaluationResult:
     protocol: str
     rows: list[dict]
+    per_case: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> case_frame
 
     def table(self) -> str:
         return markdown_table(self.rows)
@@ -77,4 +80,5 @@ def evaluate(
             write_metrics_json(tmp / "metrics.json", protocol, rows, **info)
             for name, ranked in per_case.items():
                 write_case_csv(tmp / f"{protocol}-{name}.csv", cases, ranked, dataset.item_ids)
-    return EvaluationResult(protocol, rows)
+    frames = {name: case_frame(cases, ranked) for name, ranked in per_case.items()}
+    return EvaluationResult(protocol, rows, frames)

@@ -17,11 +17,25 @@ from training.evaluation.ranking import RankedCase
 TABLE_COLUMNS = ("auc", "r@20", "p@20", "ndcg@20", "r@100", "p@100", "ndcg@100")
 
 
+def case_frame(cases: Sequence[Case], ranked: Sequence[RankedCase]) -> pd.DataFrame:
+    """One row per test: user_id, is_last, profile_size, n_truth, then every metric."""
+    return pd.DataFrame(
+        {
+            "user_id": [case.user_id for case in cases],
+            "is_last": [case.is_last for case in cases],
+            "profile_size": [case.profile.size for case in cases],
+            "n_truth": [case.ground_truth.size for case in cases],
+        }
+    ).join(pd.DataFrame([case_metrics(r.ranks, r.n_candidates) for r in ranked]))
+
+
 def summary_rows(
     method: str, cases: Sequence[Case], ranked: Sequence[RankedCase], subsets: Sequence[str]
 ) -> list[dict]:
     """One row per subset ("last": users' last sessions, "all": every test) of mean metrics."""
-    per_case = pd.DataFrame([case_metrics(r.ranks, r.n_candidates) for r in ranked])
+    per_case = case_frame(cases, ranked).drop(
+        columns=["user_id", "is_last", "profile_size", "n_truth"]
+    )
     is_last = np.array([case.is_last for case in cases])
     rows = []
     for subset in subsets:

@@ -92,6 +92,17 @@ def marketplace_report(small_marketplace, tmp_path_factory):
     return evaluate(load_dataset(small_marketplace), out=out), out
 
 
+def test_per_case_frames_average_to_the_table(marketplace_report):
+    result, _ = marketplace_report
+    for method, frame in result.per_case.items():
+        last = frame[frame["is_last"]]
+        row = result.row(method, "last")
+        assert len(last) == row["n_tests"]
+        assert last["auc"].mean() == pytest.approx(row["auc"], abs=1e-6)
+        assert last["r@20"].mean() == pytest.approx(row["r@20"], abs=1e-6)
+        assert (frame["profile_size"] >= 1).all() and (frame["n_truth"] >= 1).all()
+
+
 def test_marketplace_table_orders_as_it_should(marketplace_report):
     result, _ = marketplace_report
     auc = {row["method"]: row["auc"] for row in result.rows if row["subset"] == "all"}
