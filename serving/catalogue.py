@@ -15,6 +15,7 @@ import numpy as np
 
 from serving.model import ServingModel
 from serving.store import NewItem, Purchase
+from training.index import IndexConfig, scann_searcher
 
 
 class RequestError(ValueError):
@@ -43,9 +44,18 @@ class Ranked:
 
 
 class Catalogue:
-    def __init__(self, model: ServingModel):
+    """`index` (default: the export's settings). From `index.scann_min_items` artworks on, the
+    export's artworks are searched with ScaNN (over-fetching past exclusions and sold ones) and
+    the artworks added live exactly; below, everything is searched exactly."""
+
+    def __init__(self, model: ServingModel, index: IndexConfig | None = None):
         self.model = model
         n, dim = model.vectors.shape
+        self.index = index or model.index
+        self.indexed = n  # rows 0..indexed-1 are in the ScaNN searcher, if any
+        self.searcher = (
+            scann_searcher(model.vectors, self.index) if self.index.uses_scann(n) else None
+        )
         self.item_ids: list[str] = list(model.items["item_id"].astype(str))
         self.artist_ids: list[str] = list(model.items["artist_id"])
         self.row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
@@ -72,9 +82,15 @@ class Catalogue:
     # -- the live state ---------------------------------------------------------------------
 
     @classmethod
-    def build(cls, model: ServingModel, live_items: list[NewItem], live_purchases: list[Purchase]):
+    def build(
+        cls,
+        model: ServingModel,
+        live_items: list[NewItem],
+        live_purchases: list[Purchase],
+        index: IndexConfig | None = None,
+    ):
         """The export's catalogue, then the live state, replayed through this model."""
-        catalogue = cls(model)
+        catalogue = cls(model, index)
         new = [item for item in live_items if item.item_id not in catalogue.row_of]
         if new:  # artworks the export already has keep the export's vectors
             catalogue._apply_items(new, catalogue.embed(new))
@@ -195,9 +211,11 @@ class Catalogue:
         exclude: Sequence[np.ndarray],
         available_only: Sequence[bool],
     ) -> list[Ranked]:
-        """Exact top k of `queries @ vectors.T` over the catalogue, per query, skipping its
-        `exclude` rows and, where `available_only`, sold one-of-a-kind artworks. Ties: lower
-        row first."""
+        """Top k of `queries @ vectors.T` over the catalogue, per query, skipping its `exclude`
+        rows and, where `available_only`, sold one-of-a-kind artworks. Exact (ties: lower row
+        first) unless the catalogue has a ScaNN searcher."""
+        if self.searcher is not None:
+            return self._approximate_top_k(queries, k, exclude, available_only)
         size = self.size
         scores = queries @ self.columns[:, :size]  # [b, size]
         penalty = self.sold_penalty[:size]
@@ -207,6 +225,34 @@ class Catalogue:
                 row_scores += penalty
             row_scores[excluded[excluded < size]] = -np.inf
             results.append(_best(row_scores, k))
+        return results
+
+    def _approximate_top_k(self, queries, k, exclude, available_only) -> list[Ranked]:
+        """ScaNN over the indexed artworks, fetching past the rows a query must skip (doubling
+        the fetch until k survive, exact search if it comes to that), merged with exact scores
+        of the artworks added since the export."""
+        size, indexed = self.size, self.indexed
+        live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
+        results = []
+        for i, query in enumerate(queries):
+            skip = np.zeros(size, bool)
+            skip[exclude[i][exclude[i] < size]] = True
+            if available_only[i]:
+                skip |= self.sold[:size]
+            fetch = min(indexed, k + exclude[i].size + 64)
+            while True:
+                rows, scores = self.searcher.search(
+                    query, final_num_neighbors=fetch, pre_reorder_num_neighbors=max(fetch, 200)
+                )
+                keep = ~skip[rows]
+                if keep.sum() >= k or fetch >= indexed:
+                    break
+                fetch = min(indexed, fetch * 4)
+            live_scores = np.where(skip[indexed:], -np.inf, live[i])
+            merged_rows = np.concatenate([rows[keep].astype(np.int64), np.arange(indexed, size)])
+            merged_scores = np.concatenate([scores[keep], live_scores]).astype(np.float32)
+            best = _best(merged_scores, k)
+            results.append(Ranked(merged_rows[best.rows], best.scores))
         return results
 
     def popular(self, k: int, *, exclude: np.ndarray, available_only: bool) -> Ranked:

@@ -16,9 +16,11 @@ import pandas as pd
 
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
+from training.config import TrainConfig
 from training.data.columns import DatasetError
 from training.data.dataset import load_items_table, load_purchases_table
-from training.export import FORMAT_VERSION, MANIFEST, export_versions
+from training.export import FORMAT_VERSION, MANIFEST, export_versions, index_config
+from training.index import IndexConfig
 from training.recommender import embed_items, load_towers
 
 
@@ -35,6 +37,7 @@ class ServingModel:
     items: pd.DataFrame  # item_id, artist_id, upload_time (s), one_of_a_kind
     vectors: np.ndarray  # [n_items, dim] float32
     purchases: pd.DataFrame  # user_id, item_id, item (row), timestamp (s)
+    index: IndexConfig  # the export's index settings: exact or ScaNN search, and its parameters
 
     @property
     def version(self) -> int:
@@ -91,5 +94,9 @@ def load_serving_model(path: Path | str) -> ServingModel:
     probe = np.zeros((1, 1, vectors.shape[1]), np.float32)
     if kernel(probe, np.ones((1, 1), bool)).shape[1] != vectors.shape[1]:
         raise ExportError(f"{path}: the user tower's output does not match the item vectors")
+    try:
+        index = index_config(TrainConfig(**manifest["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"{path}: bad config in {MANIFEST}: {error}") from None
     items["artist_id"] = items["artist_id"].fillna("").astype(str)
-    return ServingModel(path, manifest, item_tower, kernel, items, vectors, purchases)
+    return ServingModel(path, manifest, item_tower, kernel, items, vectors, purchases, index)

@@ -60,6 +60,25 @@ def build_index(
     return index
 
 
+def scann_searcher(vectors: np.ndarray, config: IndexConfig):
+    """A ScaNN searcher (its pybind API: numpy in, numpy out, no TensorFlow call per query)
+    over `vectors` [n, dim], with the parameters the export's index uses. Dot product."""
+    from scann.scann_ops.py import scann_ops_pybind
+
+    params = config.scann_parameters(vectors.shape[0])
+    return (
+        scann_ops_pybind.builder(np.ascontiguousarray(vectors, np.float32), config.k, "dot_product")
+        .tree(
+            num_leaves=params["num_leaves"],
+            num_leaves_to_search=params["num_leaves_to_search"],
+            training_sample_size=min(vectors.shape[0], 250_000),
+        )
+        .score_ah(params["dimensions_per_block"], anisotropic_quantization_threshold=0.2)
+        .reorder(params["num_reordering_candidates"])
+        .build()
+    )
+
+
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force numpy reference: (scores [q, k], rows [q, k]) by dot product, best first."""
     scores = queries @ vectors.T  # [q, n]

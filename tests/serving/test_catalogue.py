@@ -13,6 +13,7 @@ from serving.store import NewItem, Purchase
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
+from training.index import IndexConfig, recall_at_k
 
 N_ITEMS, DIM, FEATURES = 500, 8, 6
 
@@ -30,22 +31,21 @@ class MemoryStore:
         self.purchases.extend(purchases)
 
 
-@pytest.fixture
-def catalogue() -> Catalogue:
+def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None) -> Catalogue:
     rng = np.random.default_rng(7)
-    item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(DIM,))
+    item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(dim,))
     item_tower(tf.zeros([1, FEATURES]))
-    user_tower = UserTower(hidden_units=(DIM,))
-    user_tower((tf.zeros([1, 1, DIM]), tf.ones([1, 1], tf.bool)))
+    user_tower = UserTower(hidden_units=(dim,))
+    user_tower((tf.zeros([1, 1, dim]), tf.ones([1, 1], tf.bool)))
     items = pd.DataFrame(
         {
-            "item_id": [f"i{n}" for n in range(N_ITEMS)],
-            "artist_id": [f"a{n % 17}" for n in range(N_ITEMS)],
-            "upload_time": rng.integers(0, 1000, N_ITEMS).astype(float),
-            "one_of_a_kind": rng.random(N_ITEMS) < 0.7,
+            "item_id": [f"i{n}" for n in range(n_items)],
+            "artist_id": [f"a{n % 17}" for n in range(n_items)],
+            "upload_time": rng.integers(0, 1000, n_items).astype(float),
+            "one_of_a_kind": rng.random(n_items) < 0.7,
         }
     )
-    bought = rng.choice(N_ITEMS, 120, replace=False)
+    bought = rng.choice(n_items, 120, replace=False)
     purchases = pd.DataFrame(
         {
             "user_id": [f"c{n % 30}" for n in range(120)],
@@ -70,10 +70,16 @@ def catalogue() -> Catalogue:
         item_tower,
         NumpyUserTower(user_tower),
         items,
-        rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
+        rng.normal(size=(n_items, dim)).astype(np.float32) if vectors is None else vectors,
         pd.concat([purchases, again], ignore_index=True),
+        IndexConfig(),
     )
-    return Catalogue(model)
+    return Catalogue(model, index)
+
+
+@pytest.fixture
+def catalogue() -> Catalogue:
+    return make_catalogue()
 
 
 def reference_top_k(vectors, sold, query, k, excluded, available_only):
@@ -169,3 +175,33 @@ def test_new_items_are_checked_before_anything_is_written(catalogue):
     with pytest.raises(RequestError, match=r"items\[0\].features: 3 values, expected 6"):
         catalogue.check_new_items([NewItem("x", "", True, 1.0, np.zeros(3, np.float32))])
     assert store.items == [] and "fresh" not in catalogue.row_of
+
+
+def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 16))
+    vectors = (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(
+        np.float32
+    )
+    approximate = make_catalogue(4000, 16, vectors, IndexConfig(k=20, scann_min_items=1000))
+    assert approximate.searcher is not None
+    queries = (centres[rng.integers(0, 40, 50)] + 0.3 * rng.normal(size=(50, 16))).astype(
+        np.float32
+    )
+    exclude = [rng.choice(4000, 30, replace=False) for _ in queries]
+    results = approximate.top_k(queries, 10, exclude=exclude, available_only=[True] * 50)
+    sold = approximate.sold[:4000]
+    found, exact = [], []
+    for query, excluded, result in zip(queries, exclude, results, strict=True):
+        assert result.rows.size == 10
+        assert not set(result.rows) & set(excluded) and not sold[result.rows].any()
+        found.append(result.scores)
+        exact.append(reference_top_k(vectors, sold, query, 10, excluded, True)[1])
+    assert recall_at_k(np.array(found), np.array(exact)) >= 0.95
+
+    new = [NewItem(f"n{n}", "a1", True, 1.0, np.zeros(FEATURES, np.float32)) for n in range(3)]
+    approximate.add_items(new, np.tile(queries[:1] * 10, (3, 1)), MemoryStore())
+    (result,) = approximate.top_k(
+        queries[:1], 5, exclude=[np.array([], int)], available_only=[True]
+    )
+    assert set(result.rows[:3]) == {4000, 4001, 4002}  # added live: searched exactly
