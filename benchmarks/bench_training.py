@@ -31,8 +31,9 @@ def main() -> None:
 
     print(f"dataset {args.data}: {dataset.n_items:,} artworks, {len(dataset.purchases):,} "
           f"purchases; {os.cpu_count()} CPUs")  # fmt: skip
-    print("| config | epochs | best | s to best | s total | s/epoch | valid AUC | valid R@20 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| config | epochs | best | s to best | s total | s/epoch | examples/s | valid AUC | "
+          "valid R@20 |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
             run_dir = Path(tmp) / name
@@ -42,9 +43,15 @@ def main() -> None:
             per_epoch = (history[-1]["elapsed_s"] - history[0]["elapsed_s"]) / max(
                 1, len(history) - 1
             )
+            # examples of every epoch after the first (the first also pays for the set-up),
+            # over their time: sampling, fitting and the validation replay together
+            examples = sum(r["examples"] for r in history[1:]) / max(
+                1e-9, per_epoch * (len(history) - 1)
+            )
             print(
                 f"| {name} | {result.epochs_run} | {result.best_epoch} | "
                 f"{summary['seconds_to_best']:.0f} | {summary['seconds']:.0f} | {per_epoch:.1f} | "
+                f"{examples:,.0f} | "
                 f"{result.best_metrics['auc']:.4f} | {result.best_metrics['r@20']:.4f} |",
                 flush=True,
             )
