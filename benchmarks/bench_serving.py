@@ -63,6 +63,15 @@ def wrk(url: str, script: Path, duration: int) -> dict:
     }
 
 
+def process_memory_gb(pid: int) -> dict:
+    """Resident set size now and at its peak (VmRSS, VmHWM) of process `pid`, in GB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {
+        field: int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1)) / 1e6
+        for field in ("VmRSS", "VmHWM")
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=REPO / "exports")
@@ -102,10 +111,13 @@ def main() -> None:
             )
         finally:
             trivial.stop()
+        start = time.perf_counter()
         service = curator_service(args.model, tmp / "live.db", tmp / "service.log")
+        startup_s = time.perf_counter() - start
         try:
             result = wrk(f"{service.url}/v1/recommendations", script, args.duration)
             rows.append(("curator /v1/recommendations", result))
+            memory = process_memory_gb(service.process.pid)
             metrics = service.client.get("/metrics").text
             batches = [
                 float(re.search(rf"^curator_batch_size_{name} ([\d.e+]+)$", metrics, re.M).group(1))
@@ -143,6 +155,9 @@ def main() -> None:
     mean_batch = batches[0] / batches[1]
     print(f"\nthroughput ratio {curator / ceiling:.2f} (target >= 0.5); "
           f"mean queries per model call {mean_batch:.1f}")  # fmt: skip
+    print(f"service: ready {startup_s:.1f} s after start (loading the export, building its "
+          f"index); RSS after the load test {memory['VmRSS']:.2f} GB, "
+          f"peak {memory['VmHWM']:.2f} GB")  # fmt: skip
     print("\n| POST /v1/items, 1,000 artworks | seconds | artworks/s |")
     print("| --- | --- | --- |")
     for round_, seconds in enumerate(upload_seconds, 1):

@@ -55,9 +55,14 @@ class TrainConfig:
     # export: the index's k, its kind and ScaNN parameters
     export_k: int = 100
     scann_min_items: int = 20_000
-    scann_leaves_to_search_share: float = 0.1
+    scann_leaves_to_search_share: float = 0.05
     scann_dimensions_per_block: int = 2
     scann_reorder: int = 200
+
+    @property
+    def bias_slot(self) -> bool:
+        """Item vectors end with an additive prior (a learned bias), user vectors with a 1."""
+        return self.hybrid or self.bias_head or self.artist_embedding
 
     def __post_init__(self) -> None:
         pairs = self.policies.items() if isinstance(self.policies, dict) else self.policies

@@ -7,7 +7,8 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
                artist_id)` -> {"vectors": [b, dim]}, and `from_item_vectors(vectors [b, p, dim],
                mask)` for profiles of catalogue artworks whose vectors are already known
 - retrieval/   SavedModel, a tfrs factorized_top_k index (ScaNN from `scann_min_items` artworks
-               on, else brute force) over every catalogue vector, with the user tower as its
+               on, else brute force; artworks with a prior in an exact index of their own, merged:
+               training/index.py) over every catalogue vector, with the user tower as its
                query model: `serving_default(features, mask, item_id, artist_id)` ->
                {"scores", "item_ids"} [b, k]. Loading it needs `import scann` first.
                Every signature takes the ids; towers without id embeddings ignore them.
@@ -58,6 +59,7 @@ def index_config(config: TrainConfig) -> IndexConfig:
         leaves_to_search_share=config.scann_leaves_to_search_share,
         dimensions_per_block=config.scann_dimensions_per_block,
         reorder=config.scann_reorder,
+        prior_slot=config.bias_slot,
     )
 
 
@@ -182,7 +184,11 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     progress(f"embedding {dataset.n_items:,} artworks")
     vectors = embed_items(item_tower, dataset.features, ids, dataset.items["artist_id"])
     settings = index_config(config)
-    progress(f"building the index: {settings.describe(dataset.n_items)}")
+    apart = settings.prior_rows(vectors).size
+    progress(
+        f"building the index: {settings.describe(dataset.n_items)}"
+        + (f", {apart:,} artworks with a prior searched apart" if apart else "")
+    )
     index = build_index(vectors, ids, settings, query_model=encoder)
     profiles = _recall_profiles(dataset, config.seed)
     recall = _index_recall(index, encoder, dataset, vectors, profiles)
@@ -239,6 +245,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
             },
             "index": {
                 **settings.describe(dataset.n_items),
+                "prior_rows_apart": int(settings.prior_rows(vectors).size),
                 "recall_at_10": round(recall, 4),
                 "recall_queries": len(profiles),
             },

@@ -40,7 +40,7 @@ def build_towers(
         dropout=config.dropout,
         l2_normalize=config.l2_normalize,
         l2_weight=weight_decay,
-        bias_slot=config.hybrid or config.bias_head or config.artist_embedding,
+        bias_slot=config.bias_slot,
         name="user_tower",
     )
     return item_tower, user_tower
