@@ -15,7 +15,7 @@ import numpy as np
 
 from serving.model import ServingModel
 from serving.store import NewItem, Purchase
-from training.index import IndexConfig, scann_searcher
+from training.index import IndexConfig, ScannSearcher
 
 
 class RequestError(ValueError):
@@ -54,7 +54,7 @@ class Catalogue:
         self.index = index or model.index
         self.indexed = n  # rows 0..indexed-1 are in the ScaNN searcher, if any
         self.searcher = (
-            scann_searcher(model.vectors, self.index) if self.index.uses_scann(n) else None
+            ScannSearcher(model.vectors, self.index) if self.index.uses_scann(n) else None
         )
         self.item_ids: list[str] = list(model.items["item_id"].astype(str))
         self.artist_ids: list[str] = list(model.items["artist_id"])
@@ -232,28 +232,31 @@ class Catalogue:
         the fetch until k survive, exact search if it comes to that), merged with exact scores
         of the artworks added since the export."""
         size, indexed = self.size, self.indexed
+        live_rows = np.arange(indexed, size)
         live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
         results = []
         for i, query in enumerate(queries):
-            skip = np.zeros(size, bool)
-            skip[exclude[i][exclude[i] < size]] = True
-            if available_only[i]:
-                skip |= self.sold[:size]
-            fetch = min(indexed, k + exclude[i].size + 64)
+            excluded = exclude[i][exclude[i] < size]
+            fetch = min(indexed, k + excluded.size + 64)
             while True:
-                rows, scores = self.searcher.search(
-                    query, final_num_neighbors=fetch, pre_reorder_num_neighbors=max(fetch, 200)
-                )
-                keep = ~skip[rows]
+                rows, scores = self.searcher.search(query, fetch)
+                keep = ~self._skipped(rows, excluded, available_only[i])
                 if keep.sum() >= k or fetch >= indexed:
                     break
                 fetch = min(indexed, fetch * 4)
-            live_scores = np.where(skip[indexed:], -np.inf, live[i])
-            merged_rows = np.concatenate([rows[keep].astype(np.int64), np.arange(indexed, size)])
+            skip_live = self._skipped(live_rows, excluded, available_only[i])
+            live_scores = np.where(skip_live, -np.inf, live[i])
+            merged_rows = np.concatenate([rows[keep].astype(np.int64), live_rows])
             merged_scores = np.concatenate([scores[keep], live_scores]).astype(np.float32)
             best = _best(merged_scores, k)
             results.append(Ranked(merged_rows[best.rows], best.scores))
         return results
+
+    def _skipped(self, rows: np.ndarray, excluded: np.ndarray, available_only: bool):
+        """Which of `rows` a query skips: excluded, or sold where `available_only`. Checked on
+        the candidates only (not a catalogue-wide mask: at 1M artworks that cost more)."""
+        skip = np.isin(rows, excluded)
+        return skip | self.sold[rows] if available_only else skip
 
     def popular(self, k: int, *, exclude: np.ndarray, available_only: bool) -> Ranked:
         """Most purchases first, then the newest upload."""
