@@ -60,6 +60,11 @@ class IndexConfig:
         rows = np.flatnonzero(vectors[:, -1] > 0)
         return rows if rows.size <= MAX_PRIOR_SHARE * vectors.shape[0] else np.zeros(0, np.int64)
 
+    def split_rows(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows for the tree, rows searched apart), each sorted."""
+        apart = self.prior_rows(vectors)
+        return np.setdiff1d(np.arange(vectors.shape[0]), apart), apart
+
     def describe(self, n_items: int) -> dict:
         if not self.uses_scann(n_items):
             return {"kind": "brute_force", "k": self.k}
@@ -80,8 +85,7 @@ def build_index(
         return _indexed(brute_force, vectors, identifiers)
     import scann  # noqa: F401  (registers the ScaNN ops)
 
-    apart = config.prior_rows(vectors)
-    rest = np.setdiff1d(np.arange(vectors.shape[0]), apart)
+    rest, apart = config.split_rows(vectors)
     tree = tfrs.layers.factorized_top_k.ScaNN(
         None if apart.size else query_model, k=k, **config.scann_parameters(rest.size)
     )
@@ -127,8 +131,7 @@ class ScannSearcher:
     def __init__(self, vectors: np.ndarray, config: IndexConfig):
         vectors = np.ascontiguousarray(vectors, np.float32)
         self.config = config
-        self.apart_rows = config.prior_rows(vectors)
-        self.tree_rows = np.setdiff1d(np.arange(vectors.shape[0]), self.apart_rows)
+        self.tree_rows, self.apart_rows = config.split_rows(vectors)
         params = config.scann_parameters(self.tree_rows.size)
         tree = _pybind_builder(vectors[self.tree_rows], config.k).tree(
             num_leaves=params["num_leaves"],
