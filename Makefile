@@ -27,13 +27,17 @@ data: $(STAMP)
 	@if [ -f $(DATA_DIR)/items.csv ]; then echo "reusing $(DATA_DIR)"; \
 	else $(BIN)/curator data generate --out $(DATA_DIR); fi
 
+# curator: the configuration search (`--trials`, see docs/training.md); the paper's config as given
+CURATOR_TRIALS ?= 8
 train: data
 	@for config in curator curatornet-paper; do \
 	  run=$(RUNS_DIR)/$$config; \
-	  if [ -f $$run/summary.json ]; then echo "reusing $$run"; \
-	  elif [ -d $$run/checkpoints ]; then \
-	    $(BIN)/curator train --data $(DATA_DIR) --config $$config --out $$run --resume || exit 1; \
-	  else $(BIN)/curator train --data $(DATA_DIR) --config $$config --out $$run || exit 1; fi; \
+	  if [ $$config = curator ]; then trials=$(CURATOR_TRIALS); else trials=1; fi; \
+	  if [ -f $$run/summary.json ] && { [ $$trials = 1 ] || [ -f $$run/search.json ]; }; then \
+	    echo "reusing $$run"; \
+	  elif [ -d $$run ]; then \
+	    $(BIN)/curator train --data $(DATA_DIR) --config $$config --trials $$trials --out $$run --resume || exit 1; \
+	  else $(BIN)/curator train --data $(DATA_DIR) --config $$config --trials $$trials --out $$run || exit 1; fi; \
 	done
 
 evaluate: train

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
 
 
@@ -24,6 +26,14 @@ def test_generate_then_evaluate_writes_table_and_metrics(tmp_path):
     assert "| ideal | last |" in done.stdout and "| random | all |" in done.stdout
     rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["rows"]
     assert {row["method"] for row in rows} >= {"oracle", "ideal", "popular", "random"}
+    assert [row["subset"] for row in rows if row["method"] == "random"] == [
+        "last",
+        "last:cold",
+        "last:warm",
+        "all",
+        "all:cold",
+        "all:warm",
+    ]
     assert (tmp_path / "report" / "replay-popular.csv").exists()
 
 
@@ -65,3 +75,21 @@ def test_unknown_protocol_and_baseline_are_usage_errors(tmp_path):
     assert done.returncode == 2 and "protocol must be one of" in done.stderr
     done = curator("evaluate", "--data", "d", "--baselines", "oracle,best", cwd=tmp_path)
     assert done.returncode == 2 and "unknown baseline(s) ['best']" in done.stderr
+
+
+def test_import_mmrec_writes_a_holdout_dataset(tmp_path):
+    source = tmp_path / "mm"
+    source.mkdir()
+    rows = ["0\t0\t5\t1\t0", "0\t1\t5\t2\t1", "1\t1\t5\t3\t0", "1\t2\t5\t4\t2"]
+    (source / "toy.inter").write_text(
+        "userID\titemID\trating\ttimestamp\tx_label\n" + "\n".join(rows)
+    )
+    np.save(source / "image_feat.npy", np.random.default_rng(0).random((3, 4)))
+    np.save(source / "text_feat.npy", np.random.default_rng(1).random((3, 2)))
+    done = curator("data", "import-mmrec", "--dir", "mm", "--out", "out", "--no-text", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote out: 3 items, 2 training, 1 valid and 1 test interactions"
+    assert np.load(tmp_path / "out" / "features.npy").shape == (3, 4)
+    assert (tmp_path / "out" / "test.csv").read_text() == "user_id,item_id\n1,2\n"
+    done = curator("data", "import-mmrec", "--dir", "mm", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 2 and "already exists" in done.stderr

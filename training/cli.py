@@ -14,6 +14,7 @@ app.add_typer(data_app, name="data")
 
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
+DEFAULT_TRIALS = 8  # `curator train`'s search budget (docs/training.md: time per trial)
 
 
 @data_app.command("generate")
@@ -69,6 +70,33 @@ def import_ugallery_release(
     typer.echo(f"wrote {out}: {dataset.n_items} artworks, {len(dataset.purchases)} purchases")
 
 
+@data_app.command("import-mmrec")
+def import_mmrec(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="MMRec directory: <name>.inter, image_feat.npy.")
+    ],
+    out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
+    name: Annotated[
+        str | None, typer.Option(help="Read <name>.inter (default: the only .inter file).")
+    ] = None,
+    text: Annotated[
+        bool, typer.Option("--text/--no-text", help="Append text_feat.npy when present.")
+    ] = True,
+    force: Force = False,
+) -> None:
+    """Import an MMRec-layout benchmark (fixed train/valid/test split, image + text features)."""
+    from training.data.dataset import save_dataset
+    from training.data.mmrec import import_mmrec as run_import
+
+    dataset, readme = run_import(directory, name=name, text=text)
+    save_dataset(dataset, out, overwrite=force, readme=readme)
+    n_valid, n_test = (0 if s is None else len(s) for s in (dataset.valid, dataset.test))
+    typer.echo(
+        f"wrote {out}: {dataset.n_items} items, {len(dataset.purchases)} training, "
+        f"{n_valid} valid and {n_test} test interactions"
+    )
+
+
 @data_app.command("holdout")
 def holdout(
     data: Annotated[Path, typer.Option(help="Dataset directory to split.")],
@@ -91,22 +119,44 @@ def train(
     data: Annotated[Path, typer.Option(help="Dataset directory.")],
     out: Annotated[Path, typer.Option(help="Run directory, e.g. runs/curator.")],
     config: Annotated[
-        str | None, typer.Option(help="YAML/TOML file or preset (curator, curatornet-paper).")
+        str | None,
+        typer.Option(help="YAML/TOML file or preset (curator, curatornet-paper); the base."),
     ] = None,
+    trials: Annotated[
+        int,
+        typer.Option(help="Configurations tried on the validation split (1: the config as given)."),
+    ] = DEFAULT_TRIALS,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint.")
     ] = False,
 ) -> None:
-    """Train the towers; the best epoch on the validation replay is kept."""
+    """Train the towers: choose a configuration on the validation split, keep its best epoch."""
     from training.config import load_config
     from training.data.dataset import load_dataset
+    from training.search import adapt_to_data, search
     from training.train import train as run_training
 
-    result = run_training(load_dataset(data), load_config(config), out, resume=resume)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    dataset = load_dataset(data)
+    base = load_config(config)
+    if trials == 1:
+        result = run_training(dataset, adapt_to_data(base, dataset), out, resume=resume)
+        best_metrics, best_epoch, epochs, seconds = (
+            result.best_metrics,
+            result.best_epoch,
+            result.epochs_run,
+            result.seconds,
+        )
+        chosen = ""
+    else:
+        record = search(dataset, base, out, trials=trials, resume=resume, progress=typer.echo)
+        best = record["trials"][record["chosen"]]
+        best_metrics, best_epoch, epochs = best["validation"], best["best_epoch"], best["epochs"]
+        seconds = sum(t["seconds"] for t in record["trials"])
+        chosen = f" (chosen: trial {best['number']} of {len(record['trials'])}, {out}/search.json)"
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in best_metrics.items())
     typer.echo(
-        f"trained {out} in {result.seconds:.0f} s: best epoch {result.best_epoch} of "
-        f"{result.epochs_run} (validation {metrics})"
+        f"trained {out} in {seconds:.0f} s: best epoch {best_epoch} of {epochs} "
+        f"(validation {metrics}){chosen}"
     )
 
 

@@ -19,9 +19,14 @@ Policies (guideline number in the paper), anchor -> negative rule:
 - same_artist (4), one item, same artist above other artists: profile = {i}, positive = same
   artist and cluster as i -> same cluster, other artist.
 - basket (6), hidden item of a basket: profile = the basket without i, positive = i -> not owned.
+- leave_one_out (no guideline; the usual way a history-pooling tower learns from unordered
+  data): profile = a customer's other artworks, positive = the one held out -> not owned.
 
-`history` anchors are every (basket after a customer's first, artwork) pair; the other policies
-draw as many anchors as the configuration asks, afresh each epoch.
+`history` anchors are every (basket after a customer's first, artwork) pair and `leave_one_out`
+anchors every (customer with two or more artworks, artwork) pair, in a fresh order each epoch;
+the other policies draw as many anchors as the configuration asks, afresh each epoch.
+Purchases without timestamps are one unordered basket per customer: `history` then has no
+anchors, and `leave_one_out` is what learns from them.
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ import pandas as pd
 
 from training.data.history import baskets
 
-POLICIES = ("history", "profile", "one_item", "artist_cluster", "same_artist", "basket")
+POLICIES = (
+    "history",
+    "profile",
+    "one_item",
+    "artist_cluster",
+    "same_artist",
+    "basket",
+    "leave_one_out",
+)
 NEGATIVE_TRIES = 20
 
 
@@ -63,8 +76,14 @@ class SamplingContext:
 
     @classmethod
     def build(cls, purchases: pd.DataFrame, artists, clusters, max_profile: int):
+        """Baskets in time order; untimed purchases: one basket of each customer's artworks."""
         user_baskets: dict[str, list[np.ndarray]] = {}
-        for user, items in zip(*baskets(purchases)[["user_id", "items"]].to_numpy().T, strict=True):
+        if np.isfinite(purchases["timestamp"].to_numpy()).all():
+            table = baskets(purchases)[["user_id", "items"]].to_numpy()
+        else:
+            grouped = purchases.groupby("user_id", sort=True)["item"]
+            table = [(user, _distinct(rows.to_numpy(np.int64))) for user, rows in grouped]
+        for user, items in table:
             user_baskets.setdefault(user, []).append(items)
         return cls(user_baskets, np.asarray(artists), np.asarray(clusters), max_profile)
 
@@ -152,6 +171,16 @@ def _policy_basket(ctx, rng, count, out, owned_of):
         out.add(np.delete(items, hidden), items[hidden], owned_of[user], "not_owned")
 
 
+def _policy_leave_one_out(ctx, rng, count, out, owned_of):
+    for owned in owned_of.values():
+        if owned.size < 2:
+            continue
+        for position in rng.permutation(owned.size):
+            others = np.delete(owned, position)
+            # a random order, so that truncation to max_profile keeps a random subset
+            out.add(others[rng.permutation(others.size)], owned[position], owned, "not_owned")
+
+
 _POLICY_FUNCTIONS = {
     "history": _policy_history,
     "profile": _policy_profile,
@@ -159,6 +188,7 @@ _POLICY_FUNCTIONS = {
     "artist_cluster": _policy_artist_cluster,
     "same_artist": _policy_same_artist,
     "basket": _policy_basket,
+    "leave_one_out": _policy_leave_one_out,
 }
 
 

@@ -4,7 +4,8 @@ Data, as the paper splits it: each customer's last basket is the test (never see
 rest, each customer's last basket is the validation: the model is fitted on what remains, and
 every epoch it is scored by the replay protocol on those validation sessions, which picks the
 best epoch and stops training when `patience` epochs bring no improvement. A holdout dataset
-(with valid.csv) is validated on valid.csv instead (see `training_split`).
+(with valid.csv) is validated on valid.csv instead, and untimed purchases on one held-out
+artwork per customer (training/evaluation/splits.py says which, for every learned method).
 
 A run directory holds config.yaml, towers.json (tower configs), best/ (the selected epoch's
 weights), model/ (those weights as finally calibrated: the model that is evaluated and exported),
@@ -17,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 import yaml
 from tqdm import tqdm
@@ -32,12 +33,11 @@ from training.data.features import zscore_stats
 from training.data.history import (
     artist_index,
     artist_sell_through,
-    paper_split,
     visual_clusters,
 )
-from training.evaluation.protocols import holdout_cases, replay_cases
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
+from training.evaluation.splits import training_split
 from training.model import CuratorModel, build_towers
 from training.recommender import MODEL_PREFIX, TowerRecommender, load_towers, save_towers
 from training.sampling import Examples, SamplingContext, sample_examples
@@ -107,7 +107,10 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
+    """Fit, select the best epoch, calibrate; see the module docstring. `on_epoch(epoch,
+    validation metrics)` is called after every epoch (a search uses it to stop bad trials)."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     elapsed_before = 0.0  # seconds of earlier sessions of a resumed run
@@ -115,8 +118,6 @@ def train(
         raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
     if resume and not (run_dir / "checkpoints").exists():
         raise ValueError(f"--resume: {run_dir} has no checkpoints to resume from")
-    if not dataset.has_timestamps:
-        raise ValueError("training needs purchase timestamps (baskets in time order)")
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -187,6 +188,12 @@ def train(
             negatives=config.loss == "bpr" or config.hard_negatives,
             in_cluster=config.in_cluster,
         )
+        if len(examples) < 2:
+            raise ValueError(
+                f"the sampling policies {sorted(config.policy_counts)} give no training examples "
+                "on this data (untimed purchases need `leave_one_out`; `same_artist` needs "
+                "artists)"
+            )
         fit = model.fit(
             _batches(examples, dataset.n_items, config.batch_size, [config.seed, current]),
             epochs=1,
@@ -218,6 +225,8 @@ def train(
         manager.save(checkpoint_number=current + 1)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3g}", **{config.selection_metric: f"{value:.4f}"})
+        if on_epoch is not None:
+            on_epoch(current + 1, metrics)
     bar.close()
 
     best = max(history, key=lambda r: r[f"valid_{config.selection_metric}"])
@@ -271,22 +280,3 @@ def calibrate_artist_prior(
         "validation": {k: v for k, v in chosen.items() if k != "weight"},
         "grid": scores,
     }
-
-
-def training_split(dataset: Dataset) -> tuple[pd.DataFrame, list]:
-    """(purchases to fit on, validation cases). A dataset with valid.csv (a holdout split) is
-    fitted on all its purchases and validated on valid.csv by the holdout protocol. Otherwise the
-    paper's split: each customer's last basket is the test, never seen here; of the rest, each
-    customer's last basket is the validation, scored by the replay protocol (last sessions)."""
-    if dataset.valid is not None:
-        return dataset.purchases, holdout_cases(dataset, "valid")
-    train_purchases, _test = paper_split(dataset.purchases)
-    fit_purchases, _valid = paper_split(train_purchases)
-    replay = replay_cases(_with_purchases(dataset, train_purchases))
-    return fit_purchases, [case for case in replay if case.is_last]
-
-
-def _with_purchases(dataset: Dataset, purchases) -> Dataset:
-    return Dataset(
-        dataset.items, dataset.features, purchases, truth=dataset.truth, path=dataset.path
-    )

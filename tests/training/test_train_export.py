@@ -38,8 +38,8 @@ def test_artist_biases_get_the_sales_prior_weight_that_validates_best(
     trained_run, small_marketplace
 ):
     from training.data.history import artist_sell_through
+    from training.evaluation.splits import training_split
     from training.recommender import load_towers
-    from training.train import training_split
 
     summary = json.loads((trained_run / "summary.json").read_text())["artist_prior"]
     grid = {row["weight"]: row["auc"] for row in summary["grid"]}

@@ -1,6 +1,8 @@
 """The native dataset: a directory that every Curator command reads.
 
-    items.csv       item_id, [artist_id], upload_time (ISO 8601 or unix seconds), one_of_a_kind
+    items.csv       item_id, then optional columns (an absent column or an empty cell takes the
+                    default): artist_id (""), upload_time (ISO 8601 or unix seconds; 0, the unix
+                    epoch: always available), one_of_a_kind (true/false; false)
     features.npy    float32 [n_items, d]; row i belongs to items.csv row i
     purchases.csv   user_id, item_id, [timestamp]; same user and timestamp = one basket
     valid.csv       optional, user_id, item_id: fixed split for the holdout protocol
@@ -100,11 +102,18 @@ def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
 
 
 def load_items_table(path: Path) -> pd.DataFrame:
+    """items.csv -> item_id, artist_id, upload_time (float s), one_of_a_kind (bool); only
+    item_id is required (see the module docstring for the defaults of the others)."""
     name = "items.csv"
-    frame = read_csv(path, name, ["item_id", "upload_time", "one_of_a_kind"], ["artist_id"])
+    optional = ["artist_id", "upload_time", "one_of_a_kind"]
+    frame = read_csv(path, name, ["item_id"], optional)
     require_unique(frame["item_id"], name, "item_id")
-    if "artist_id" not in frame.columns:
-        frame["artist_id"] = ""
+    # Defaults are written as cell text, so the parsers keep each row's line number.
+    for column, default in zip(optional, ["", "0", "false"], strict=True):
+        if column not in frame.columns:
+            frame[column] = default
+        else:
+            frame[column] = frame[column].mask(frame[column] == "", default)
     return pd.DataFrame(
         {
             "item_id": frame["item_id"],
@@ -115,18 +124,23 @@ def load_items_table(path: Path) -> pd.DataFrame:
     )
 
 
-def _load_features(path: Path, *, n_items: int, mmap: bool) -> np.ndarray:
-    name = "features.npy"
+def read_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """A plain numeric .npy array; object arrays (pickles) are refused, never unpickled."""
+    name = path.name
     if not path.exists():
         raise DatasetError(name, "file not found")
     try:
-        features = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as error:
         # numpy refuses object arrays without allow_pickle; we never unpickle here.
         raise DatasetError(name, f"not a plain numeric .npy array ({error})") from None
     except (OSError, EOFError) as error:
         raise DatasetError(name, f"cannot read as .npy ({error})") from None
-    check_features(features, n_items=n_items, name=name)
+
+
+def _load_features(path: Path, *, n_items: int, mmap: bool) -> np.ndarray:
+    features = read_npy(path, mmap=mmap)
+    check_features(features, n_items=n_items, name=path.name)
     return features
 
 

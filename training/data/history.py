@@ -53,9 +53,11 @@ def artist_sell_through(
     items: pd.DataFrame, purchases: pd.DataFrame, artist_ids: list[str] | np.ndarray
 ) -> np.ndarray:
     """Each artist's log sell-through rate, log((sales + 1) / (listed + 1)), counted up to the
-    last of `purchases` (artworks uploaded later are not counted as listed) and centred on the
-    average listed artwork, so an unknown artist (0) is a typical one. [len(artist_ids)]"""
-    cutoff = purchases["timestamp"].max()
+    last of `purchases` (artworks uploaded later are not counted as listed; untimed purchases
+    count every artwork) and centred on the average listed artwork, so an unknown artist (0) is
+    a typical one. [len(artist_ids)]"""
+    times = purchases["timestamp"].to_numpy()
+    cutoff = times.max() if np.isfinite(times).all() else np.inf
     artists = items["artist_id"].to_numpy().astype(str)
     listed = pd.Series(artists[items["upload_time"].to_numpy() <= cutoff]).value_counts()
     sales = pd.Series(artists[purchases["item"].to_numpy()]).value_counts()

@@ -1,17 +1,32 @@
-"""The paper's baselines, and the two ceilings, as Recommenders."""
+"""The paper's baselines, the two ceilings, and the learned baselines (EASE^R, item-kNN, VBPR:
+training/evaluation/learned_baselines.py and vbpr.py) as Recommenders."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 
 from training.data.dataset import Dataset, SimulatorTruth
 from training.data.features import unit_rows, zscore
+from training.evaluation.learned_baselines import fit_ease, fit_item_knn
 from training.evaluation.protocols import Case
 from training.evaluation.recommender import QueryBatch
+from training.evaluation.splits import training_split
+from training.evaluation.vbpr import VBPRConfig, fit_vbpr
 
-BASELINES = ("oracle", "ideal", "visrank-mean", "visrank-max", "popular", "random")
+BASELINES = (
+    "oracle",
+    "ideal",
+    "ease",
+    "item-knn",
+    "vbpr",
+    "visrank-mean",
+    "visrank-max",
+    "popular",
+    "random",
+)
 
 
 class RandomRecommender:
@@ -109,15 +124,24 @@ def default_baselines(dataset: Dataset) -> list[str]:
 
 
 def build_baselines(names: Sequence[str], dataset: Dataset, cases: Sequence[Case], seed: int = 0):
-    """Recommenders for `names` (see BASELINES), in that order."""
+    """Recommenders for `names` (see BASELINES), in that order. The learned ones are fitted
+    here, on `training_split(dataset)` (computed once)."""
     unknown = [name for name in names if name not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
     if "ideal" in names and dataset.truth is None:
         raise ValueError("the ideal baseline needs the simulator's truth.npz (marketplace only)")
+
+    @cache
+    def split():
+        return training_split(dataset)  # (fit purchases, validation cases)
+
     makers = {
         "oracle": lambda: OracleRecommender(cases),
         "ideal": lambda: IdealRecommender(dataset.truth),
+        "ease": lambda: fit_ease(*split(), dataset.n_items),
+        "item-knn": lambda: fit_item_knn(*split(), dataset.n_items),
+        "vbpr": lambda: fit_vbpr(dataset.features, *split(), VBPRConfig(seed=seed)),
         "visrank-mean": lambda: VisRank(dataset.features, "mean"),
         "visrank-max": lambda: VisRank(dataset.features, "max"),
         "popular": lambda: PopularRecommender.from_dataset(dataset),

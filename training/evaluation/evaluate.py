@@ -24,6 +24,11 @@ from training.evaluation.report import (
 )
 
 PROTOCOLS = ("replay", "holdout")
+# report.summary_rows subsets, in table order; ":cold"/":warm": tests by unsold/sold ground truth
+SUBSETS = {
+    "replay": ("last", "last:cold", "last:warm", "all", "all:cold", "all:warm"),
+    "holdout": ("all", "all:cold", "all:warm"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,10 @@ def evaluate(
     """Evaluate baselines (default: all that apply) and `models` under one protocol.
 
     Replay rows come for two subsets, "last" (each customer's last session, the paper's table)
-    and "all"; holdout rows for "all". With `out`, writes metrics.json and one CSV of per-test
-    results per method, all at once at the end.
+    and "all"; holdout rows for "all". Each subset S also comes as "S:cold" and "S:warm": the
+    tests whose ground truth holds artworks never sold / already sold before the test, scored on
+    those alone (see report.summary_rows). With `out`, writes metrics.json and one CSV of
+    per-test results per method, all at once at the end.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -63,7 +70,7 @@ def evaluate(
         raise ValueError(f"the {protocol} protocol found no tests in {dataset.path}")
     names = default_baselines(dataset) if baselines is None else list(baselines)
     methods = [*build_baselines(names, dataset, cases, seed), *models]
-    subsets = ("last", "all") if protocol == "replay" else ("all",)
+    subsets = SUBSETS[protocol]
 
     rows, per_case = [], {}
     for method in tqdm(methods, desc=f"{protocol} evaluation", unit="method", disable=not progress):

@@ -61,6 +61,21 @@ def ndcg_hits_at_k(ranks: np.ndarray, k: int) -> float:
     return _dcg(ranks, k) / _ideal_dcg(hits, k) if hits else 0.0
 
 
+def restrict_ranks(
+    ranks: np.ndarray, n_candidates: int, keep: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Ranks of the ground truth `keep` selects once the rest of the ground truth is removed
+    from the candidates: each kept rank drops by the number of removed items ranked above it,
+    exactly as re-ranking the remaining candidates would give.
+
+    ranks, keep: [n_truth]; returns (ranks [n_kept], n_candidates - n_removed).
+    """
+    ranks, keep = np.asarray(ranks), np.asarray(keep, dtype=bool)
+    removed = np.sort(ranks[~keep])  # [n_removed]
+    kept = ranks[keep]  # [n_kept]
+    return kept - np.searchsorted(removed, kept), n_candidates - removed.size
+
+
 def case_metrics(ranks: np.ndarray, n_candidates: int, ks=KS) -> dict[str, float]:
     """Every metric of one test, keyed as in metrics.json (`auc`, `p@20`, `ndcg_hits@100`...)."""
     values = {"auc": auc(ranks, n_candidates)}

@@ -6,10 +6,12 @@ consumed, if the customer already bought something, the whole current inventory 
 that customer's profile (everything bought so far); the ground truth is the artworks of this and
 all later sessions of the customer that are in that inventory. Then the session is consumed: the
 profile grows and sold one-of-a-kind artworks leave the inventory. At equal timestamps uploads
-come before sessions, and sessions are taken in customer-id order.
+come before sessions, and sessions are taken in customer-id order. A ground-truth artwork is warm
+if some customer bought it in a session consumed before the test's session, else cold.
 
 Holdout: each user of test.csv (or valid.csv) with training purchases ranks every artwork except
-those training purchases; the ground truth is the user's held-out artworks.
+those training purchases; the ground truth is the user's held-out artworks. A ground-truth
+artwork is warm if it occurs in the training purchases (purchases.csv), else cold.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ class Case:
     is_last: bool  # the user's last session (replay); always True in holdout
     inventory: np.ndarray | None = None  # candidates; None: every item but `excluded`
     excluded: np.ndarray | None = None
+    ground_truth_sold: np.ndarray | None = None  # [n_truth] bool: warm; None: not recorded
+
+    def truth_of_kind(self, kind: str) -> np.ndarray:
+        """[n_truth] bool: which ground-truth artworks are `kind`, "cold" (never sold before the
+        test) or "warm" (sold before)."""
+        if kind not in ("cold", "warm"):
+            raise ValueError(f"kind must be 'cold' or 'warm', got {kind!r}")
+        if self.ground_truth_sold is None:
+            raise ValueError(
+                f"test {self.query_id} (user {self.user_id}) has no ground_truth_sold: "
+                "cold/warm subsets need cases from replay_cases or holdout_cases"
+            )
+        return self.ground_truth_sold if kind == "warm" else ~self.ground_truth_sold
 
     def candidates(self, n_items: int) -> np.ndarray:
         if self.inventory is not None:
@@ -56,6 +71,7 @@ def replay_cases(dataset: Dataset) -> list[Case]:
         sessions_of_user.setdefault(user, []).append(items)
 
     in_inventory = np.zeros(dataset.n_items, dtype=bool)
+    sold = np.zeros(dataset.n_items, dtype=bool)  # bought in a session consumed so far
     uploaded = 0
     profiles: dict[str, list[np.ndarray]] = {}
     cases: list[Case] = []
@@ -78,10 +94,12 @@ def replay_cases(dataset: Dataset) -> list[Case]:
                         ground_truth=ground_truth,
                         is_last=bool(number == n_baskets - 1),
                         inventory=np.flatnonzero(in_inventory),
+                        ground_truth_sold=sold[ground_truth],
                     )
                 )
         profiles.setdefault(user, []).append(items)
         in_inventory[items[one_of_a_kind[items]]] = False
+        sold[items] = True
     return cases
 
 
@@ -93,6 +111,8 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
     if held_out is None:
         raise ValueError(f"the holdout protocol needs {split}.csv in the dataset; it has none")
     train = dataset.purchases.groupby("user_id")["item"].unique()
+    sold = np.zeros(dataset.n_items, dtype=bool)
+    sold[dataset.purchases["item"].to_numpy()] = True
     cases: list[Case] = []
     for user, rows in held_out.groupby("user_id", sort=True)["item"]:
         if user not in train.index:
@@ -101,6 +121,15 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
         ground_truth = np.setdiff1d(rows.to_numpy(), profile)
         if ground_truth.size:
             cases.append(
-                Case(len(cases), user, float("inf"), profile, ground_truth, True, None, profile)
+                Case(
+                    query_id=len(cases),
+                    user_id=user,
+                    time=float("inf"),
+                    profile=profile,
+                    ground_truth=ground_truth,
+                    is_last=True,
+                    excluded=profile,
+                    ground_truth_sold=sold[ground_truth],
+                )
             )
     return cases

@@ -104,8 +104,8 @@ def test_header_only_file(tmp_path):
 
 
 def test_missing_column(tmp_path):
-    message = _error(tmp_path, items=TINY_ITEMS.replace("one_of_a_kind", "unique"))
-    assert message.startswith("items.csv, line 1: missing column(s) ['one_of_a_kind']")
+    message = _error(tmp_path, items=TINY_ITEMS.replace("item_id", "id"))
+    assert message.startswith("items.csv, line 1: missing column(s) ['item_id']")
 
 
 def test_empty_required_value(tmp_path):
@@ -150,3 +150,34 @@ def test_save_does_not_replace_an_existing_directory_unless_asked(tiny_dataset_d
         save_dataset(dataset, tiny_dataset_dir)
     save_dataset(dataset, tiny_dataset_dir, overwrite=True)
     assert load_dataset(tiny_dataset_dir).n_items == 5
+
+
+def test_items_with_only_item_id_default_to_always_available_and_not_unique(tmp_path):
+    items = "item_id\n" + "".join(f"{item}\n" for item in "abcde")
+    dataset = load_dataset(write_dataset(tmp_path / "d", items, TINY_PURCHASES))
+    assert dataset.item_ids.tolist() == list("abcde")
+    assert (dataset.items["artist_id"] == "").all()
+    assert (dataset.items["upload_time"] == 0.0).all()
+    assert not dataset.items["one_of_a_kind"].any()
+
+
+def test_empty_upload_time_and_one_of_a_kind_cells_take_the_defaults(tmp_path):
+    items = TINY_ITEMS.replace("b,x,2020-01-01,false", "b,x,,").replace("d,y,2020-02-01,", "d,y,,")
+    dataset = load_dataset(write_dataset(tmp_path / "d", items, TINY_PURCHASES))
+    assert dataset.items["upload_time"].tolist()[:4] == [1577836800.0, 0.0, 1577836800.0, 0.0]
+    assert dataset.items["one_of_a_kind"].tolist() == [True, False, True, True, True]
+
+
+def test_bad_value_in_optional_column_still_names_line_and_field(tmp_path):
+    items = "item_id,one_of_a_kind\na,true\nb,\nc,perhaps\nd,f\ne,t\n"
+    message = _error(tmp_path, items=items)
+    assert message == (
+        "items.csv, line 4, field 'one_of_a_kind': 'perhaps' is not a boolean (true/false)"
+    )
+
+
+def test_items_with_only_item_id_round_trip_through_save(tmp_path):
+    items = "item_id\n" + "".join(f"{item}\n" for item in "abcde")
+    dataset = load_dataset(write_dataset(tmp_path / "d", items, TINY_PURCHASES))
+    save_dataset(dataset, tmp_path / "copy")
+    assert load_dataset(tmp_path / "copy").items.equals(dataset.items)

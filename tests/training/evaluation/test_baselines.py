@@ -144,6 +144,7 @@ def test_holdout_evaluation_on_a_split_store(small_marketplace):
 
     dataset = holdout_split(load_dataset(small_marketplace), seed=0)
     result = evaluate(dataset, protocol="holdout", baselines=["oracle", "visrank-mean", "random"])
-    assert [row["subset"] for row in result.rows] == ["all"] * 3
+    subsets = ["all"] * 3 + ["all:cold"] * 3 + ["all:warm"] * 3
+    assert [row["subset"] for row in result.rows] == subsets
     assert result.row("oracle", "all")["r@20"] == 1.0
     assert result.row("visrank-mean", "all")["auc"] > result.row("random", "all")["auc"]

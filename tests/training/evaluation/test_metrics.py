@@ -1,4 +1,5 @@
-"""Every metric against values computed by hand on three users."""
+"""Every metric against values computed by hand on three users; restricting the ground truth to
+one kind against re-ranking without the other kind."""
 
 import math
 
@@ -12,6 +13,7 @@ from training.evaluation.metrics import (
     ndcg_hits_at_k,
     precision_at_k,
     recall_at_k,
+    restrict_ranks,
 )
 
 # Three users ranking 10 candidates; the 0-based positions of their ground truth:
@@ -68,3 +70,46 @@ def test_case_metrics_keys_and_values():
 def test_degenerate_cases_are_nan_not_errors():
     assert math.isnan(auc(np.array([0, 1]), 2))  # no negatives
     assert math.isnan(recall_at_k(np.array([], dtype=int), 5))
+
+
+def test_restricted_ranks_skip_removed_ground_truth_by_hand():
+    # bob without his 2nd-ranked item: the 5th moves up to 4th among 9 candidates
+    ranks, n = restrict_ranks(BOB, N, np.array([False, True]))
+    assert ranks.tolist() == [3] and n == 9
+    # carol without her 8th: the 3rd stays 3rd (nothing removed above), the 10th becomes 9th
+    ranks, n = restrict_ranks(CAROL, N, np.array([True, False, True]))
+    assert ranks.tolist() == [2, 8] and n == 9
+    # 7 negatives; rank 2: 6 below, 1 relevant -> 5/7; rank 8: nothing below -> 0
+    assert auc(ranks, n) == pytest.approx((5 / 7 + 0) / 2)
+    assert recall_at_k(ranks, 5) == 1 / 2
+    # alice keeping nothing: no ground truth, nothing removed
+    ranks, n = restrict_ranks(ALICE, N, np.array([False]))
+    assert ranks.size == 0 and n == 9
+
+
+def _position_in(order, items):
+    position = np.empty(order.size, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    return position[items]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_subset_metrics_equal_reranking_without_other_kind(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 300))
+    scores = rng.integers(0, 5, n).astype(float)  # ties, broken by `tiebreak`
+    tiebreak = rng.random(n)
+    truth = rng.choice(n, int(rng.integers(1, min(n, 40))), replace=False)
+    keep = rng.random(truth.size) < 0.5
+    full_ranks = _position_in(np.lexsort((tiebreak, -scores)), truth)
+
+    remaining = np.setdiff1d(np.arange(n), truth[~keep])  # drop the other kind, re-rank
+    order = np.lexsort((tiebreak[remaining], -scores[remaining]))
+    expected = _position_in(order, np.searchsorted(remaining, truth[keep]))
+
+    ranks, n_candidates = restrict_ranks(full_ranks, n, keep)
+    np.testing.assert_array_equal(ranks, expected)
+    assert n_candidates == remaining.size
+    got = case_metrics(ranks, n_candidates)
+    want = case_metrics(expected, remaining.size)
+    np.testing.assert_allclose(list(got.values()), list(want.values()), equal_nan=True)

@@ -41,6 +41,27 @@ def test_upload_at_the_same_time_as_a_session_is_in_its_inventory(tmp_path):
     assert 4 in case.inventory and case.ground_truth.tolist() == [4]
 
 
+def test_replay_marks_artwork_sold_in_earlier_session_warm(tiny_dataset_dir):
+    first, second = replay_cases(load_dataset(tiny_dataset_dir))
+    # Feb 10, truth {b, d}: u2 bought b on Jan 20; d is bought in this very session: cold
+    assert first.ground_truth_sold.tolist() == [True, False]
+    assert second.ground_truth_sold.tolist() == [False]  # e: never sold before Apr 1
+    assert first.truth_of_kind("cold").tolist() == [False, True]
+
+
+def test_replay_session_at_the_same_time_counts_only_if_consumed_first(tmp_path):
+    # u1 and u2 both buy the print b on Feb 10; sessions at one time go in customer-id order
+    purchases = (
+        "user_id,item_id,timestamp\nu1,a,2020-01-10\nu2,c,2020-01-05\n"
+        "u1,b,2020-02-10\nu2,b,2020-02-10\n"
+    )
+    first, second = replay_cases(load_dataset(write_dataset(tmp_path / "d", TINY_ITEMS, purchases)))
+    assert (first.user_id, first.ground_truth.tolist()) == ("u1", [1])
+    assert first.ground_truth_sold.tolist() == [False]  # u2's session is not consumed yet
+    assert (second.user_id, second.ground_truth.tolist()) == ("u2", [1])
+    assert second.ground_truth_sold.tolist() == [True]  # u1's session came first
+
+
 def test_replay_needs_timestamps(tmp_path):
     dataset = load_dataset(write_dataset(tmp_path / "d", TINY_ITEMS, "user_id,item_id\nu1,a\n"))
     with pytest.raises(ValueError, match="needs purchase timestamps"):
@@ -58,6 +79,27 @@ def test_holdout_ranks_everything_but_training_purchases(tmp_path):
     assert case.user_id == "u1" and case.profile.tolist() == [0, 1]
     assert case.ground_truth.tolist() == [4]  # a was bought in training: not a target
     assert case.candidates(5).tolist() == [2, 3, 4]
+
+
+def test_holdout_warm_means_in_training_purchases(tmp_path):
+    root = write_dataset(
+        tmp_path / "d",
+        TINY_ITEMS,
+        "user_id,item_id\nu1,a\nu2,c\n",
+        test="user_id,item_id\nu1,c\nu1,e\nu2,d\nu2,e\n",
+    )
+    first, second = holdout_cases(load_dataset(root))
+    assert first.ground_truth.tolist() == [2, 4]
+    assert first.ground_truth_sold.tolist() == [True, False]  # u2 bought c in training
+    assert second.ground_truth_sold.tolist() == [False, False]  # test purchases do not count
+
+
+def test_cold_subsets_need_recorded_sales():
+    from training.evaluation.protocols import Case
+
+    case = Case(7, "u", 0.0, np.array([0]), np.array([1]), True, np.array([1, 2]))
+    with pytest.raises(ValueError, match="test 7 \\(user u\\) has no ground_truth_sold"):
+        case.truth_of_kind("cold")
 
 
 def test_holdout_without_split_file_is_a_clear_error(tiny_dataset_dir):
@@ -92,3 +134,21 @@ def test_ugallery_oracle_and_random_match_the_paper(ugallery_dataset):
     assert oracle["auc"] == 1.0 and oracle["r@100"] == 1.0
     assert random["auc"] == pytest.approx(0.50, abs=0.02)
     assert result.row("oracle", "all")["n_tests"] == 1_978
+
+
+def test_ugallery_cold_and_warm_rows_split_the_tests(ugallery_dataset):
+    result = evaluate(ugallery_dataset, baselines=["oracle"])
+    assert [row["subset"] for row in result.rows] == [
+        "last",
+        "last:cold",
+        "last:warm",
+        "all",
+        "all:cold",
+        "all:warm",
+    ]
+    for subset in ("last", "all"):
+        whole = result.row("oracle", subset)["n_tests"]
+        cold = result.row("oracle", f"{subset}:cold")["n_tests"]
+        warm = result.row("oracle", f"{subset}:warm")["n_tests"]
+        assert max(cold, warm) <= whole <= cold + warm  # a test may hold both kinds
+        assert result.row("oracle", f"{subset}:cold")["auc"] == 1.0  # still a perfect ranking

@@ -1,0 +1,96 @@
+"""Untimed training examples and the per-dataset configuration search."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+
+from tests.conftest import tiny_config
+from training.data.dataset import load_dataset
+from training.evaluation.splits import training_split, untimed_validation_split, with_purchases
+from training.sampling import SamplingContext, sample_examples
+from training.search import Choice, _set, adapt_to_data, search
+
+
+def _untimed(dataset):
+    purchases = dataset.purchases.assign(timestamp=np.nan)
+    return with_purchases(dataset, purchases)
+
+
+def test_untimed_examples_never_put_the_target_in_its_profile(small_marketplace):
+    dataset = _untimed(load_dataset(small_marketplace))
+    artists = np.zeros(dataset.n_items, np.int64)
+    clusters = np.zeros(dataset.n_items, np.int64)
+    context = SamplingContext.build(dataset.purchases, artists, clusters, max_profile=5)
+    examples = sample_examples(context, {"leave_one_out": 1}, seed=0, negatives=False)
+    owned = dataset.purchases.groupby("user_id")["item"].unique()
+    n_expected = sum(items.size for items in owned if items.size >= 2)
+    assert len(examples) == n_expected
+    for profile, positive in zip(examples.profiles, examples.positives, strict=True):
+        assert positive not in profile
+        assert 1 <= profile.size <= 5
+
+
+def test_untimed_examples_draw_profiles_afresh_each_epoch(small_marketplace):
+    dataset = _untimed(load_dataset(small_marketplace))
+    zeros = np.zeros(dataset.n_items, np.int64)
+    context = SamplingContext.build(dataset.purchases, zeros, zeros, max_profile=2)
+    first, second = (
+        sample_examples(context, {"leave_one_out": 1}, seed=s, negatives=False) for s in (0, 1)
+    )
+    assert sorted(first.positives.tolist()) == sorted(second.positives.tolist())
+    assert [p.tolist() for p in first.profiles] != [p.tolist() for p in second.profiles]
+
+
+def test_untimed_validation_holds_out_one_artwork_per_customer(small_marketplace):
+    purchases = _untimed(load_dataset(small_marketplace)).purchases
+    fit, valid = untimed_validation_split(purchases, seed=0)
+    sizes = purchases.groupby("user_id")["item"].nunique()
+    assert set(valid["user_id"]) == set(sizes[sizes >= 3].index)
+    assert valid["user_id"].is_unique
+    held = set(zip(valid["user_id"], valid["item"], strict=True))
+    assert not held & set(zip(fit["user_id"], fit["item"], strict=True))
+    assert len(fit) + len(held) <= len(purchases)
+
+
+def test_untimed_training_split_validates_on_holdout_cases(small_marketplace):
+    fit, cases = training_split(_untimed(load_dataset(small_marketplace)))
+    assert cases and all(case.is_last and np.isinf(case.time) for case in cases)
+    fitted = fit.groupby("user_id")["item"].unique()
+    for case in cases:
+        assert not np.isin(case.ground_truth, fitted[case.user_id]).any()
+
+
+def test_adapted_preset_trains_on_untimed_data_without_artists(small_marketplace):
+    dataset = _untimed(load_dataset(small_marketplace))
+    items = dataset.items.assign(artist_id="")
+    dataset = replace(dataset, items=items)
+    config = adapt_to_data(tiny_config(), dataset)
+    assert config.policy_counts == {"leave_one_out": 1}
+    assert not config.artist_embedding and not config.artist_prior_weights
+
+
+def test_search_picks_the_better_of_two_configurations(small_marketplace, tmp_path):
+    """A learning rate of 1e-9 learns nothing: the search must choose the one that learns."""
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), learning_rate=1e-9, epochs=3, selection_metric="auc")
+    space = (Choice("learning_rate", (1e-9, 3e-3), _set("learning_rate")),)
+    record = search(dataset, base, tmp_path / "run", trials=3, space=space)
+
+    tried = {t["params"]["learning_rate"] for t in record["trials"]}
+    assert tried == {1e-9, 3e-3}
+    assert record["trials"][0]["params"] == {"learning_rate": 1e-9}  # the preset comes first
+    chosen = record["trials"][record["chosen"]]
+    assert chosen["params"] == {"learning_rate": 3e-3}
+    best_bad = max(
+        t["validation"]["auc"] for t in record["trials"] if t["params"]["learning_rate"] == 1e-9
+    )
+    assert chosen["validation"]["auc"] > best_bad
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert saved["chosen"] == record["chosen"] and len(saved["trials"]) == 3
+    assert record["chosen_config"]["learning_rate"] == 3e-3
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["search"]["chosen"] == record["chosen"]
+    assert (tmp_path / "run" / "model" / "towers.index").exists()

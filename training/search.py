@@ -1,0 +1,263 @@
+"""`curator train`'s default: a configuration chosen per dataset, on its validation split.
+
+A fixed, documented search space over the choices that validation showed to matter
+(docs/training.md, "Configuration search"), explored with Optuna's TPE sampler within a budget
+of trials. The first trial is always the preset the search starts from, so the search never
+chooses something that validates worse than it. Each trial is a full `train()` run in
+`RUN/trials/NN/`; a trial whose validation after `PRUNE_AFTER_EPOCHS` epochs is below the median
+of earlier trials at that epoch is stopped (Optuna's median pruner). The chosen trial's model,
+config and history become the run's own (`RUN/model/`, `RUN/config.yaml`, ...), so
+`curator evaluate --model RUN` and `curator export --run RUN` use it, and `RUN/search.json`
+records every trial: parameters, validation figures, epochs, seconds, state.
+
+Parameters that do not apply to a dataset are left out of its space: artist choices without
+artists, the next-basket policy without timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from training.config import TrainConfig
+from training.data.dataset import Dataset
+from training.train import train
+
+PRUNE_AFTER_EPOCHS = 4
+RUN_FILES = ("config.yaml", "towers.json", "history.json", "summary.json")
+RUN_DIRS = ("model", "best")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One searched parameter: its candidate values and how a value changes a config."""
+
+    name: str
+    values: tuple
+    apply: Callable[[TrainConfig, object], TrainConfig]
+    applies_to: Callable[[Dataset], bool] = lambda dataset: True
+
+
+def _set(field: str) -> Callable[[TrainConfig, object], TrainConfig]:
+    return lambda config, value: replace(config, **{field: value})
+
+
+def _policy(name: str) -> Callable[[TrainConfig, object], TrainConfig]:
+    def apply(config: TrainConfig, count) -> TrainConfig:
+        policies = {k: v for k, v in config.policy_counts.items() if k != name}
+        if count:
+            policies[name] = count
+        return replace(config, policies=policies)
+
+    return apply
+
+
+def _artists(config: TrainConfig, on: bool) -> TrainConfig:
+    weights = config.artist_prior_weights or (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+    return replace(config, artist_embedding=on, artist_prior_weights=weights if on else ())
+
+
+def _has_artists(dataset: Dataset) -> bool:
+    return bool((dataset.items["artist_id"] != "").any())
+
+
+SEARCH_SPACE = (
+    Choice("temperature", (0.05, 0.1, 0.2), _set("temperature")),
+    Choice("learning_rate", (3e-4, 1e-3), _set("learning_rate")),
+    Choice("hybrid", (False, True), _set("hybrid")),
+    Choice("artist_embedding", (True, False), _artists, _has_artists),
+    Choice("leave_one_out", (0, 1), _policy("leave_one_out")),
+    Choice("same_artist", (6000, 0), _policy("same_artist"), _has_artists),
+    Choice("uniform_negatives", (0, 512), _set("uniform_negatives")),
+)
+
+
+def space_for(dataset: Dataset) -> tuple[Choice, ...]:
+    return tuple(choice for choice in SEARCH_SPACE if choice.applies_to(dataset))
+
+
+def adapt_to_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """The preset, made trainable on this dataset: untimed purchases learn from leave-one-out
+    examples instead of next baskets; no artists, no artist embedding or same-artist policy."""
+    if not dataset.has_timestamps:
+        config = _policy("history")(config, 0)
+        config = _policy("leave_one_out")(config, config.policy_counts.get("leave_one_out") or 1)
+    if not _has_artists(dataset):
+        config = _policy("same_artist")(_policy("artist_cluster")(config, 0), 0)
+        config = _artists(config, False)
+    return config
+
+
+def preset_values(config: TrainConfig, space: tuple[Choice, ...]) -> dict:
+    """The search parameters that reproduce `config` (the first trial)."""
+    current = {c.name: getattr(config, c.name, None) for c in space} | {
+        "temperature": config.temperature,
+        "learning_rate": config.learning_rate,
+        "hybrid": config.hybrid,
+        "artist_embedding": config.artist_embedding,
+        "leave_one_out": config.policy_counts.get("leave_one_out", 0),
+        "same_artist": config.policy_counts.get("same_artist", 0),
+        "uniform_negatives": config.uniform_negatives,
+    }
+    values = {}
+    for choice in space:
+        value = current[choice.name]
+        values[choice.name] = value if value in choice.values else choice.values[0]
+    return values
+
+
+def config_of(base: TrainConfig, space: tuple[Choice, ...], values: dict) -> TrainConfig:
+    config = base
+    for choice in space:
+        config = choice.apply(config, values[choice.name])
+    return config
+
+
+def search(
+    dataset: Dataset,
+    base: TrainConfig,
+    run_dir: Path | str,
+    *,
+    trials: int,
+    resume: bool = False,
+    progress: Callable[[str], None] | None = None,
+    space: tuple[Choice, ...] | None = None,
+) -> dict:
+    """Train `trials` configurations of the search space around `base` (see the module
+    docstring), make the best on validation the run's model, and return search.json's content."""
+    run_dir = Path(run_dir)
+    if trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {trials}")
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = adapt_to_data(base, dataset)
+    space = space_for(dataset) if space is None else space
+    metric = base.selection_metric
+    record_path = run_dir / "search.json"
+    record = json.loads(record_path.read_text()) if resume and record_path.exists() else None
+    if record is not None and record["base"] != base.to_dict():
+        raise ValueError(f"--resume: the base config differs from {record_path}")
+    record = record or {
+        "base": base.to_dict(),
+        "space": {c.name: list(c.values) for c in space},
+        "selection_metric": metric,
+        "trials": [],
+    }
+
+    distributions = {c.name: optuna.distributions.CategoricalDistribution(c.values) for c in space}
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=4),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_AFTER_EPOCHS),
+    )
+    for done in record["trials"]:  # a resumed search: what is already known
+        study.add_trial(_frozen_trial(done, distributions, metric))
+    if not record["trials"]:
+        study.enqueue_trial(preset_values(base, space))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    while len(record["trials"]) < trials:
+        trial = study.ask(distributions)
+        number = len(record["trials"])
+        trial_dir = run_dir / "trials" / f"{number:02d}"
+        config = config_of(base, space, trial.params)
+        started = time.perf_counter()
+        curve: dict[int, float] = {}
+
+        def report(epoch: int, metrics: dict, trial=trial, curve=curve) -> None:
+            curve[epoch] = metrics[metric]
+            trial.report(metrics[metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        state, result = "complete", None
+        resumable = resume and (trial_dir / "checkpoints").exists()
+        if trial_dir.exists() and not resumable:
+            shutil.rmtree(trial_dir)
+        try:
+            result = train(
+                dataset, config, trial_dir, resume=resumable, progress=False, on_epoch=report
+            )
+        except optuna.TrialPruned:
+            state = "pruned"
+        value = result.best_metrics[metric] if result else max(curve.values())
+        study.tell(trial, value if state == "complete" else None, _state(state))
+        record["trials"].append(
+            {
+                "number": number,
+                "state": state,
+                "params": dict(trial.params),
+                "validation": result.best_metrics if result else {metric: value},
+                "best_epoch": result.best_epoch if result else int(max(curve, key=curve.get)),
+                "epochs": len(curve),
+                "seconds": round(time.perf_counter() - started, 1),
+                "intermediate": {str(k): v for k, v in curve.items()},
+            }
+        )
+        _write_json(record_path, record)
+        if progress:
+            progress(_trial_line(record["trials"][-1], metric))
+
+    complete = [t for t in record["trials"] if t["state"] == "complete"]
+    chosen = max(complete, key=lambda t: t["validation"][metric])
+    record["chosen"] = chosen["number"]
+    record["chosen_config"] = config_of(base, space, chosen["params"]).to_dict()
+    _adopt(run_dir / "trials" / f"{chosen['number']:02d}", run_dir)
+    _write_json(record_path, record)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["search"] = {
+        "trials": len(record["trials"]),
+        "chosen": chosen["number"],
+        "seconds": round(sum(t["seconds"] for t in record["trials"]), 1),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return record
+
+
+def _state(state: str) -> optuna.trial.TrialState:
+    return (
+        optuna.trial.TrialState.COMPLETE if state == "complete" else optuna.trial.TrialState.PRUNED
+    )
+
+
+def _frozen_trial(done: dict, distributions: dict, metric: str) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        params=done["params"],
+        distributions=distributions,
+        value=done["validation"][metric] if done["state"] == "complete" else None,
+        intermediate_values={int(k): v for k, v in done["intermediate"].items()},
+        state=_state(done["state"]),
+    )
+
+
+def _adopt(trial_dir: Path, run_dir: Path) -> None:
+    """The chosen trial's model, config and history become the run's (replacing earlier ones)."""
+    for name in RUN_FILES:
+        shutil.copyfile(trial_dir / name, run_dir / name)
+    for name in RUN_DIRS:
+        if (run_dir / name).exists():
+            shutil.rmtree(run_dir / name)
+        shutil.copytree(trial_dir / name, run_dir / name)
+
+
+def _trial_line(trial: dict, metric: str) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
+    figure = trial["validation"].get(metric, np.nan)
+    return (
+        f"trial {trial['number']}: {trial['state']}, validation {metric} {figure:.4f} after "
+        f"{trial['epochs']} epochs, {trial['seconds']:.0f} s ({params})"
+    )
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.replace(path)
