@@ -168,7 +168,7 @@ def test_resume_after_a_killed_run_finishes_like_an_uninterrupted_one(small_mark
     config_file.write_text(yaml.safe_dump({**TINY_TRAINING, "epochs": 3, "patience": 3}))
     command = [
         sys.executable, "-m", "training.cli", "train", "--data", str(small_marketplace),
-        "--config", str(config_file),
+        "--config", str(config_file), "--trials", "1",
     ]  # fmt: skip
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     killed = tmp_path / "killed"
