@@ -11,7 +11,7 @@ config and history become the run's own (`RUN/model/`, `RUN/config.yaml`, ...), 
 records every trial: parameters, validation figures, epochs, seconds, state.
 
 Parameters that do not apply to a dataset are left out of its space: artist choices without
-artists, the next-basket policy without timestamps.
+artists; without timestamps, the choice of leave-one-out examples (always on there).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ SEARCH_SPACE = (
     Choice("learning_rate", (3e-4, 1e-3), _set("learning_rate")),
     Choice("hybrid", (False, True), _set("hybrid")),
     Choice("artist_embedding", (True, False), _artists, _has_artists),
-    Choice("leave_one_out", (0, 1), _policy("leave_one_out")),
+    # untimed purchases always learn from leave_one_out (they have no next baskets)
+    Choice("leave_one_out", (0, 1), _policy("leave_one_out"), lambda d: d.has_timestamps),
     Choice("same_artist", (6000, 0), _policy("same_artist"), _has_artists),
     Choice("uniform_negatives", (0, 512), _set("uniform_negatives")),
 )

@@ -11,7 +11,7 @@ from tests.conftest import tiny_config
 from training.data.dataset import load_dataset
 from training.evaluation.splits import training_split, untimed_validation_split, with_purchases
 from training.sampling import SamplingContext, sample_examples
-from training.search import Choice, _set, adapt_to_data, search
+from training.search import Choice, _set, adapt_to_data, search, space_for
 
 
 def _untimed(dataset):
@@ -70,6 +70,12 @@ def test_adapted_preset_trains_on_untimed_data_without_artists(small_marketplace
     config = adapt_to_data(tiny_config(), dataset)
     assert config.policy_counts == {"leave_one_out": 1}
     assert not config.artist_embedding and not config.artist_prior_weights
+    assert [choice.name for choice in space_for(dataset)] == [
+        "temperature",
+        "learning_rate",
+        "hybrid",
+        "uniform_negatives",
+    ]
 
 
 def test_search_picks_the_better_of_two_configurations(small_marketplace, tmp_path):
