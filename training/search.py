@@ -4,11 +4,13 @@ A fixed, documented search space over the choices that validation showed to matt
 (docs/training.md, "Configuration search"), explored with Optuna's TPE sampler within a budget
 of trials. The first trial is always the preset the search starts from, so the search never
 chooses something that validates worse than it. Each trial is a full `train()` run in
-`RUN/trials/NN/`; a trial whose validation after `PRUNE_AFTER_EPOCHS` epochs is below the median
-of earlier trials at that epoch is stopped (Optuna's median pruner). The chosen trial's model,
-config and history become the run's own (`RUN/model/`, `RUN/config.yaml`, ...), so
-`curator evaluate --model RUN` and `curator export --run RUN` use it, and `RUN/search.json`
-records every trial: parameters, validation figures, epochs, seconds, state.
+`RUN/trials/NN/` (a configuration proposed again is not retrained: it is recorded with
+`repeat_of` and the earlier figures); a trial whose validation after `PRUNE_AFTER_EPOCHS`
+epochs is below the median of earlier trials at that epoch is stopped (Optuna's median pruner).
+The chosen trial's model, config and history become the run's own (`RUN/model/`,
+`RUN/config.yaml`, ...), so `curator evaluate --model RUN` and `curator export --run RUN` use
+it, and `RUN/search.json` records every trial: parameters, validation figures, epochs, seconds,
+state.
 
 Parameters that do not apply to a dataset are left out of its space: artist choices without
 artists; without timestamps, the choice of leave-one-out examples (always on there).
@@ -179,6 +181,14 @@ def search(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
+        earlier = next((t for t in record["trials"] if t["params"] == trial.params), None)
+        if earlier is not None:  # the sampler proposed a configuration already trained
+            value = earlier["validation"][metric] if earlier["state"] == "complete" else None
+            study.tell(trial, value, _state(earlier["state"]))
+            record["trials"].append({**earlier, "number": number, "repeat_of": earlier["number"]})
+            record["trials"][-1]["seconds"] = 0.0
+            _write_json(record_path, record)
+            continue
         state, result = "complete", None
         resumable = resume and (trial_dir / "checkpoints").exists()
         if trial_dir.exists() and not resumable:
@@ -207,7 +217,7 @@ def search(
         if progress:
             progress(_trial_line(record["trials"][-1], metric))
 
-    complete = [t for t in record["trials"] if t["state"] == "complete"]
+    complete = [t for t in record["trials"] if t["state"] == "complete" and "repeat_of" not in t]
     chosen = max(complete, key=lambda t: t["validation"][metric])
     record["chosen"] = chosen["number"]
     record["chosen_config"] = config_of(base, space, chosen["params"]).to_dict()

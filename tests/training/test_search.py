@@ -100,3 +100,14 @@ def test_search_picks_the_better_of_two_configurations(small_marketplace, tmp_pa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["search"]["chosen"] == record["chosen"]
     assert (tmp_path / "run" / "model" / "towers.index").exists()
+
+
+def test_a_configuration_proposed_again_is_not_retrained(small_marketplace, tmp_path):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=1)
+    space = (Choice("learning_rate", (3e-3,), _set("learning_rate")),)
+    record = search(dataset, base, tmp_path / "run", trials=3, space=space)
+    assert [t.get("repeat_of") for t in record["trials"]] == [None, 0, 0]
+    assert [t["seconds"] for t in record["trials"][1:]] == [0.0, 0.0]
+    assert record["chosen"] == 0
+    assert sorted(p.name for p in (tmp_path / "run" / "trials").iterdir()) == ["00"]
