@@ -28,7 +28,7 @@ data: $(STAMP)
 	else $(BIN)/curator data generate --out $(DATA_DIR); fi
 
 # curator: the configuration search (`--trials`, see docs/training.md); the paper's config as given
-CURATOR_TRIALS ?= 8
+CURATOR_TRIALS ?= 4
 train: data
 	@for config in curator curatornet-paper; do \
 	  run=$(RUNS_DIR)/$$config; \

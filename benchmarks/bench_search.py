@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.model import load_serving_model  # noqa: E402
-from training.index import ScannSearcher, exact_top_k, recall_at_k  # noqa: E402
+from serving.export_loader import load_serving_model  # noqa: E402
+from training.index import ScannSearcher, exact_top_k, neighbour_recall  # noqa: E402
 
 SIZES = (13_297, 100_000, 1_000_000)
 
@@ -75,7 +75,7 @@ def main() -> None:
                 "brute ms": brute_ms,
                 "scann ms": scann_ms,
                 "speed-up": brute_ms / scann_ms,
-                "recall@10": recall_at_k(found, exact),
+                "recall@10": neighbour_recall(found, exact),
                 "build s": build_s,
                 "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             }

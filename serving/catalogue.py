@@ -9,32 +9,23 @@ serialised by the service and applied only after the database committed them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from serving.model import ServingModel
+from serving.errors import Conflict, RequestError, UnknownItems
+from serving.export_loader import ServingModel
 from serving.store import NewItem, Purchase
+from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
+from training.topk import merge_top_k, top_k_rows
+from training.trained_towers import pad_profiles
 
-
-class RequestError(ValueError):
-    """A request the service refuses; `status` is its HTTP status."""
-
-    status = 422
-
-
-class UnknownItems(RequestError):
-    status = 404
-
-    def __init__(self, field: str, ids: Sequence[str]):
-        self.ids = list(ids)
-        shown = ", ".join(repr(i) for i in self.ids[:10]) + (" ..." if len(self.ids) > 10 else "")
-        super().__init__(f"{field}: unknown item id(s) {shown}")
-
-
-class Conflict(RequestError):
-    status = 409
+RERANK_FETCH = 200  # ScaNN candidates fetched past k for the nearest-purchase term to re-rank
+# Profile artworks (the most recent) whose closest artworks are searched as candidates for the
+# nearest-purchase term: each is one ScaNN search over the match vectors.
+TERM_SEARCH_PROFILE = 16
+TERM_FETCH = 50  # closest artworks fetched per profile artwork
 
 
 @dataclass(frozen=True)
@@ -66,6 +57,18 @@ class Catalogue:
         # (1.5-2x faster than multiplying by the transposed view)
         self.columns = np.zeros((dim, capacity), np.float32)
         self.columns[:, :n] = model.vectors.T
+        # the nearest-purchase term (training/nearest_purchase.py): match vectors, as columns
+        self.nearest_weight = model.nearest.weight if model.nearest is not None else 0.0
+        self.match_columns = None
+        if model.match_vectors is not None:
+            self.match_columns = np.zeros((model.match_vectors.shape[1], capacity), np.float32)
+            self.match_columns[:, :n] = model.match_vectors.T
+        # the term's own candidates: the exported artworks closest to a profile artwork
+        self.match_searcher = None
+        if self.searcher is not None and self.nearest_weight and model.match_vectors is not None:
+            self.match_searcher = ScannSearcher(
+                model.match_vectors, replace(self.index, prior_slot=False)
+            )
         self.one_of_a_kind = np.zeros(capacity, bool)
         self.one_of_a_kind[:n] = model.items["one_of_a_kind"].to_numpy()
         self.upload_time = np.zeros(capacity)
@@ -98,8 +101,14 @@ class Catalogue:
         return catalogue
 
     def embed(self, items: Sequence[NewItem]) -> np.ndarray:
+        """The item tower's vectors [n, dim] of `items`; RequestError naming the first item
+        whose vector is not finite (finite features the tower still overflows on)."""
         features = np.stack([item.features for item in items]).astype(np.float32)
-        return self.model.embed(features, [i.item_id for i in items], [i.artist_id for i in items])
+        vectors = self.model.embed(
+            features, [i.item_id for i in items], [i.artist_id for i in items]
+        )
+        _check_vectors(items, vectors)
+        return vectors
 
     def check_new_items(self, items: Sequence[NewItem]) -> None:
         ids = [item.item_id for item in items]
@@ -119,6 +128,9 @@ class Catalogue:
                 raise RequestError(
                     f"items[{position}].features: {item.features.size} values, expected {dim}"
                 )
+            bad = _non_finite_float32(item.features)
+            if bad:
+                raise RequestError(f"items[{position}].features{bad}")
 
     def check_purchases(self, purchases: Sequence[Purchase]) -> None:
         unknown = [p.item_id for p in purchases if p.item_id not in self.row_of]
@@ -132,6 +144,12 @@ class Catalogue:
                     f"purchases[{position}]: {purchase.item_id!r} is a one-of-a-kind artwork "
                     "that is already sold"
                 )
+            if purchase.timestamp < self.upload_time[row]:  # the artwork's state, not the body's
+                raise Conflict(
+                    f"purchases[{position}].timestamp: {format_seconds(purchase.timestamp)} is "
+                    f"before {purchase.item_id!r} was uploaded "
+                    f"({format_seconds(self.upload_time[row])})"
+                )
             taken.add(row)
 
     def _apply_items(self, items: Sequence[NewItem], vectors: np.ndarray) -> None:
@@ -139,9 +157,9 @@ class Catalogue:
         if end > self.vectors.shape[0]:
             capacity = max(end, 2 * self.vectors.shape[0])
             self.vectors = _grown(self.vectors, capacity)
-            columns = np.zeros((self.columns.shape[0], capacity), np.float32)
-            columns[:, :start] = self.columns[:, :start]
-            self.columns = columns
+            self.columns = _grown_columns(self.columns, capacity)
+            if self.match_columns is not None:
+                self.match_columns = _grown_columns(self.match_columns, capacity)
             self.one_of_a_kind = _grown(self.one_of_a_kind, capacity)
             self.upload_time = _grown(self.upload_time, capacity)
             self.sold = _grown(self.sold, capacity)
@@ -149,6 +167,9 @@ class Catalogue:
             self.sales = _grown(self.sales, capacity)
         self.vectors[start:end] = vectors
         self.columns[:, start:end] = vectors.T
+        if self.match_columns is not None:
+            features = np.stack([item.features for item in items]).astype(np.float32)
+            self.match_columns[:, start:end] = self.model.match(features).T
         self.one_of_a_kind[start:end] = [item.one_of_a_kind for item in items]
         self.upload_time[start:end] = [item.upload_time for item in items]
         for item in items:
@@ -175,6 +196,7 @@ class Catalogue:
     def add_items(self, items: Sequence[NewItem], vectors: np.ndarray, store) -> None:
         """Checked, committed to the database, then searchable (the caller serialises writes)."""
         self.check_new_items(items)
+        _check_vectors(items, vectors)
         store.add_items(items)
         self._apply_items(items, vectors)
 
@@ -196,11 +218,7 @@ class Catalogue:
 
     def user_vectors(self, profiles: Sequence[np.ndarray]) -> np.ndarray:
         """[b, dim] for profiles of catalogue rows (each non-empty)."""
-        width = max(p.size for p in profiles)
-        rows = np.zeros((len(profiles), width), np.int64)
-        mask = np.zeros((len(profiles), width), bool)
-        for i, profile in enumerate(profiles):
-            rows[i, : profile.size], mask[i, : profile.size] = profile, True
+        rows, mask = pad_profiles(profiles)
         return self.model.user_tower(self.vectors[rows], mask)
 
     def top_k(
@@ -210,47 +228,84 @@ class Catalogue:
         *,
         exclude: Sequence[np.ndarray],
         available_only: Sequence[bool],
+        profiles: Sequence[np.ndarray] | None = None,
     ) -> list[Ranked]:
         """Top k of `queries @ vectors.T` over the catalogue, per query, skipping its `exclude`
-        rows and, where `available_only`, sold one-of-a-kind artworks. Exact (ties: lower row
-        first) unless the catalogue has a ScaNN searcher."""
+        rows and, where `available_only`, sold one-of-a-kind artworks; with `profiles` (one
+        non-empty array of rows per query) and a nearest-purchase term, plus its weight x each
+        artwork's cosine to the closest profile artwork. Exact (ties: lower row first) unless
+        the catalogue has a ScaNN searcher, whose candidates the term then re-ranks."""
+        if self.nearest_weight == 0:
+            profiles = None
         if self.searcher is not None:
-            return self._approximate_top_k(queries, k, exclude, available_only)
+            return self._approximate_top_k(queries, k, exclude, available_only, profiles)
         size = self.size
         scores = queries @ self.columns[:, :size]  # [b, size]
-        penalty = self.sold_penalty[:size]
-        results = []
-        for row_scores, excluded, only in zip(scores, exclude, available_only, strict=True):
-            if only:
-                row_scores += penalty
+        if profiles is not None:
+            scores += self.nearest_weight * self._closest_purchase(profiles, size)
+        only = np.asarray(available_only, bool)
+        if only.any():
+            scores[only] += self.sold_penalty[:size]
+        for row_scores, excluded in zip(scores, exclude, strict=True):
             row_scores[excluded[excluded < size]] = -np.inf
-            results.append(_best(row_scores, k))
-        return results
+        return [Ranked(rows, found) for rows, found in top_k_rows(scores, k)]
 
-    def _approximate_top_k(self, queries, k, exclude, available_only) -> list[Ranked]:
+    def _approximate_top_k(self, queries, k, exclude, available_only, profiles) -> list[Ranked]:
         """ScaNN over the indexed artworks, fetching past the rows a query must skip (doubling
         the fetch until k survive, exact search if it comes to that), merged with exact scores
-        of the artworks added since the export."""
+        of the artworks added since the export. With `profiles`, the candidates are RERANK_FETCH
+        more by the query plus the TERM_FETCH closest (match vectors) to each of the last
+        TERM_SEARCH_PROFILE profile artworks, all scored exactly with the term."""
         size, indexed = self.size, self.indexed
         live_rows = np.arange(indexed, size)
         live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
+        extra = max(RERANK_FETCH, 4 * k) if profiles is not None else 64
         results = []
         for i, query in enumerate(queries):
             excluded = exclude[i][exclude[i] < size]
-            fetch = min(indexed, k + excluded.size + 64)
+            fetch = min(indexed, k + excluded.size + extra)
             while True:
                 rows, scores = self.searcher.search(query, fetch)
                 keep = ~self._skipped(rows, excluded, available_only[i])
                 if keep.sum() >= k or fetch >= indexed:
                     break
                 fetch = min(indexed, fetch * 4)
+            rows, scores = rows[keep], scores[keep]
             skip_live = self._skipped(live_rows, excluded, available_only[i])
             live_scores = np.where(skip_live, -np.inf, live[i])
-            merged_rows = np.concatenate([rows[keep].astype(np.int64), live_rows])
-            merged_scores = np.concatenate([scores[keep], live_scores]).astype(np.float32)
-            best = _best(merged_scores, k)
-            results.append(Ranked(merged_rows[best.rows], best.scores))
+            if profiles is not None:
+                rows = self._with_term_candidates(rows, profiles[i], excluded, available_only[i])
+                match = self.match_columns.T[profiles[i]]  # [p, m]
+                scores = query @ self.columns[:, rows] + self.nearest_weight * (
+                    match @ self.match_columns[:, rows]
+                ).max(axis=0)
+                live_scores = live_scores + self.nearest_weight * (
+                    match @ self.match_columns[:, indexed:size]
+                ).max(axis=0, initial=-np.inf)
+            results.append(Ranked(*merge_top_k([(rows, scores), (live_rows, live_scores)], k)))
         return results
+
+    def _with_term_candidates(self, rows, profile, excluded, available_only) -> np.ndarray:
+        """`rows` plus the indexed artworks closest to the profile's last TERM_SEARCH_PROFILE
+        artworks that the query does not skip, each once (sorted)."""
+        candidates = [rows]
+        indexed = profile[profile < self.indexed]
+        recent = indexed[max(0, indexed.size - TERM_SEARCH_PROFILE) :]
+        fetch = min(self.indexed, TERM_FETCH + excluded.size)
+        for row in recent:
+            match = np.ascontiguousarray(self.match_columns[:, row])
+            closest, _ = self.match_searcher.search(match, fetch)
+            candidates.append(closest[~self._skipped(closest, excluded, available_only)])
+        return np.unique(np.concatenate(candidates))
+
+    def _closest_purchase(self, profiles: Sequence[np.ndarray], size: int) -> np.ndarray:
+        """[b, size]: each artwork's cosine to the closest artwork of each profile (match
+        vectors); artworks shared by the batch's profiles are multiplied once."""
+        stacked = np.concatenate(profiles)
+        distinct, position = np.unique(stacked, return_inverse=True)
+        similarity = self.match_columns[:, distinct].T @ self.match_columns[:, :size]
+        offsets = np.cumsum([0] + [len(p) for p in profiles[:-1]])
+        return np.maximum.reduceat(similarity[position], offsets, axis=0)
 
     def _skipped(self, rows: np.ndarray, excluded: np.ndarray, available_only: bool):
         """Which of `rows` a query skips: excluded, or sold where `available_only`. Checked on
@@ -268,13 +323,42 @@ class Catalogue:
         return Ranked(rows[order], self.sales[rows[order]].astype(np.float64))
 
 
-def _best(scores: np.ndarray, k: int) -> Ranked:
-    """The k highest finite scores, best first; ties: lower row first."""
-    n = scores.size
-    top = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
-    top = top[np.isfinite(scores[top])]
-    rows = top[np.lexsort((top, -scores[top]))]
-    return Ranked(rows, scores[rows])
+def _non_finite_float32(values: np.ndarray) -> str:
+    """'' if `values` are all finite as float32, else '[i]: <problem>' for the first that is
+    not: finite in JSON but past float32's range (1e39 becomes inf), or a NaN or infinity that
+    came some other way. Either would make the item's vector NaN."""
+    raw = np.asarray(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(raw.astype(np.float32)))
+    if not bad.size:
+        return ""
+    value = float(raw[bad[0]])
+    limit = f"|x| > {np.finfo(np.float32).max:.4g}"
+    if np.isnan(value):
+        problem = "NaN, not a finite float32"
+    elif np.isinf(value):  # the original value is gone: it was converted before
+        problem = f"beyond the float32 range ({limit}), not a finite float32"
+    else:
+        problem = f"{value:g} is beyond the float32 range ({limit}), not a finite float32"
+    more = f"; {bad.size} such values" if bad.size > 1 else ""
+    return f"[{bad[0]}]: {problem}{more}"
+
+
+def _check_vectors(items: Sequence[NewItem], vectors: np.ndarray) -> None:
+    """RequestError naming the first item whose vector is not finite."""
+    broken = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if broken.size:  # finite features the item tower still overflows on
+        raise RequestError(
+            f"items[{broken[0]}].features: the item tower's output for "
+            f"{items[broken[0]].item_id!r} is not finite (values too large for the model); "
+            f"{broken.size} such item(s)"
+        )
+
+
+def _grown_columns(columns: np.ndarray, capacity: int) -> np.ndarray:
+    grown = np.zeros((columns.shape[0], capacity), columns.dtype)
+    grown[:, : columns.shape[1]] = columns
+    return grown
 
 
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:

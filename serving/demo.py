@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from serving.model import newest_version
+from serving.export_loader import newest_version
 from serving.process import curator_service
 from training.data.dataset import load_dataset
 

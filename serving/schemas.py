@@ -5,20 +5,50 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-# an id: 1-200 characters, no leading or trailing whitespace
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+from training.data.ids import ID_MAX_LENGTH, ID_PATTERN, ID_RULE
+
+# the one id alphabet (training/data/ids.py): every id can be addressed in a URL path
+Id = Annotated[
+    str,
+    StringConstraints(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN),
+    Field(description=f"an id: {ID_RULE}"),
+]
+OptionalId = Annotated[
+    str,
+    StringConstraints(max_length=ID_MAX_LENGTH, pattern=f"^({ID_PATTERN[1:-1]})?$"),
+    Field(description=f"empty, or an id: {ID_RULE}"),
+]
+# Image features are small (ResNet-50's pooled activations stay below about 50); a bound well
+# above that keeps every value, after z-scoring and the towers' layers, far inside float32.
+FEATURE_LIMIT = 1e6
+Feature = Annotated[float, Field(ge=-FEATURE_LIMIT, le=FEATURE_LIMIT)]
+# validated as JSON numbers, held as a float32 array
+Float32Vector = Annotated[list[Feature], AfterValidator(lambda v: np.asarray(v, np.float32))]
+MAX_GIVEN_ITEMS = 1_000  # profiles use the most recent max_profile artworks anyway
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """Request bodies: unknown fields refused, no type coercion (`5.0` is not an int, `0` not a
+    bool), finite numbers only. Validated from the JSON bytes (serving/bodies.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+class Problem(BaseModel):
+    """Every 4xx and 5xx answer: what is wrong and where (the JSON field, the header)."""
+
+    detail: str
 
 
 class RecommendationRequest(Strict):
     customer_id: Id | None = None
     item_ids: list[Id] = Field(
-        default_factory=list, description="a profile, or more of it: a cart, favourites"
+        default_factory=list,
+        max_length=MAX_GIVEN_ITEMS,
+        description="a profile, or more of it: a cart, favourites",
     )
     k: int = Field(10, ge=1, description="how many artworks; at most the service's max_k")
     exclude_purchased: bool = Field(True, description="leave out the profile's artworks")
@@ -33,7 +63,9 @@ class RecommendedItem(BaseModel):
 
 class Recommendations(BaseModel):
     model_version: int
-    strategy: str = Field(description="`model` (the towers) or `popular` (no profile)")
+    strategy: str = Field(
+        description="`model` (the towers), `popular` (no profile) or `similar` (an artwork's)"
+    )
     items: list[RecommendedItem]
 
 
@@ -47,9 +79,11 @@ class BatchResponse(BaseModel):
 
 class NewArtwork(Strict):
     item_id: Id
-    artist_id: str = Field("", max_length=200)
+    artist_id: OptionalId = ""
     one_of_a_kind: bool = True
-    features: list[float] = Field(description="the artwork's image features (feature_dim values)")
+    features: Float32Vector = Field(
+        description=f"the artwork's image features: feature_dim values, |x| <= {FEATURE_LIMIT:g}"
+    )
     upload_time: datetime | None = Field(None, description="default: now")
 
 
@@ -72,7 +106,12 @@ class Accepted(BaseModel):
     catalogue_size: int
 
 
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`, or `loading` (503) before the first model")
+    model_version: int | None
+
+
 class ReloadResult(BaseModel):
     model_version: int
-    path: str
+    path: str = Field(description="the version directory, relative to the export root")
     seconds: float

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     watch_seconds: float = Field(
         0.0, ge=0.0, description="poll the export root for a newer version (0: off)"
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError(
+                "CURATOR_API_KEY is empty: set a real key, or unset the variable to run "
+                "without one (write and admin endpoints are then open)"
+            )
+        return key
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,13 +1,14 @@
 """The `curator` command as a user runs it: a real subprocess, exit codes, messages."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
+from tests.conftest import REPO, TINY_ITEMS, TINY_PURCHASES, write_dataset
 
 
 def curator(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -93,3 +94,73 @@ def test_import_mmrec_writes_a_holdout_dataset(tmp_path):
     assert (tmp_path / "out" / "test.csv").read_text() == "user_id,item_id\n1,2\n"
     done = curator("data", "import-mmrec", "--dir", "mm", "--out", "out", cwd=tmp_path)
     assert done.returncode == 2 and "already exists" in done.stderr
+
+
+# `curator` plus two commands: `noisy` makes TensorFlow's known noise (CUDA's cuInit failure on a
+# machine without a GPU, oneDNN's DT_INT64 line, Keras's non-serializable warning) and one real
+# C++ error line; `level` reports the TF_CPP_MIN_LOG_LEVEL a command sees, without TensorFlow.
+NOISY_CURATOR = """
+import os
+from training.cli import app, main
+
+@app.command("noisy")
+def noisy() -> None:
+    import tensorflow as tf
+    import tf_keras
+
+    class Tower(tf_keras.Model):
+        def __init__(self, thing):
+            super().__init__()
+            self.thing = thing
+
+    tf.function(tf.transpose)(tf.constant([[1, 2]], dtype=tf.int64))
+    Tower(object()).get_config()
+    os.write(2, b"2026-01-01 00:00:00.000001: E tensorflow/x.cc:1] a real error\\n")
+    print("level", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+
+@app.command("level")
+def level() -> None:
+    print("level", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+
+main()
+"""
+NOISE = ("cuInit", "oneDNN", "non-serializable")
+
+
+def noisy_curator(*args: str, tmp_path: Path, level: str | None = None):
+    script = tmp_path / "noisy_curator.py"
+    script.write_text(NOISY_CURATOR)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    command = [sys.executable, str(script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_commands_drop_tensorflow_noise_but_keep_real_errors(tmp_path):
+    done = noisy_curator("noisy", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "level 2"
+    assert not [word for word in NOISE if word in done.stdout + done.stderr], done.stderr
+    assert "E tensorflow/x.cc:1] a real error" in done.stderr
+
+
+def test_verbose_shows_every_log_line(tmp_path):
+    done = noisy_curator("--verbose", "noisy", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "level 0"  # TensorFlow's INFO lines too
+    assert "non-serializable" in done.stderr and "a real error" in done.stderr
+
+
+def test_a_tf_log_level_the_user_set_is_kept(tmp_path):
+    for args, user, seen in [
+        (["-v"], "1", "1"),
+        (["-v"], "3", "3"),
+        ([], "0", "0"),
+        ([], "3", "3"),
+        ([], None, "2"),
+    ]:
+        done = noisy_curator(*args, "level", tmp_path=tmp_path, level=user)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"level {seen}", (args, user)

@@ -1,4 +1,4 @@
-"""Write a directory so that readers see all of it or nothing of it."""
+"""Write files and directories so that readers see all of them or nothing of them."""
 
 from __future__ import annotations
 
@@ -33,4 +33,25 @@ def atomic_directory(out: Path | str, *, overwrite: bool = False) -> Iterator[Pa
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (write_bytes_atomic)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary sibling renamed over it: a reader, or a process
+    killed halfway, sees the old content or the new, never part of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise

@@ -8,13 +8,34 @@ from typing import Annotated
 
 import typer
 
+from training import quiet
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Curator: art recommendations.")
 data_app = typer.Typer(no_args_is_help=True, help="Create, import and split datasets.")
 app.add_typer(data_app, name="data")
 
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
-DEFAULT_TRIALS = 8  # `curator train`'s search budget (docs/training.md: time per trial)
+DEFAULT_TRIALS = 4  # `curator train`'s search: configurations tried (docs/training.md)
+DEFAULT_BUDGET_MINUTES = 8.0  # ... and no new trial after the finished ones took this long
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show every log line: TensorFlow's INFO lines, CUDA, oneDNN and Keras notices.",
+        ),
+    ] = False,
+) -> None:
+    # Runs before any command, so before TensorFlow is imported (the commands import it lazily).
+    if verbose:
+        quiet.verbose()
+    else:
+        quiet.quiet()
 
 
 @data_app.command("generate")
@@ -126,6 +147,12 @@ def train(
         int,
         typer.Option(help="Configurations tried on the validation split (1: the config as given)."),
     ] = DEFAULT_TRIALS,
+    budget_minutes: Annotated[
+        float,
+        typer.Option(
+            help="No new trial starts after the finished ones took this long (at least 2 run)."
+        ),
+    ] = DEFAULT_BUDGET_MINUTES,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint.")
     ] = False,
@@ -148,7 +175,15 @@ def train(
         )
         chosen = ""
     else:
-        record = search(dataset, base, out, trials=trials, resume=resume, progress=typer.echo)
+        record = search(
+            dataset,
+            base,
+            out,
+            trials=trials,
+            budget_s=budget_minutes * 60,
+            resume=resume,
+            progress=typer.echo,
+        )
         best = record["trials"][record["chosen"]]
         best_metrics, best_epoch, epochs = best["validation"], best["best_epoch"], best["epochs"]
         seconds = sum(t["seconds"] for t in record["trials"])
@@ -181,7 +216,7 @@ def evaluate(
     dataset = load_dataset(data)
     models = []
     if model:
-        from training.recommender import load_run_recommender
+        from training.trained_towers import load_run_recommender
 
         models = [load_run_recommender(run, dataset) for run in model]
     names = None if baselines is None else [n.strip() for n in baselines.split(",") if n.strip()]
@@ -235,7 +270,7 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
-    from serving.model import load_serving_model, newest_version
+    from serving.export_loader import load_serving_model, newest_version
     from serving.settings import Settings
 
     given = {"model_dir": model, "host": host, "port": port}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,7 +14,7 @@ from training.sampling import POLICIES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 LOSSES = ("softmax", "bpr")
-SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20")
+SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class TrainConfig:
     # after training: artist biases += w x the artist's centred log sell-through rate, with w
     # the one of these weights that scores best on the validation (none: no prior)
     artist_prior_weights: tuple[float, ...] = ()
+    # after training: scores += w x the candidate's cosine to the closest profile artwork (on
+    # `nearest_purchase_dim` principal components of the features), w the one of these weights
+    # that scores best on the validation (none: no such term); training/nearest_purchase.py
+    nearest_purchase_weights: tuple[float, ...] = ()
+    nearest_purchase_dim: int = 128
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
     temperature: float = 0.05
@@ -69,9 +75,8 @@ class TrainConfig:
         object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
         object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
         object.__setattr__(self, "user_hidden", tuple(int(u) for u in self.user_hidden))
-        object.__setattr__(
-            self, "artist_prior_weights", tuple(float(w) for w in self.artist_prior_weights)
-        )
+        for name in ("artist_prior_weights", "nearest_purchase_weights"):
+            object.__setattr__(self, name, tuple(float(w) for w in getattr(self, name)))
         checks = {
             "loss": (self.loss in LOSSES, f"one of {LOSSES}"),
             "pooling": (self.pooling in POOLINGS, f"one of {POOLINGS}"),
@@ -89,6 +94,11 @@ class TrainConfig:
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
             "export_k": (self.export_k >= 1, ">= 1"),
             "uniform_negatives": (self.uniform_negatives >= 0, ">= 0"),
+            "nearest_purchase_weights": (
+                all(math.isfinite(w) and w >= 0 for w in self.nearest_purchase_weights),
+                "finite weights >= 0",
+            ),
+            "nearest_purchase_dim": (self.nearest_purchase_dim >= 1, ">= 1"),
             "scann_leaves_to_search_share": (
                 0.0 < self.scann_leaves_to_search_share <= 1.0,
                 "in (0, 1]",
@@ -120,6 +130,7 @@ class TrainConfig:
             list(self.user_hidden),
         )
         values["artist_prior_weights"] = list(self.artist_prior_weights)
+        values["nearest_purchase_weights"] = list(self.nearest_purchase_weights)
         return values
 
 

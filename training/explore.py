@@ -8,8 +8,8 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from training.data.dataset import Dataset
-from training.evaluation.recommender import QueryBatch
-from training.recommender import TowerRecommender
+from training.evaluation.interface import QueryBatch
+from training.trained_towers import TowerRecommender
 
 
 def sold_originals(dataset: Dataset) -> np.ndarray:

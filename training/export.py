@@ -17,14 +17,28 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
   customer profiles and sold artworks)
 - towers.json, model/towers.*: the towers' configs and weights (`load_towers(export_dir)`), for
   the service and for anyone rebuilding the Keras layers
-- manifest.json: version, run, config, data fingerprint, training metrics, the index and its
-               recall@10 against exact search, measured here on real customers' profiles.
+- model/nearest_purchase.npz, catalogue/match_vectors.npy: the run's calibrated nearest-purchase
+  term (training/nearest_purchase.py) and each catalogue artwork's match vector, when the run
+  has the term with a weight above 0 (manifest "nearest_purchase": {"weight", "dim"}, else
+  null). The retrieval/ SavedModel ranks by the towers alone; the service adds the term.
+- manifest.json (format 3): version, run, config, data fingerprint, training metrics, the
+               catalogue's size, and
+  - "index": the search: "kind" ("brute_force" or "scann"), its ScaNN parameters, "settings"
+    (the `IndexConfig` fields: what the service builds its searcher from, so that an old export
+    does not depend on today's `TrainConfig`), "recall_at_10" of the retrieval/ SavedModel and
+    "serving_recall_at_10" of the service's own `ScannSearcher` (1.0 when exact search serves),
+    both against exact search on up to RECALL_QUERIES real customers' profiles;
+  - "files": {relative path: {"sha256", "bytes"}} for every file of the version but the
+    manifest, which the service checks before loading anything (`serving/export_loader.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -37,8 +51,17 @@ from towers.profile_encoder import ProfileEncoder
 from training.atomic import atomic_directory
 from training.config import TrainConfig
 from training.data.dataset import Dataset, format_time
-from training.index import IndexConfig, build_index, exact_top_k, recall_at_k
-from training.recommender import (
+from training.index import (
+    IndexConfig,
+    ScannSearcher,
+    build_index,
+    exact_top_k,
+    neighbour_recall,
+    searcher_recall,
+)
+from training.nearest_purchase import load_if_present
+from training.trained_towers import (
+    MODEL_DIR,
     MODEL_PREFIX,
     embed_items,
     load_towers,
@@ -47,7 +70,8 @@ from training.recommender import (
 )
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: catalogue/purchases.csv
+FORMAT_VERSION = 3  # 2: catalogue/purchases.csv; 3: index.settings, files (hashes)
+HASH_CHUNK = 1 << 20  # files are hashed 1 MiB at a time
 RECALL_QUERIES = 500
 SCANN_NAMESPACE = ["Scann"]
 
@@ -61,6 +85,53 @@ def index_config(config: TrainConfig) -> IndexConfig:
         reorder=config.scann_reorder,
         prior_slot=config.bias_slot,
     )
+
+
+def index_settings(settings: IndexConfig) -> dict:
+    """manifest["index"]["settings"]: the IndexConfig fields (`IndexConfig(**settings)`)."""
+    return dataclasses.asdict(settings)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while size := file.readinto(buffer):
+            digest.update(view[:size])
+    return digest.hexdigest()
+
+
+def version_entries(version_dir: Path) -> tuple[list[str], list[str]]:
+    """(regular files, anything else: links, devices...) under an export version, as sorted
+    relative POSIX paths, the manifest left out. Links are not followed."""
+    files, others = [], []
+    for folder, dirs, names in os.walk(version_dir):
+        here = Path(folder)
+        for name in dirs + names:
+            entry = here / name
+            relative = entry.relative_to(version_dir).as_posix()
+            if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                others.append(relative)
+            elif entry.is_file() and relative != MANIFEST:
+                files.append(relative)
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+    return sorted(files), sorted(others)
+
+
+def file_digests(version_dir: Path) -> dict[str, dict]:
+    """manifest["files"]: {relative path: {"sha256": hex, "bytes": size}}, every file of the
+    version but manifest.json."""
+    files, others = version_entries(version_dir)
+    if others:
+        raise ValueError(f"{version_dir}: not regular files: {others}")
+    return {
+        name: {
+            "sha256": sha256_file(version_dir / name),
+            "bytes": (version_dir / name).stat().st_size,
+        }
+        for name in files
+    }
 
 
 def export_versions(root: Path | str) -> list[int]:
@@ -155,15 +226,30 @@ def _recall_profiles(dataset: Dataset, seed: int) -> list[np.ndarray]:
     return [groups[i] for i in np.sort(chosen)]
 
 
-def _index_recall(index, encoder, dataset, vectors, profiles, k=10) -> float:
-    found, exact = [], []
+def _recalls(index, encoder, dataset, vectors, profiles, settings, k=10) -> tuple[float, float]:
+    """recall@k against exact search on `profiles`: (the retrieval/ index's, the service's
+    searcher's: `ScannSearcher` built as serving/catalogue.py builds it, 1.0 when the service
+    searches exactly)."""
+    found, users = [], []
     for start in range(0, len(profiles), 100):
         inputs = _profile_inputs(dataset, profiles[start : start + 100])
         scores, _ids = index(inputs, k=k)
-        users = encoder(inputs).numpy()
         found.append(scores.numpy())
-        exact.append(exact_top_k(users, vectors, k)[0])
-    return recall_at_k(np.concatenate(found), np.concatenate(exact))
+        users.append(encoder(inputs).numpy())
+    users = np.concatenate(users)
+    exact = exact_top_k(users, vectors, k)[0]
+    recall = neighbour_recall(np.concatenate(found), exact)
+    if not settings.uses_scann(vectors.shape[0]):
+        return recall, 1.0
+    return recall, searcher_recall(ScannSearcher(vectors, settings), users, exact)
+
+
+def _index_description(settings: IndexConfig, n_items: int, apart: int) -> dict:
+    """kind, k and, for ScaNN, the parameters of the tree as built: over the rows not apart."""
+    description = settings.describe(n_items)
+    if description["kind"] == "scann":
+        description.update(settings.scann_parameters(n_items - apart))
+    return description
 
 
 def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progress=print) -> Path:
@@ -179,6 +265,9 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
             f"{run_dir} was trained on {item_tower.feature_dim}-d features; "
             f"{dataset.path} has {dataset.features.shape[1]}-d"
         )
+    nearest = load_if_present(run_dir / MODEL_DIR)
+    if nearest is not None and nearest.weight == 0:
+        nearest = None  # calibrated to 0: validation said the towers alone rank better
     encoder = ProfileEncoder(item_tower, user_tower)
     ids = dataset.item_ids.astype(str)
     progress(f"embedding {dataset.n_items:,} artworks")
@@ -191,8 +280,11 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     )
     index = build_index(vectors, ids, settings, query_model=encoder)
     profiles = _recall_profiles(dataset, config.seed)
-    recall = _index_recall(index, encoder, dataset, vectors, profiles)
-    progress(f"index recall@10 against exact search: {recall:.4f} ({len(profiles)} profiles)")
+    recall, serving_recall = _recalls(index, encoder, dataset, vectors, profiles, settings)
+    progress(
+        f"recall@10 against exact search ({len(profiles)} profiles): index {recall:.4f}, "
+        f"the service's search {serving_recall:.4f}"
+    )
 
     version = (export_versions(out) or [0])[-1] + 1
     options = tf.saved_model.SaveOptions(namespace_whitelist=SCANN_NAMESPACE)
@@ -223,6 +315,9 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         purchases["timestamp"] = np.where(timed, format_time(np.where(timed, times, 0.0)), "")
         purchases.to_csv(tmp / "catalogue" / "purchases.csv", index=False)
         save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
+        if nearest is not None:
+            nearest.save(tmp / MODEL_DIR)
+            np.save(tmp / "catalogue" / "match_vectors.npy", nearest.vectors(dataset.features))
         manifest = {
             "format": FORMAT_VERSION,
             "version": version,
@@ -244,13 +339,19 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
                 "vector_dim": int(vectors.shape[1]),
             },
             "index": {
-                **settings.describe(dataset.n_items),
-                "prior_rows_apart": int(settings.prior_rows(vectors).size),
+                **_index_description(settings, dataset.n_items, apart),
+                "settings": index_settings(settings),
+                "prior_rows_apart": int(apart),
                 "recall_at_10": round(recall, 4),
+                "serving_recall_at_10": round(serving_recall, 4),
                 "recall_queries": len(profiles),
             },
+            "nearest_purchase": (
+                None if nearest is None else {"weight": nearest.weight, "dim": nearest.dim}
+            ),
             "uses_ids": item_tower.uses_ids,
             "tensorflow": tf.__version__,
+            "files": file_digests(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return out / str(version)

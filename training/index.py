@@ -2,7 +2,7 @@
 
 Brute force is exact and fine for small catalogues. From `scann_min_items` artworks on, ScaNN:
 a tree of about sqrt(n) leaves, asymmetric hashing, and exact re-ordering of the best candidates
-(REFERENCE.md's guidance). Its recall@10 against exact search is measured, not assumed.
+(ScaNN's recommended setup for this size). Its recall@10 against exact search is measured.
 
 Artworks with a positive prior are searched apart. With a bias slot (`prior_slot`), an item
 vector's last column is an additive prior (the calibrated artist sell-through, an id bias) and
@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+
+from training.topk import exact_top_k as exact_top_k  # re-exported: the numpy reference
+from training.topk import merge_top_k
 
 MAX_PRIOR_SHARE = 0.2
 # Fewest leaves searched: a share of a small tree is too few (4,000 artworks: 63 leaves, 5% = 3,
@@ -150,24 +153,36 @@ class ScannSearcher:
         return self.tree_rows.size + self.apart_rows.size
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the (approximately) best k, best first; ties: lower row first."""
         reorder = max(k, self.config.reorder)
         found, scores = self.tree.search(
             query,
             final_num_neighbors=min(k, self.tree_rows.size),
             pre_reorder_num_neighbors=reorder,
         )
-        rows = self.tree_rows[found]
-        if self.apart is None:
-            return rows, scores
-        found, apart_scores = self.apart.search(
-            query,
-            final_num_neighbors=min(k, self.apart_rows.size),
-            pre_reorder_num_neighbors=reorder,
-        )
-        rows = np.concatenate([rows, self.apart_rows[found]])
-        scores = np.concatenate([scores, apart_scores])
-        best = np.argsort(-scores, kind="stable")[:k]
-        return rows[best], scores[best]
+        parts = [(self.tree_rows[found], scores)]
+        if self.apart is not None:
+            found, apart_scores = self.apart.search(
+                query,
+                final_num_neighbors=min(k, self.apart_rows.size),
+                pre_reorder_num_neighbors=reorder,
+            )
+            parts.append((self.apart_rows[found], apart_scores))
+        return merge_top_k(parts, k)
+
+
+def searcher_recall(
+    searcher: ScannSearcher, queries: np.ndarray, exact_scores: np.ndarray
+) -> float:
+    """`neighbour_recall` of `searcher.search(query, k)` against `exact_scores` [q, k] (the
+    exact top-k scores over the vectors it indexes: `exact_top_k`): the recall of what the
+    service serves."""
+    k = exact_scores.shape[1]
+    found = np.full((len(queries), k), -np.inf)
+    for i, query in enumerate(np.asarray(queries, np.float32)):
+        scores = searcher.search(query, k)[1]
+        found[i, : scores.size] = scores
+    return neighbour_recall(found, exact_scores)
 
 
 def _pybind_builder(vectors: np.ndarray, k: int):
@@ -183,16 +198,7 @@ def _hashed(builder, params: dict):
     ).reorder(params["num_reordering_candidates"])
 
 
-def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force numpy reference: (scores [q, k], rows [q, k]) by dot product, best first."""
-    scores = queries @ vectors.T  # [q, n]
-    rows = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    top = np.take_along_axis(scores, rows, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1), np.take_along_axis(rows, order, axis=1)
-
-
-def recall_at_k(found_scores: np.ndarray, exact_scores: np.ndarray, tolerance=1e-4) -> float:
+def neighbour_recall(found_scores: np.ndarray, exact_scores: np.ndarray, tolerance=1e-4) -> float:
     """Share of the exact top-k found, compared by score so that ties do not count as misses:
     a found item counts if it scores at least the exact k-th score (minus tolerance)."""
     threshold = exact_scores[:, -1:] - tolerance * np.maximum(1.0, np.abs(exact_scores[:, -1:]))

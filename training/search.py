@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from training.atomic import write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.train import train
@@ -116,6 +117,22 @@ def preset_values(config: TrainConfig, space: tuple[Choice, ...]) -> dict:
     return values
 
 
+def first_trials(base: TrainConfig, space: tuple[Choice, ...]) -> list[dict]:
+    """The configurations tried before the sampler's own: the preset, then the preset with
+    hybrid item ids at temperature 0.05, which suits data where the same items are bought by
+    many customers (issue 11 reports it lifted R@20 from .066 to .093 on a public multimodal
+    benchmark, not measured here, where the
+    one-of-a-kind preset is weak); the validation decides between them."""
+    preset = preset_values(base, space)
+    names = {choice.name for choice in space}
+    trials = [preset]
+    if {"hybrid", "temperature"} <= names:
+        repeat_buyers = {**preset, "hybrid": True, "temperature": 0.05}
+        if repeat_buyers != preset:
+            trials.append(repeat_buyers)
+    return trials
+
+
 def config_of(base: TrainConfig, space: tuple[Choice, ...], values: dict) -> TrainConfig:
     config = base
     for choice in space:
@@ -129,6 +146,7 @@ def search(
     run_dir: Path | str,
     *,
     trials: int,
+    budget_s: float = float("inf"),
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
     space: tuple[Choice, ...] | None = None,
@@ -164,10 +182,11 @@ def search(
     for done in record["trials"]:  # a resumed search: what is already known
         study.add_trial(_frozen_trial(done, distributions, metric))
     if not record["trials"]:
-        study.enqueue_trial(preset_values(base, space))
+        for values in first_trials(base, space):
+            study.enqueue_trial(values)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    while len(record["trials"]) < trials:
+    while len(record["trials"]) < trials and not _over_budget(record, budget_s):
         trial = study.ask(distributions)
         number = len(record["trials"])
         trial_dir = run_dir / "trials" / f"{number:02d}"
@@ -233,6 +252,13 @@ def search(
     return record
 
 
+def _over_budget(record: dict, budget_s: float) -> bool:
+    """The finished trials took `budget_s` seconds or more, and at least two ran (the preset
+    and one alternative are always tried)."""
+    done = record["trials"]
+    return len(done) >= 2 and sum(t["seconds"] for t in done) >= budget_s
+
+
 def _state(state: str) -> optuna.trial.TrialState:
     return (
         optuna.trial.TrialState.COMPLETE if state == "complete" else optuna.trial.TrialState.PRUNED
@@ -269,6 +295,4 @@ def _trial_line(trial: dict, metric: str) -> str:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(value, indent=1) + "\n")

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
+from training.atomic import write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.data.features import zscore_stats
@@ -35,12 +38,22 @@ from training.data.history import (
     artist_sell_through,
     visual_clusters,
 )
+from training.evaluation.protocols import Case
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
 from training.evaluation.splits import training_split
-from training.model import CuratorModel, build_towers
-from training.recommender import MODEL_PREFIX, TowerRecommender, load_towers, save_towers
+from training.nearest_purchase import NearestPurchase
 from training.sampling import Examples, SamplingContext, sample_examples
+from training.trained_towers import (
+    MODEL_DIR,
+    MODEL_PREFIX,
+    TowerRecommender,
+    load_towers,
+    save_towers,
+)
+from training.two_towers import CuratorModel, build_towers
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,10 +107,53 @@ def _batches(examples: Examples, n_items: int, batch_size: int, seed) -> tf.data
 
 
 def validate(item_tower, user_tower, dataset: Dataset, cases) -> dict:
-    recommender = TowerRecommender("validation", item_tower, user_tower, dataset)
+    return _validation_figures(
+        TowerRecommender("validation", item_tower, user_tower, dataset), dataset, cases
+    )
+
+
+def _validation_figures(recommender, dataset: Dataset, cases) -> dict:
     ranked = rank_cases(recommender, cases, dataset.n_items)
     (row,) = summary_rows("validation", cases, ranked, ["all"])
-    return {k: v for k, v in row.items() if k in ("auc", "r@20", "r@100", "ndcg@20")}
+    figures = {k: v for k, v in row.items() if k in ("auc", "r@20", "r@100", "ndcg@20")}
+    # the selection metric of `curator.yaml`: R@20 alone moves by noise on a few hundred
+    # validation tests (docs/training.md); with R@100 beside it, more hits decide
+    figures["mean_recall"] = round((figures["r@20"] + figures["r@100"]) / 2, 6)
+    return figures
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    """The split and the sampling context that every epoch draws its examples from."""
+
+    fit_purchases: pd.DataFrame
+    validation_cases: list[Case]
+    context: SamplingContext
+
+
+@dataclass
+class _TrainingState:
+    """The model and the progress that the checkpoints save and `--resume` restores."""
+
+    model: CuratorModel
+    epoch: tf.Variable  # epochs completed
+    best_value: tf.Variable  # the best validation `selection_metric` so far
+    since_best: tf.Variable  # epochs since it improved
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    started: float  # time.perf_counter() when this session began
+    history: list[dict] = field(default_factory=list)
+    elapsed_before: float = 0.0  # seconds of earlier sessions of a resumed run
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.epoch.numpy())
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def should_continue(self, config: TrainConfig) -> bool:
+        return self.epochs_done < config.epochs and int(self.since_best.numpy()) < config.patience
 
 
 def train(
@@ -113,7 +169,16 @@ def train(
     validation metrics)` is called after every epoch (a search uses it to stop bad trials)."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    elapsed_before = 0.0  # seconds of earlier sessions of a resumed run
+    _prepare_run_dir(run_dir, config, resume)
+    data = _prepare_data(dataset, config)
+    model = _build_model(dataset, config, data.fit_purchases)
+    state = _open_state(model, run_dir, started, resume)
+    _epoch_loop(state, dataset, data, config, run_dir, progress=progress, on_epoch=on_epoch)
+    return _finish(state, dataset, data, config, run_dir)
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    """Create the run directory with config.yaml, or check that a resumed one matches `config`."""
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
     if resume and not (run_dir / "checkpoints").exists():
@@ -126,11 +191,22 @@ def train(
     else:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+
+def _prepare_data(dataset: Dataset, config: TrainConfig) -> _TrainingData:
+    """Seed every generator, then split the data and build the sampling context."""
     tf.keras.utils.set_random_seed(config.seed)
     fit_purchases, validation_cases = training_split(dataset)
     artists, _ = artist_index(dataset.items)
     clusters = visual_clusters(dataset, n_clusters=min(config.n_clusters, dataset.n_items))
     context = SamplingContext.build(fit_purchases, artists, clusters, config.max_profile)
+    return _TrainingData(fit_purchases, validation_cases, context)
+
+
+def _build_model(
+    dataset: Dataset, config: TrainConfig, fit_purchases: pd.DataFrame
+) -> CuratorModel:
+    """The towers (vocabularies and feature normalisation from the fitted purchases) in a
+    compiled CuratorModel."""
     counts = np.bincount(fit_purchases["item"], minlength=dataset.n_items) + 1.0  # smoothed
     mean, std = zscore_stats(dataset.features)
     artist_vocabulary = list(
@@ -153,106 +229,183 @@ def train(
         positive_share=counts / counts.sum(),
     )
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    return model
 
-    epoch = tf.Variable(0, dtype=tf.int64)  # epochs completed
+
+def _open_state(model: CuratorModel, run_dir: Path, started: float, resume: bool) -> _TrainingState:
+    """The training progress with its checkpoint manager; a resumed run's restored from its
+    last checkpoint."""
+    epoch = tf.Variable(0, dtype=tf.int64)
     best_value = tf.Variable(-np.inf, dtype=tf.float64)
     since_best = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer, epoch=epoch, best=best_value, since_best=since_best
     )
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=None)
-    history: list[dict] = []
+    state = _TrainingState(model, epoch, best_value, since_best, checkpoint, manager, started)
     if resume:
-        # Build the variables (towers, then optimizer slots), then restore the last epoch.
-        model.towers_on_batch(tf.constant([[0]], tf.int64), tf.constant([0], tf.int64))
-        model.optimizer.build(model.trainable_variables)
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = json.loads((run_dir / "history.json").read_text())[: int(epoch.numpy())]
-        elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+        _restore(state, run_dir)
+    return state
 
+
+def _restore(state: _TrainingState, run_dir: Path) -> None:
+    """Load the last checkpoint and the history of the epochs it covers. A run killed before
+    its first checkpoint was recorded starts again from its first epoch."""
+    if state.manager.latest_checkpoint is None:
+        logger.warning("--resume: %s recorded no checkpoint yet; starting from epoch 1", run_dir)
+        return
+    model = state.model
+    # Build the variables (towers, then optimizer slots), then restore the last epoch.
+    model.towers_on_batch(tf.constant([[0]], tf.int64), tf.constant([0], tf.int64))
+    model.optimizer.build(model.trainable_variables)
+    state.checkpoint.restore(state.manager.latest_checkpoint).assert_existing_objects_matched()
+    state.history = json.loads((run_dir / "history.json").read_text())[: state.epochs_done]
+    state.elapsed_before = state.history[-1]["elapsed_s"] if state.history else 0.0
+
+
+def _epoch_loop(
+    state: _TrainingState,
+    dataset: Dataset,
+    data: _TrainingData,
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    progress: bool,
+    on_epoch: Callable[[int, dict], None] | None,
+) -> None:
+    """Train epoch after epoch, until `config.epochs` or `patience` epochs without improvement."""
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     bar = tqdm(
         total=config.epochs,
-        initial=int(epoch.numpy()),
+        initial=state.epochs_done,
         desc=f"training {run_dir.name}",
         unit="epoch",
         disable=not progress,
     )
-    while int(epoch.numpy()) < config.epochs and int(since_best.numpy()) < config.patience:
-        current = int(epoch.numpy())
-        model.optimizer.learning_rate.assign(config.learning_rate * config.lr_decay**current)
-        examples = sample_examples(
-            context,
-            config.policy_counts,
-            seed=config.seed * 1_000 + current,
-            negatives=config.loss == "bpr" or config.hard_negatives,
-            in_cluster=config.in_cluster,
-        )
-        if len(examples) < 2:
-            raise ValueError(
-                f"the sampling policies {sorted(config.policy_counts)} give no training examples "
-                "on this data (untimed purchases need `leave_one_out`; `same_artist` needs "
-                "artists)"
-            )
-        fit = model.fit(
-            _batches(examples, dataset.n_items, config.batch_size, [config.seed, current]),
-            epochs=1,
-            verbose=0,
-        )
-        metrics = validate(item_tower, user_tower, dataset, validation_cases)
-        record = {
-            "epoch": current + 1,
-            "loss": float(fit.history["loss"][-1]),
-            "examples": len(examples),
-            "elapsed_s": round(elapsed_before + time.perf_counter() - started, 2),
-            **{f"valid_{k}": v for k, v in metrics.items()},
-        }
-        history.append(record)
-        with writer.as_default(step=current + 1):
-            for key, value in record.items():
-                if key != "epoch":
-                    tf.summary.scalar(key, value)
-        value = metrics[config.selection_metric]
-        if value > best_value.numpy():
-            best_value.assign(value)
-            since_best.assign(0)
-            save_towers(run_dir, item_tower, user_tower, "best/towers")
-        else:
-            since_best.assign_add(1)
-        epoch.assign_add(1)
-        # history first: a run killed in between resumes from a checkpoint it can read back
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-        manager.save(checkpoint_number=current + 1)
+    while state.should_continue(config):
+        record, metrics = _run_epoch(state, dataset, data, config, run_dir, writer)
         bar.update(1)
+        value = metrics[config.selection_metric]
         bar.set_postfix(loss=f"{record['loss']:.3g}", **{config.selection_metric: f"{value:.4f}"})
         if on_epoch is not None:
-            on_epoch(current + 1, metrics)
+            on_epoch(record["epoch"], metrics)
     bar.close()
 
+
+def _run_epoch(
+    state: _TrainingState,
+    dataset: Dataset,
+    data: _TrainingData,
+    config: TrainConfig,
+    run_dir: Path,
+    writer: tf.summary.SummaryWriter,
+) -> tuple[dict, dict]:
+    """Fit one epoch, validate it, log it and checkpoint it: (its history record, its validation
+    metrics)."""
+    model, current = state.model, state.epochs_done
+    loss, n_examples = _fit_epoch(model, dataset, data.context, config, current)
+    metrics = validate(model.item_tower, model.user_tower, dataset, data.validation_cases)
+    record = {
+        "epoch": current + 1,
+        "loss": loss,
+        "examples": n_examples,
+        "elapsed_s": round(state.elapsed(), 2),
+        **{f"valid_{k}": v for k, v in metrics.items()},
+    }
+    state.history.append(record)
+    with writer.as_default(step=current + 1):
+        for key, value in record.items():
+            if key != "epoch":
+                tf.summary.scalar(key, value)
+    _end_epoch(state, run_dir, metrics[config.selection_metric])
+    return record, metrics
+
+
+def _fit_epoch(
+    model: CuratorModel,
+    dataset: Dataset,
+    context: SamplingContext,
+    config: TrainConfig,
+    current: int,
+) -> tuple[float, int]:
+    """Sample epoch `current`'s examples and fit one pass over them: (loss, number of examples)."""
+    model.optimizer.learning_rate.assign(config.learning_rate * config.lr_decay**current)
+    examples = sample_examples(
+        context,
+        config.policy_counts,
+        seed=config.seed * 1_000 + current,
+        negatives=config.loss == "bpr" or config.hard_negatives,
+        in_cluster=config.in_cluster,
+    )
+    if len(examples) < 2:
+        raise ValueError(
+            f"the sampling policies {sorted(config.policy_counts)} give no training examples "
+            "on this data (untimed purchases need `leave_one_out`; `same_artist` needs "
+            "artists)"
+        )
+    fit = model.fit(
+        _batches(examples, dataset.n_items, config.batch_size, [config.seed, current]),
+        epochs=1,
+        verbose=0,
+    )
+    return float(fit.history["loss"][-1]), len(examples)
+
+
+def _end_epoch(state: _TrainingState, run_dir: Path, value: float) -> None:
+    """Keep the towers if `value` is the best so far, count the epochs since, and save the
+    history and a checkpoint."""
+    if value > state.best_value.numpy():
+        state.best_value.assign(value)
+        state.since_best.assign(0)
+        save_towers(run_dir, state.model.item_tower, state.model.user_tower, "best/towers")
+    else:
+        state.since_best.assign_add(1)
+    state.epoch.assign_add(1)
+    # history first: a run killed in between resumes from a checkpoint it can read back
+    write_text_atomic(run_dir / "history.json", json.dumps(state.history, indent=1) + "\n")
+    state.manager.save(checkpoint_number=state.epochs_done)
+
+
+def _finish(
+    state: _TrainingState,
+    dataset: Dataset,
+    data: _TrainingData,
+    config: TrainConfig,
+    run_dir: Path,
+) -> TrainResult:
+    """Calibrate the best epoch's towers, save them as the run's model and write summary.json."""
+    history = state.history
     best = max(history, key=lambda r: r[f"valid_{config.selection_metric}"])
-    best_validation = {k[6:]: v for k, v in best.items() if k.startswith("valid_")}
+    epoch_validation = {k[6:]: v for k, v in best.items() if k.startswith("valid_")}
     item_tower, user_tower = load_towers(run_dir, "best/towers")
     prior = {}
     if config.artist_prior_weights:
         prior = calibrate_artist_prior(
-            item_tower, user_tower, dataset, fit_purchases, validation_cases, config
+            item_tower, user_tower, dataset, data.fit_purchases, data.validation_cases, config
         )
-        best_validation = prior["validation"]
     save_towers(run_dir, item_tower, user_tower, MODEL_PREFIX)
+    nearest = {}
+    if config.nearest_purchase_weights:
+        nearest = calibrate_nearest_purchase(
+            item_tower, user_tower, dataset, data.validation_cases, config, run_dir / MODEL_DIR
+        )
     summary = {
         "best_epoch": best["epoch"],
-        "best_validation": best_validation,
-        "epoch_validation": {k[6:]: v for k, v in best.items() if k.startswith("valid_")},
+        "best_validation": (nearest or prior or {"validation": dict(epoch_validation)})[
+            "validation"
+        ],
+        "epoch_validation": epoch_validation,
         "artist_prior": prior,
+        "nearest_purchase": nearest,
         "epochs_run": len(history),
-        "validation_tests": len(validation_cases),
-        "fit_purchases": len(fit_purchases),
+        "validation_tests": len(data.validation_cases),
+        "fit_purchases": len(data.fit_purchases),
         "data_fingerprint": data_fingerprint(dataset),
         "dataset": str(Path(dataset.path).resolve()) if dataset.path else None,
-        "seconds": round(elapsed_before + time.perf_counter() - started, 1),
+        "seconds": round(state.elapsed(), 1),
         "seconds_to_best": best["elapsed_s"],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return TrainResult(
         run_dir, best["epoch"], summary["best_validation"], len(history), summary["seconds"]
     )
@@ -277,6 +430,33 @@ def calibrate_artist_prior(
     item_tower.set_id_bias("artist_id", learned + chosen["weight"] * prior)
     return {
         "weight": chosen["weight"],
+        "validation": {k: v for k, v in chosen.items() if k != "weight"},
+        "grid": scores,
+    }
+
+
+def calibrate_nearest_purchase(
+    item_tower, user_tower, dataset: Dataset, validation_cases, config, model_dir: Path
+) -> dict:
+    """Fits the nearest-purchase term's projection on the catalogue's features, picks its
+    weight among `config.nearest_purchase_weights` on the validation (by the selection metric)
+    and saves it in `model_dir` (training/nearest_purchase.py)."""
+    term = NearestPurchase.fit(dataset.features, config.nearest_purchase_dim, seed=config.seed)
+    recommender = TowerRecommender("validation", item_tower, user_tower, dataset, term)
+    scores = [
+        {
+            "weight": weight,
+            **_validation_figures(
+                recommender.with_nearest_weight(weight), dataset, validation_cases
+            ),
+        }
+        for weight in config.nearest_purchase_weights
+    ]
+    chosen = max(scores, key=lambda row: row[config.selection_metric])
+    term.with_weight(chosen["weight"]).save(model_dir)
+    return {
+        "weight": chosen["weight"],
+        "dim": term.dim,
         "validation": {k: v for k, v in chosen.items() if k != "weight"},
         "grid": scores,
     }

@@ -7,13 +7,15 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+import serving.catalogue as catalogue_module
 from serving.catalogue import Catalogue, Conflict, RequestError, UnknownItems
-from serving.model import ServingModel
+from serving.export_loader import ServingModel
 from serving.store import NewItem, Purchase
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
-from training.index import IndexConfig, recall_at_k
+from training.index import IndexConfig, neighbour_recall
+from training.nearest_purchase import NearestPurchase
 
 N_ITEMS, DIM, FEATURES = 500, 8, 6
 
@@ -31,7 +33,9 @@ class MemoryStore:
         self.purchases.extend(purchases)
 
 
-def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None) -> Catalogue:
+def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None, nearest=None):
+    """A catalogue of random vectors; with `nearest` (a NearestPurchase over FEATURES-d
+    features), random features give the match vectors."""
     rng = np.random.default_rng(7)
     item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(dim,))
     item_tower(tf.zeros([1, FEATURES]))
@@ -73,6 +77,8 @@ def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None) -> Catalo
         rng.normal(size=(n_items, dim)).astype(np.float32) if vectors is None else vectors,
         pd.concat([purchases, again], ignore_index=True),
         IndexConfig(),
+        nearest,
+        None if nearest is None else nearest.vectors(rng.normal(size=(n_items, FEATURES))),
     )
     return Catalogue(model, index)
 
@@ -146,10 +152,10 @@ def test_purchases_update_profiles_and_sell_originals(catalogue):
         )[0]
     )
     item_id = catalogue.item_ids[original]
-    catalogue.add_purchases([Purchase("newcomer", item_id, 900.0)], MemoryStore())
+    catalogue.add_purchases([Purchase("newcomer", item_id, 2000.0)], MemoryStore())
     assert catalogue.profiles["newcomer"] == [original] and catalogue.sold[original]
     with pytest.raises(Conflict, match="already sold"):
-        catalogue.check_purchases([Purchase("other", item_id, 901.0)])
+        catalogue.check_purchases([Purchase("other", item_id, 2001.0)])
     with pytest.raises(UnknownItems, match="'nope'"):
         catalogue.check_purchases([Purchase("other", "nope", 901.0)])
 
@@ -177,6 +183,60 @@ def test_new_items_are_checked_before_anything_is_written(catalogue):
     assert store.items == [] and "fresh" not in catalogue.row_of
 
 
+def test_a_feature_that_is_not_a_finite_float32_is_refused_naming_item_and_index(catalogue):
+    good = NewItem("fine", "a1", True, 1.0, np.zeros(FEATURES, np.float32))
+    features = np.zeros(FEATURES, np.float32)
+    features[[4, 5]] = np.float32(np.inf)  # what serving/app.py makes of 1e39 in the JSON
+    bad = NewItem("bright", "a1", True, 1.0, features)
+    with pytest.raises(RequestError) as refused:
+        catalogue.check_new_items([good, bad])
+    assert refused.value.status == 422
+    assert str(refused.value).startswith(
+        "items[1].features[4]: beyond the float32 range (|x| > 3.403e+38), not a finite float32"
+    )
+    assert "2 such values" in str(refused.value)
+    original = np.zeros(FEATURES)  # float64: the value that overflows is still known
+    original[2] = 1e39
+    with pytest.raises(RequestError, match=r"^items\[0\]\.features\[2\]: 1e\+39 is beyond"):
+        catalogue.check_new_items([NewItem("x", "a1", True, 1.0, original)])
+    original[2] = -np.nan
+    with pytest.raises(RequestError, match=r"^items\[0\]\.features\[2\]: NaN, not a finite"):
+        catalogue.check_new_items([NewItem("x", "a1", True, 1.0, original)])
+    original[2] = -3e38  # within float32's range
+    catalogue.check_new_items([NewItem("x", "a1", True, 1.0, original.astype(np.float32))])
+
+
+def test_an_artwork_the_item_tower_overflows_on_is_refused_naming_it(catalogue, monkeypatch):
+    store = MemoryStore()
+    good = NewItem("fine", "a1", True, 1.0, np.zeros(FEATURES, np.float32))
+    huge = NewItem("huge", "a1", True, 1.0, np.full(FEATURES, -3e38, np.float32))  # finite
+    real_embed = ServingModel.embed
+
+    def overflowing(model, features, item_ids, artist_ids):  # a tower that overflows on huge
+        vectors = real_embed(model, features, item_ids, artist_ids)
+        vectors[[i == "huge" for i in item_ids], 2] = np.inf
+        return vectors
+
+    monkeypatch.setattr(ServingModel, "embed", overflowing)
+    catalogue.check_new_items([good, huge])
+    with pytest.raises(RequestError, match=r"^items\[1\]\.features: .*'huge' is not finite"):
+        catalogue.embed([good, huge])
+    vectors = np.zeros((2, DIM), np.float32)
+    vectors[1, 3] = np.nan
+    with pytest.raises(RequestError, match=r"^items\[1\]\.features: .*'huge'"):
+        catalogue.add_items([good, huge], vectors, store)
+    assert store.items == [] and "fine" not in catalogue.row_of
+    assert np.isfinite(catalogue.embed([good])).all()
+
+
+def test_user_vectors_pad_ragged_profiles_without_changing_them(catalogue):
+    profiles = [np.array([3]), np.array([5, 9, 11, 40]), np.array([7, 8])]
+    together = catalogue.user_vectors(profiles)
+    for profile, vector in zip(profiles, together, strict=True):
+        alone = catalogue.user_vectors([profile])[0]
+        np.testing.assert_allclose(vector, alone, rtol=1e-5, atol=1e-6)
+
+
 def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(40, 16))
@@ -197,7 +257,7 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
         assert not set(result.rows) & set(excluded) and not sold[result.rows].any()
         found.append(result.scores)
         exact.append(reference_top_k(vectors, sold, query, 10, excluded, True)[1])
-    assert recall_at_k(np.array(found), np.array(exact)) >= 0.95
+    assert neighbour_recall(np.array(found), np.array(exact)) >= 0.95
 
     new = [NewItem(f"n{n}", "a1", True, 1.0, np.zeros(FEATURES, np.float32)) for n in range(3)]
     approximate.add_items(new, np.tile(queries[:1] * 10, (3, 1)), MemoryStore())
@@ -205,3 +265,99 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
         queries[:1], 5, exclude=[np.array([], int)], available_only=[True]
     )
     assert set(result.rows[:3]) == {4000, 4001, 4002}  # added live: searched exactly
+
+
+def random_term(weight: float) -> NearestPurchase:
+    features = np.random.default_rng(11).normal(size=(200, FEATURES))
+    return NearestPurchase.fit(features, dim=4).with_weight(weight)
+
+
+def test_the_nearest_purchase_term_is_added_as_numpy_computes_it():
+    catalogue = make_catalogue(nearest=random_term(0.8))
+    rng = np.random.default_rng(4)
+    profiles = [rng.choice(N_ITEMS, size, replace=False) for size in (1, 4, 2, 9)]
+    queries = catalogue.user_vectors(profiles)
+    exclude = [p for p in profiles]
+    results = catalogue.top_k(
+        queries, 20, exclude=exclude, available_only=[True, False, True, False], profiles=profiles
+    )
+    size = catalogue.size
+    vectors, sold = catalogue.vectors[:size], catalogue.sold[:size]
+    match = catalogue.model.match_vectors
+    for query, profile, only, result in zip(
+        queries, profiles, [True, False, True, False], results, strict=True
+    ):
+        scores = vectors @ query + 0.8 * np.max(match[profile] @ match.T, axis=0)
+        keep = np.ones(size, bool)
+        keep[profile] = False
+        if only:
+            keep &= ~sold
+        rows = np.flatnonzero(keep)
+        order = rows[np.lexsort((rows, -scores[rows]))][:20]
+        np.testing.assert_array_equal(result.rows, order)
+        np.testing.assert_allclose(result.scores, scores[order], rtol=1e-5, atol=1e-6)
+    # without profiles (similar artworks) or with weight 0 the term is not added
+    (plain,) = catalogue.top_k(queries[:1], 20, exclude=exclude[:1], available_only=[True])
+    (zero,) = make_catalogue(nearest=random_term(0.0)).top_k(
+        queries[:1], 20, exclude=exclude[:1], available_only=[True], profiles=profiles[:1]
+    )
+    np.testing.assert_array_equal(plain.rows, zero.rows)
+    assert not np.array_equal(plain.rows, results[0].rows)
+
+
+def test_artworks_added_live_get_match_vectors_from_their_features():
+    term = random_term(1.0)
+    catalogue = make_catalogue(nearest=term)
+    features = np.random.default_rng(5).normal(size=(3, FEATURES)).astype(np.float32)
+    new = [NewItem(f"n{n}", "a1", True, 1.0, features[n]) for n in range(3)]
+    catalogue.add_items(new, catalogue.embed(new), MemoryStore())
+    np.testing.assert_allclose(
+        catalogue.match_columns[:, N_ITEMS : N_ITEMS + 3].T, term.vectors(features), atol=1e-6
+    )
+    # a profile of one new artwork: the term ranks the artwork closest to it first among
+    # equals (queries of zeros leave only the term)
+    (result,) = catalogue.top_k(
+        np.zeros((1, DIM), np.float32),
+        1,
+        exclude=[np.array([N_ITEMS])],
+        available_only=[False],
+        profiles=[np.array([N_ITEMS])],
+    )
+    match = catalogue.match_columns[:, : catalogue.size].T
+    closest = np.argsort(-(match @ match[N_ITEMS]), kind="stable")
+    assert result.rows[0] == [row for row in closest if row != N_ITEMS][0]
+
+
+def scann_and_exact_top_10(weight: float):
+    """Served scores of the top 10 with ScaNN (searching half the leaves, so that its own
+    misses are rare) and exactly, on 4,000 clustered artworks whose small vectors let a term
+    of weight 3 outweigh the query."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(40, 16))
+    vectors = 0.1 * (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16)))
+    term = random_term(weight)
+    index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
+    approximate = make_catalogue(4000, 16, vectors.astype(np.float32), index, term)
+    exact_index = IndexConfig(k=20, scann_min_items=10**6)
+    exact = make_catalogue(4000, 16, vectors.astype(np.float32), exact_index, term)
+    assert approximate.searcher is not None and approximate.match_searcher is not None
+    assert exact.searcher is None
+    profiles = [rng.choice(4000, 3, replace=False) for _ in range(40)]
+    queries = approximate.user_vectors(profiles)
+    args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles)
+    found = approximate.top_k(queries, 10, **args)
+    truth = exact.top_k(queries, 10, **args)
+    return np.array([r.scores for r in found]), np.array([r.scores for r in truth])
+
+
+@pytest.mark.parametrize("weight", [0.5, 3.0])
+def test_scann_candidates_are_re_ranked_with_the_term(weight):
+    """Above the ScaNN threshold the term's candidates come from a second search (the artworks
+    closest to each profile artwork), so the served top 10 matches exact search even where the
+    term outweighs the query."""
+    assert neighbour_recall(*scann_and_exact_top_10(weight)) >= 0.97
+
+
+def test_without_the_term_search_the_query_candidates_miss(monkeypatch):
+    monkeypatch.setattr(catalogue_module, "TERM_SEARCH_PROFILE", 0)
+    assert neighbour_recall(*scann_and_exact_top_10(3.0)) < 0.8

@@ -5,7 +5,7 @@ import numpy as np
 from training.data.dataset import load_dataset
 from training.data.history import visual_clusters
 from training.explore import artwork_table, item_map, recommend, sold_originals
-from training.recommender import load_run_recommender
+from training.trained_towers import load_run_recommender
 
 
 def test_recommendations_are_for_sale_not_bought_and_best_first(trained_run, small_marketplace):

@@ -13,8 +13,10 @@ from training.index import (
     ScannSearcher,
     build_index,
     exact_top_k,
-    recall_at_k,
+    neighbour_recall,
+    searcher_recall,
 )
+from training.topk import merge_top_k, top_k, top_k_rows
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -42,11 +44,110 @@ def test_exact_top_k_is_the_sorted_brute_force_reference():
         np.testing.assert_allclose(scores[q], full[q, want])
 
 
+def reference(scores: np.ndarray, k: int, rows: np.ndarray | None = None):
+    """Brute force: every finite score sorted by (-score, row), the first k."""
+    rows = np.arange(scores.size) if rows is None else rows
+    finite = np.flatnonzero(np.isfinite(scores))
+    order = finite[np.lexsort((rows[finite], -scores[finite]))][:k]
+    return rows[order], scores[order]
+
+
+def tied_scores(rng, n: int) -> np.ndarray:
+    """Few distinct values (many ties, also at the k-th place), some -inf, +inf and NaN."""
+    scores = rng.integers(-5, 6, n).astype(np.float32) / 4
+    special = rng.choice(n, size=n // 5, replace=False)
+    scores[special] = rng.choice([-np.inf, np.inf, np.nan], size=special.size)
+    return scores
+
+
+@pytest.mark.parametrize("n", [1, 7, 50, 1_000])
+def test_top_k_equals_argsort_brute_force_with_ties_and_non_finite_scores(n):
+    rng = np.random.default_rng(n)
+    for trial in range(30):
+        scores = tied_scores(rng, n) if trial % 2 else rng.normal(size=n)
+        for k in {0, 1, 3, n // 2, n - 1, n, n + 5}:
+            rows, found = top_k(scores, k)
+            want_rows, want_scores = reference(scores, k)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(found, want_scores)
+            assert np.isfinite(found).all()
+
+
+def test_top_k_breaks_ties_by_the_given_rows_not_by_position():
+    rng = np.random.default_rng(11)
+    scores = tied_scores(rng, 300)
+    rows = rng.permutation(10_000)[:300]
+    for k in (1, 10, 100, 300):
+        got = top_k(scores, k, rows)
+        want = reference(scores, k, rows)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert top_k(np.array([1.0, 1.0, 1.0]), 2, np.array([9, 4, 7]))[0].tolist() == [4, 7]
+    assert top_k(np.full(4, -np.inf), 2)[0].size == 0  # nothing finite: nothing returned
+
+
+def test_merge_top_k_equals_top_k_over_the_union_of_disjoint_parts():
+    rng = np.random.default_rng(12)
+    for _ in range(50):
+        scores = tied_scores(rng, 400)
+        rows = rng.permutation(400)
+        cuts = np.sort(rng.integers(0, 400, 2))
+        parts = [
+            (rows[a:b], scores[a:b]) for a, b in ((0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], 400))
+        ]
+        for k in (1, 10, 64, 500):
+            got = merge_top_k(parts, k)
+            want = reference(scores, k, rows)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    empty = merge_top_k([], 5)
+    assert empty[0].size == empty[1].size == 0
+
+
+def test_exact_top_k_breaks_ties_by_lower_row_and_refuses_a_ragged_answer():
+    rng = np.random.default_rng(13)
+    vectors = rng.integers(-2, 3, size=(500, 3)).astype(np.float32)  # many equal scores
+    queries = rng.integers(-2, 3, size=(300, 3)).astype(np.float32)
+    scores, rows = exact_top_k(queries, vectors, 20)
+    full = queries @ vectors.T
+    for q in range(300):
+        want_rows, want_scores = reference(full[q], 20)
+        np.testing.assert_array_equal(rows[q], want_rows)
+        np.testing.assert_array_equal(scores[q], want_scores)
+    assert exact_top_k(queries[:2], vectors[:5], 10)[1].shape == (2, 5)  # k beyond n: n
+    vectors[:, 0] = np.inf
+    with pytest.raises(ValueError, match="fewer than k"):
+        exact_top_k(np.ones((1, 3), np.float32), vectors, 10)
+
+
+def test_serving_recall_is_the_searchers_recall_against_brute_force():
+    rng = np.random.default_rng(14)
+    n = 2_000
+    vectors = marketplace_like_vectors(n, 16, rng)
+    queries = unit_rows(vectors[rng.choice(n, size=(100, 3))].mean(axis=1))
+    exact_scores = np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :10]  # brute force
+    # ScaNN forced on a small catalogue, as the export measures it (a tree, 8 of 45 leaves)
+    config = IndexConfig(k=10, scann_min_items=100)
+    assert config.uses_scann(n)
+    searcher = ScannSearcher(vectors, config)
+    recall = searcher_recall(searcher, queries, exact_scores)
+    hits = 0
+    for query in queries:
+        rows, scores = searcher.search(query, 10)
+        np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
+        hits += np.isin(rows, np.argsort(-(vectors @ query))[:10]).sum()
+    assert recall == pytest.approx(hits / 1_000, abs=0.02)  # by score vs by row: ties aside
+    assert 0.5 < recall <= 1.0
+    # configured exact (every leaf, every candidate re-scored): the searcher is brute force
+    exact = IndexConfig(k=10, scann_min_items=100, leaves_to_search_share=1.0, reorder=n)
+    assert searcher_recall(ScannSearcher(vectors, exact), queries, exact_scores) == 1.0
+
+
 def test_recall_counts_ties_as_hits_and_misses_as_misses():
     exact = np.array([[3.0, 2.0, 1.0]])
-    assert recall_at_k(np.array([[3.0, 2.0, 1.0]]), exact) == 1.0
-    assert recall_at_k(np.array([[3.0, 1.0, 1.0]]), exact) == 1.0  # a tie at the k-th score
-    assert recall_at_k(np.array([[3.0, 2.0, 0.5]]), exact) == pytest.approx(2 / 3)
+    assert neighbour_recall(np.array([[3.0, 2.0, 1.0]]), exact) == 1.0
+    assert neighbour_recall(np.array([[3.0, 1.0, 1.0]]), exact) == 1.0  # a tie at the k-th score
+    assert neighbour_recall(np.array([[3.0, 2.0, 0.5]]), exact) == pytest.approx(2 / 3)
 
 
 def test_brute_force_index_equals_numpy():
@@ -74,7 +175,7 @@ def test_scann_configured_exact_equals_numpy_brute_force():
     scores, found = index(queries)
     want_scores, want_rows = exact_top_k(queries, vectors, 10)
     np.testing.assert_allclose(scores.numpy(), want_scores, rtol=1e-4, atol=1e-4)
-    assert recall_at_k(scores.numpy(), want_scores) == 1.0
+    assert neighbour_recall(scores.numpy(), want_scores) == 1.0
     found_rows = found.numpy().astype(int)
     np.testing.assert_allclose(
         np.take_along_axis(queries @ vectors.T, found_rows, axis=1), want_scores, atol=1e-4
@@ -91,7 +192,7 @@ def test_scann_default_configuration_keeps_recall_at_100k_items():
     assert config.uses_scann(n)
     index = build_index(vectors, np.arange(n).astype(str), config)
     scores, _ = index(queries)
-    recall = recall_at_k(scores.numpy(), exact_top_k(queries, vectors, 10)[0])
+    recall = neighbour_recall(scores.numpy(), exact_top_k(queries, vectors, 10)[0])
     assert recall >= 0.95, recall
 
 
@@ -172,6 +273,27 @@ def test_split_index_keeps_recall_where_priors_decide_the_top_10():
 
     searcher = ScannSearcher(vectors, config)
     found = np.stack([searcher.search(query, 10)[1] for query in queries])
-    assert recall_at_k(found, exact_scores) >= 0.97
+    assert neighbour_recall(found, exact_scores) >= 0.97
     scores, _ = build_index(vectors, np.arange(n).astype(str), config)(queries, k=10)
-    assert recall_at_k(scores.numpy(), exact_scores) >= 0.97
+    assert neighbour_recall(scores.numpy(), exact_scores) >= 0.97
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 40), (5, 40), (37, 40), (40, 40), (1, 3000), (20, 3000)])
+def test_top_k_rows_answers_every_row_as_top_k_does(k, n):
+    """The sampled threshold against the per-row reference on random blocks with ties at the
+    k-th place, -inf (sold, excluded), rows holding +inf or NaN, and a row that is almost all
+    -inf (fewer than k finite scores)."""
+    rng = np.random.default_rng(k + n)
+    for _ in range(30):
+        scores = rng.integers(0, 6, (12, n)).astype(np.float32)  # many ties
+        scores[rng.random(scores.shape) < 0.3] = -np.inf
+        scores[3, 7] = np.inf
+        scores[5, 2] = np.nan
+        scores[8] = rng.normal(size=n)  # no ties
+        scores[9, 3:] = -np.inf
+        scores[10, ::8] = np.nan  # the sample gives no threshold
+        batched = top_k_rows(scores, k)
+        for row, (rows, found) in zip(scores, batched, strict=True):
+            want_rows, want_scores = top_k(row, k)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(found, want_scores)

@@ -11,7 +11,7 @@ from tests.conftest import tiny_config
 from training.data.dataset import load_dataset
 from training.evaluation.splits import training_split, untimed_validation_split, with_purchases
 from training.sampling import SamplingContext, sample_examples
-from training.search import Choice, _set, adapt_to_data, search, space_for
+from training.search import Choice, _set, adapt_to_data, first_trials, search, space_for
 
 
 def _untimed(dataset):
@@ -111,3 +111,25 @@ def test_a_configuration_proposed_again_is_not_retrained(small_marketplace, tmp_
     assert [t["seconds"] for t in record["trials"][1:]] == [0.0, 0.0]
     assert record["chosen"] == 0
     assert sorted(p.name for p in (tmp_path / "run" / "trials").iterdir()) == ["00"]
+
+
+def test_no_trial_starts_once_the_budget_is_spent_but_two_always_run(small_marketplace, tmp_path):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=1)
+    space = (Choice("learning_rate", (3e-3, 1e-3, 3e-4), _set("learning_rate")),)
+    record = search(dataset, base, tmp_path / "run", trials=3, budget_s=0.0, space=space)
+    assert len(record["trials"]) == 2
+
+
+def test_the_first_trials_are_the_preset_then_hybrid_ids_at_temperature_0_05():
+    base = replace(tiny_config(), hybrid=False, temperature=0.2)
+    space = (
+        Choice("temperature", (0.05, 0.1, 0.2), _set("temperature")),
+        Choice("hybrid", (False, True), _set("hybrid")),
+    )
+    assert first_trials(base, space) == [
+        {"temperature": 0.2, "hybrid": False},
+        {"temperature": 0.05, "hybrid": True},
+    ]
+    already = replace(base, hybrid=True, temperature=0.05)
+    assert first_trials(already, space) == [{"temperature": 0.05, "hybrid": True}]

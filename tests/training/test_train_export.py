@@ -39,7 +39,7 @@ def test_artist_biases_get_the_sales_prior_weight_that_validates_best(
 ):
     from training.data.history import artist_sell_through
     from training.evaluation.splits import training_split
-    from training.recommender import load_towers
+    from training.trained_towers import load_towers
 
     summary = json.loads((trained_run / "summary.json").read_text())["artist_prior"]
     grid = {row["weight"]: row["auc"] for row in summary["grid"]}
@@ -113,11 +113,22 @@ def test_a_separate_process_loads_the_export_and_retrieves_the_same_top_k(
     manifest = json.loads((version / MANIFEST).read_text())
     assert manifest["index"]["kind"] == kind
     assert manifest["index"]["recall_at_10"] == 1.0
+    # the service's own search (its ScannSearcher, configured exact here), measured at export
+    assert manifest["index"]["serving_recall_at_10"] == 1.0
+    settings = manifest["index"]["settings"]
+    assert settings["scann_min_items"] == (1 if kind == "scann" else 20_000)
     assert export_versions(tmp_path / "exports") == [1]
+    from serving.export_loader import load_serving_model
+    from training.index import IndexConfig
+
+    served = load_serving_model(version)
+    assert served.index == IndexConfig(**settings) and served.index.uses_scann(1_500) == (
+        kind == "scann"
+    )
 
     # In this process: the towers and the exact top-k over the exported item vectors.
     from towers.profile_encoder import ProfileEncoder
-    from training.recommender import load_towers
+    from training.trained_towers import load_towers
 
     profiles = [dataset.purchases["item"].to_numpy()[i : i + 1 + i % 4] for i in range(0, 40, 4)]
     rows = np.zeros((len(profiles), 4), np.int64)
@@ -156,6 +167,24 @@ def test_a_separate_process_loads_the_export_and_retrieves_the_same_top_k(
     found_rows = np.vectorize(row_of.__getitem__)(answer["ids"])
     rescored = np.einsum("bd,bkd->bk", users, vectors[found_rows])
     np.testing.assert_allclose(rescored, answer["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_was_recorded(
+    small_marketplace, tmp_path
+):
+    # A kill between writing ckpt-1's files and the manager's `checkpoint` state file (the
+    # race the killed-run test below can land in): resuming starts again from epoch 1.
+    dataset, config = load_dataset(small_marketplace), tiny_config(epochs=1, patience=1)
+    run_dir = tmp_path / "run"
+    train(dataset, config, run_dir, progress=False)
+    (run_dir / "checkpoints" / "checkpoint").unlink()
+    (run_dir / "history.json").write_text("[]\n")
+
+    result = train(dataset, config, run_dir, resume=True, progress=False)
+
+    assert result.epochs_run == 1
+    assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1]
+    assert (run_dir / "checkpoints" / "checkpoint").exists()
 
 
 def test_export_refuses_an_unfinished_run(tmp_path, small_marketplace):

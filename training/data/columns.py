@@ -5,8 +5,16 @@ Line numbers are those a text editor shows: the header is line 1, the first data
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+from collections import deque
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from training.data.ids import ID_PATTERN, ID_RULE
 
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
@@ -32,12 +40,63 @@ def line_of(row: int) -> int:
     return row + 2
 
 
-def read_csv(path, name: str, required: list[str], optional: list[str] = ()) -> pd.DataFrame:
-    """Read a CSV as strings; refuse empty files, missing columns and empty required cells."""
+def read_text(path, name: str, *, delimiter: str = ",", quoted: bool = True) -> str:
+    """A UTF-8 text file as str (a leading byte order mark is dropped). A byte that is not
+    UTF-8 is an error naming its line, its field (the header's name for that column of a
+    `delimiter`-separated file, with `"` quoting when `quoted`) and its column."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise DatasetError(name, "file not found") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        start = error.start
+    # Everything before the first bad byte decodes: locate it by line, field and column.
+    line_start = raw.rfind(b"\n", 0, start) + 1
+    line = raw.count(b"\n", 0, start) + 1
+    column = len(raw[line_start:start].decode("utf-8")) + 1  # characters, as an editor counts
+    problem = f"not valid UTF-8 (byte 0x{raw[start]:02x} at column {column})"
+    field = None
+    if line > 1:
+        header_end = raw.find(b"\n")
+        header = _last_record(raw[:header_end].decode("utf-8"), delimiter, quoted)
+        # Quotes can hide delimiters and newlines: then parse every record up to the byte.
+        first = header_end + 1 if quoted and b'"' in raw[header_end:start] else line_start
+        # The sentinel gives a record that has just begun its one (partial) field.
+        record = _last_record(raw[first:start].decode("utf-8") + "_", delimiter, quoted)
+        if header is not None and record is not None:
+            index = len(record) - 1
+            if index < len(header):
+                field = header[index].strip()
+            else:
+                problem += f", in field {index + 1} of a header with {len(header)}"
+    raise DatasetError(name, problem, line=line, field=field)
+
+
+def _last_record(text: str, delimiter: str, quoted: bool) -> list[str] | None:
+    """The fields of the last record of `text` (which may end inside a quoted field); None
+    when the csv module cannot split it (a field over its size limit)."""
+    reader = csv.reader(
+        io.StringIO(text),
+        delimiter=delimiter,
+        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+    )
+    try:
+        last = deque(reader, maxlen=1)
+    except csv.Error:
+        return None
+    return last[0] if last else [""]
+
+
+def read_csv(path, name: str, required: list[str], optional: list[str] = ()) -> pd.DataFrame:
+    """Read a UTF-8 CSV as strings; refuse empty files, missing columns and empty required
+    cells."""
+    text = read_text(path, name)
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
         raise DatasetError(name, "file is empty") from None
     except pd.errors.ParserError as error:
@@ -127,3 +186,60 @@ def lookup_items(
             field=field,
         )
     return rows.astype(np.int64)
+
+
+def _quoted(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def require_ids(values: pd.Series, file: str, field: str, *, allow_empty: bool = False) -> None:
+    """Every value an id of the one alphabet (training/data/ids.py); `allow_empty` lets an empty
+    cell through (an optional id, such as an item's artist)."""
+    valid = values.str.fullmatch(ID_PATTERN, na=False).to_numpy(dtype=bool)
+    if allow_empty:
+        valid |= (values == "").to_numpy(dtype=bool)
+    bad = np.flatnonzero(~valid)
+    if bad.size:
+        row = int(bad[0])
+        raise DatasetError(
+            file,
+            f"{_quoted(str(values.iloc[row]))} is not a valid id ({ID_RULE}; "
+            f"{bad.size} row(s) with invalid ids in all)",
+            line=line_of(row),
+            field=field,
+        )
+
+
+def format_seconds(seconds: float) -> str:
+    """Unix seconds -> ISO 8601 UTC, with milliseconds only when there are any."""
+    stamp = pd.Timestamp(round(seconds * 1000), unit="ms", tz="UTC")
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+    return (text[:-4] if text.endswith(".000") else text) + "Z"
+
+
+def require_after_upload(
+    timestamps: np.ndarray,
+    rows: np.ndarray,
+    items: pd.DataFrame,
+    file: str,
+    *,
+    field: str = "timestamp",
+    items_file: str = "items.csv",
+) -> None:
+    """No purchase (catalogue row `rows[i]` at `timestamps[i]`) before its artwork's upload.
+    Untimed purchases (NaN) pass; an item without an upload time has upload time 0."""
+    times = np.asarray(timestamps, dtype=np.float64)
+    upload = items["upload_time"].to_numpy(dtype=np.float64)[rows]
+    early = np.flatnonzero(times < upload)  # NaN compares False: untimed purchases pass
+    if early.size:
+        row = int(early[0])
+        item = int(rows[row])
+        raise DatasetError(
+            file,
+            f"purchase of {_quoted(str(items['item_id'].iloc[item]))} at "
+            f"{format_seconds(float(times[row]))} is before the artwork's upload at "
+            f"{format_seconds(float(upload[row]))} ({items_file} line {line_of(item)}; "
+            f"{early.size} purchase(s) before their upload in all)",
+            line=line_of(row),
+            field=field,
+        )

@@ -4,13 +4,16 @@
                     default): artist_id (""), upload_time (ISO 8601 or unix seconds; 0, the unix
                     epoch: always available), one_of_a_kind (true/false; false)
     features.npy    float32 [n_items, d]; row i belongs to items.csv row i
-    purchases.csv   user_id, item_id, [timestamp]; same user and timestamp = one basket
+    purchases.csv   user_id, item_id, [timestamp]; same user and timestamp = one basket; a
+                    timestamp is never before the artwork's upload_time
     valid.csv       optional, user_id, item_id: fixed split for the holdout protocol
     test.csv        optional, user_id, item_id
     truth.npz       optional, written by the marketplace simulator only (see SimulatorTruth)
 
-Loading validates everything and raises DatasetError naming file, line and field. Writing goes
-through a temporary directory, so bad input never leaves a half-written dataset behind.
+CSV files are UTF-8 (a byte order mark is allowed). Every id (item_id, artist_id, user_id) is of
+the one alphabet of training/data/ids.py. Loading validates everything and raises DatasetError
+naming file, line and field. Writing goes through a temporary directory, so bad input never
+leaves a half-written dataset behind.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from training.data.columns import (
     parse_booleans,
     parse_timestamps,
     read_csv,
+    require_after_upload,
+    require_ids,
     require_unique,
 )
 
@@ -92,7 +97,7 @@ def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
     items = load_items_table(path / "items.csv")
     features = _load_features(path / "features.npy", n_items=len(items), mmap=mmap)
     index = pd.Index(items["item_id"])
-    purchases = load_purchases_table(path / "purchases.csv", index)
+    purchases = load_purchases_table(path / "purchases.csv", index, items=items)
     splits = {
         name: _load_split(path / f"{name}.csv", index) if (path / f"{name}.csv").exists() else None
         for name in ("valid", "test")
@@ -107,7 +112,10 @@ def load_items_table(path: Path) -> pd.DataFrame:
     name = "items.csv"
     optional = ["artist_id", "upload_time", "one_of_a_kind"]
     frame = read_csv(path, name, ["item_id"], optional)
+    require_ids(frame["item_id"], name, "item_id")
     require_unique(frame["item_id"], name, "item_id")
+    if "artist_id" in frame.columns:
+        require_ids(frame["artist_id"], name, "artist_id", allow_empty=True)
     # Defaults are written as cell text, so the parsers keep each row's line number.
     for column, default in zip(optional, ["", "0", "false"], strict=True):
         if column not in frame.columns:
@@ -164,9 +172,15 @@ def check_features(features: np.ndarray, *, n_items: int, name: str = "features.
             )
 
 
-def load_purchases_table(path: Path, index: pd.Index) -> pd.DataFrame:
+def load_purchases_table(
+    path: Path, index: pd.Index, *, items: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """purchases.csv -> user_id, item_id, item (catalogue row), timestamp (float s, NaN when the
+    file has none). With `items` (the table `index` was made from), a purchase before its
+    artwork's upload is an error."""
     name = "purchases.csv"
     frame = read_csv(path, name, ["user_id", "item_id"], ["timestamp"])
+    _require_user_and_item_ids(frame, name)
     result = pd.DataFrame(
         {
             "user_id": frame["user_id"],
@@ -176,14 +190,22 @@ def load_purchases_table(path: Path, index: pd.Index) -> pd.DataFrame:
     )
     if "timestamp" in frame.columns:
         result["timestamp"] = parse_timestamps(frame["timestamp"], name, "timestamp")
+        if items is not None:
+            require_after_upload(result["timestamp"], result["item"].to_numpy(), items, name)
     else:
         result["timestamp"] = np.nan
     return result
 
 
+def _require_user_and_item_ids(frame: pd.DataFrame, name: str) -> None:
+    require_ids(frame["user_id"], name, "user_id")
+    require_ids(frame["item_id"], name, "item_id")
+
+
 def _load_split(path: Path, index: pd.Index) -> pd.DataFrame:
     name = path.name
     frame = read_csv(path, name, ["user_id", "item_id"])
+    _require_user_and_item_ids(frame, name)
     return pd.DataFrame(
         {
             "user_id": frame["user_id"],

@@ -13,6 +13,8 @@ from training.data.columns import (
     parse_booleans,
     parse_timestamps,
     read_csv,
+    require_after_upload,
+    require_ids,
     require_unique,
 )
 from training.data.dataset import Dataset
@@ -57,7 +59,9 @@ def import_ugallery(sales: Path, artworks: Path, *, seed: int = 0) -> tuple[Data
     """(dataset, README text) from valid_sales.csv and valid_artworks.csv."""
     art_name, sales_name = Path(artworks).name, Path(sales).name
     art = read_csv(artworks, art_name, ["id", "artist_id", "upload_date", "original", "medium_id"])
+    require_ids(art["id"], art_name, "id")
     require_unique(art["id"], art_name, "id")
+    require_ids(art["artist_id"], art_name, "artist_id")
     items = pd.DataFrame(
         {
             "item_id": art["id"],
@@ -67,6 +71,8 @@ def import_ugallery(sales: Path, artworks: Path, *, seed: int = 0) -> tuple[Data
         }
     )
     sold = read_csv(sales, sales_name, ["customer_id", "artwork_id", "order_date"])
+    require_ids(sold["customer_id"], sales_name, "customer_id")
+    require_ids(sold["artwork_id"], sales_name, "artwork_id")
     purchases = pd.DataFrame(
         {
             "user_id": sold["customer_id"],
@@ -76,6 +82,14 @@ def import_ugallery(sales: Path, artworks: Path, *, seed: int = 0) -> tuple[Data
             ),
             "timestamp": parse_timestamps(sold["order_date"], sales_name, "order_date"),
         }
+    )
+    require_after_upload(
+        purchases["timestamp"],
+        purchases["item"].to_numpy(),
+        items,
+        sales_name,
+        field="order_date",
+        items_file=art_name,
     )
     artist_codes = pd.factorize(art["artist_id"], sort=True)[0]
     medium_codes = pd.factorize(art["medium_id"], sort=True)[0]
@@ -141,7 +155,15 @@ def import_ugallery_release(
 ) -> tuple[Dataset, str]:
     inv_name, pur_name = Path(inventory).name, Path(purchases).name
     inv = read_csv(inventory, inv_name, ["artwork_id_hash", "artist_id_hash", "upload_timestamp"])
+    require_ids(inv["artwork_id_hash"], inv_name, "artwork_id_hash")
     require_unique(inv["artwork_id_hash"], inv_name, "artwork_id_hash")
+    require_ids(inv["artist_id_hash"], inv_name, "artist_id_hash")
+    uploads = pd.DataFrame(
+        {
+            "item_id": inv["artwork_id_hash"],
+            "upload_time": parse_timestamps(inv["upload_timestamp"], inv_name, "upload_timestamp"),
+        }
+    )
     emb_ids, vectors = load_release_embeddings(embeddings, trust_pickle=trust_pickle)
     require_unique(pd.Series(emb_ids), Path(embeddings).name, "id")
     rows = pd.Index(emb_ids).get_indexer(inv["artwork_id_hash"])
@@ -158,6 +180,8 @@ def import_ugallery_release(
     bought = read_csv(
         purchases, pur_name, ["user_id_hash", "purchase_timestamp", "artwork_id_hash"]
     )
+    require_ids(bought["user_id_hash"], pur_name, "user_id_hash")
+    require_ids(bought["artwork_id_hash"], pur_name, "artwork_id_hash")
     table = pd.DataFrame(
         {
             "user_id": bought["user_id_hash"],
@@ -168,6 +192,14 @@ def import_ugallery_release(
             ),
         }
     )
+    require_after_upload(
+        table["timestamp"],
+        table["item"].to_numpy(),
+        uploads,
+        pur_name,
+        field="purchase_timestamp",
+        items_file=inv_name,
+    )
     baskets_per_item = table.drop_duplicates(["user_id", "timestamp", "item"])[
         "item"
     ].value_counts()
@@ -177,7 +209,7 @@ def import_ugallery_release(
         {
             "item_id": inv["artwork_id_hash"],
             "artist_id": inv["artist_id_hash"],
-            "upload_time": parse_timestamps(inv["upload_timestamp"], inv_name, "upload_timestamp"),
+            "upload_time": uploads["upload_time"],
             "one_of_a_kind": ~sold_repeatedly,
         }
     )

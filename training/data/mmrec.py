@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data.columns import DatasetError, line_of, require_nonempty
+from training.data.columns import DatasetError, line_of, read_text, require_nonempty
 from training.data.dataset import Dataset, check_features, read_npy
 
 INTER_FIELDS = ("userID", "itemID", "x_label")  # the header may name more; they are ignored
@@ -126,25 +126,13 @@ def _read_features(path: Path) -> np.ndarray:
 def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
     """user_id, item_id, item, split for every data row of a .inter file, in file order."""
     name = path.name
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(name, "file not found") from None
-    try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        column = error.start - raw.rfind(b"\n", 0, error.start)  # 1-based
-        bad = raw[error.start : error.end].hex()
-        raise DatasetError(
-            name, f"not UTF-8 text (byte 0x{bad} at column {column})", line=line
-        ) from None
+    content = read_text(path, name, delimiter="\t", quoted=False)
     lines = content.split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     if not lines:
         raise DatasetError(name, "file is empty")
-    header = [column.strip() for column in lines[0].lstrip("\ufeff").rstrip("\r").split("\t")]
+    header = [column.strip() for column in lines[0].rstrip("\r").split("\t")]
     missing = [column for column in INTER_FIELDS if column not in header]
     if missing:
         raise DatasetError(

@@ -10,11 +10,12 @@ import numpy as np
 
 from training.data.dataset import Dataset, SimulatorTruth
 from training.data.features import unit_rows, zscore
+from training.evaluation.interface import QueryBatch
 from training.evaluation.learned_baselines import fit_ease, fit_item_knn
 from training.evaluation.protocols import Case
-from training.evaluation.recommender import QueryBatch
 from training.evaluation.splits import training_split
 from training.evaluation.vbpr import VBPRConfig, fit_vbpr
+from training.nearest_purchase import max_similarity
 
 BASELINES = (
     "oracle",
@@ -78,17 +79,12 @@ class VisRank:
         self.vectors = unit_rows(zscore(features))  # [n_items, d]
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
-        candidate_vectors = self.vectors[candidates]  # [n_candidates, d]
         if self.pooling == "mean":
             profile_means = np.stack([self.vectors[p].mean(axis=0) for p in batch.profiles])
-            return profile_means @ candidate_vectors.T  # [B, n_candidates]
+            return profile_means @ self.vectors[candidates].T  # [B, n_candidates]
         # Profiles of one batch overlap (a customer's profile recurs, growing, in consecutive
-        # tests): score each distinct profile artwork once, then gather per query.
-        stacked = np.concatenate(batch.profiles)  # [sum of profile sizes]
-        distinct, position = np.unique(stacked, return_inverse=True)
-        similarity = candidate_vectors @ self.vectors[distinct].T  # [n_candidates, n_distinct]
-        offsets = np.cumsum([0] + [p.size for p in batch.profiles[:-1]])
-        return np.maximum.reduceat(similarity[:, position], offsets, axis=1).T  # [B, n_cand]
+        # tests): max_similarity scores each distinct profile artwork once.
+        return max_similarity(self.vectors, batch.profiles, candidates)
 
 
 class OracleRecommender:

@@ -12,9 +12,9 @@ from tqdm import tqdm
 from training.atomic import atomic_directory
 from training.data.dataset import Dataset
 from training.evaluation.baselines import build_baselines, default_baselines
+from training.evaluation.interface import Recommender
 from training.evaluation.protocols import holdout_cases, replay_cases
 from training.evaluation.ranking import rank_cases
-from training.evaluation.recommender import Recommender
 from training.evaluation.report import (
     case_frame,
     markdown_table,

@@ -27,9 +27,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from training.evaluation.interface import QueryBatch, Recommender
 from training.evaluation.protocols import Case
 from training.evaluation.ranking import rank_cases
-from training.evaluation.recommender import QueryBatch, Recommender
 from training.evaluation.report import summary_rows
 
 EASE_LAMBDAS = (1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 3000.0)

@@ -1,6 +1,6 @@
 """Evaluation protocols: which profiles are ranked against which candidates, and what counts.
 
-Replay (the CuratorNet paper's protocol, see REFERENCE.md): uploads put artworks into the
+Replay (the CuratorNet paper's evaluation protocol): uploads put artworks into the
 inventory; purchase sessions (baskets) are replayed in time order. Before a customer's session is
 consumed, if the customer already bought something, the whole current inventory is ranked for
 that customer's profile (everything bought so far); the ground truth is the artworks of this and

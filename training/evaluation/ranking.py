@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.evaluation.interface import QueryBatch, Recommender
 from training.evaluation.protocols import Case
-from training.evaluation.recommender import QueryBatch, Recommender
 
 TOP_N = 100
 

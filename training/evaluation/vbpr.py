@@ -26,9 +26,9 @@ import pandas as pd
 from scipy.special import expit
 
 from training.data.features import zscore
+from training.evaluation.interface import QueryBatch
 from training.evaluation.learned_baselines import validation_recall
 from training.evaluation.protocols import Case
-from training.evaluation.recommender import QueryBatch
 
 
 @dataclass(frozen=True)

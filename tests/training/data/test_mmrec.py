@@ -177,12 +177,13 @@ def test_huge_item_id_is_out_of_range_not_an_overflow(tmp_path):
     assert message.startswith("tiny.inter, line 5, field 'itemID': item '1234567")
 
 
-def test_non_utf8_file_names_file_and_line(tmp_path):
+def test_non_utf8_file_names_file_line_and_field(tmp_path):
     root = write_mmrec(tmp_path / "mm")
     good = (HEADER + "\n0\t0\t5\t1\t0\n").encode()
     (root / "tiny.inter").write_bytes(good + b"1\t\xff\t5\t1\t0\n")
     with pytest.raises(
-        DatasetError, match=r"^tiny.inter, line 3: not UTF-8 text \(byte 0xff at column 3\)$"
+        DatasetError,
+        match=r"^tiny.inter, line 3, field 'itemID': not valid UTF-8 \(byte 0xff at column 3\)$",
     ):
         import_mmrec(root)
 

@@ -15,8 +15,8 @@ from training.evaluation.baselines import (
     build_baselines,
 )
 from training.evaluation.evaluate import evaluate
+from training.evaluation.interface import QueryBatch
 from training.evaluation.metrics import case_metrics
-from training.evaluation.recommender import QueryBatch
 
 
 def _batch(profiles, times=None, users=None):

@@ -11,6 +11,7 @@ from tests.conftest import write_dataset
 from training.data.dataset import load_dataset
 from training.evaluation.baselines import default_baselines
 from training.evaluation.evaluate import evaluate
+from training.evaluation.interface import QueryBatch
 from training.evaluation.learned_baselines import (
     ItemToItemRecommender,
     ease_weights,
@@ -20,7 +21,6 @@ from training.evaluation.learned_baselines import (
     knn_weights,
     validation_recall,
 )
-from training.evaluation.recommender import QueryBatch
 from training.evaluation.splits import training_split
 from training.evaluation.vbpr import VBPRConfig, fit_vbpr
 

@@ -107,7 +107,7 @@ def test_holdout_without_split_file_is_a_clear_error(tiny_dataset_dir):
         holdout_cases(load_dataset(tiny_dataset_dir), "valid")
 
 
-# --- REFERENCE.md's protocol checks on the real transactions --------------------------------
+# --- the paper's protocol checked on the real transactions ---------------------------------
 
 
 @pytest.fixture(scope="module")

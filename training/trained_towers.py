@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +12,14 @@ import tensorflow as tf
 
 from towers.item_tower import ItemTower, item_inputs
 from towers.user_tower import UserTower
+from training.atomic import write_text_atomic
 from training.data.dataset import Dataset
-from training.evaluation.recommender import QueryBatch
+from training.evaluation.interface import QueryBatch
+from training.nearest_purchase import NearestPurchase, load_if_present, max_similarity
 
 ITEM_CHUNK = 8_192
-MODEL_PREFIX = "model/towers"  # a run's final weights (best/towers: the selected epoch's)
+MODEL_DIR = "model"  # a run's final model: weights and, if calibrated, the nearest-purchase term
+MODEL_PREFIX = f"{MODEL_DIR}/towers"  # its final weights (best/towers: the selected epoch's)
 
 
 def embed_items(
@@ -32,8 +37,10 @@ def embed_items(
     return np.concatenate(chunks)
 
 
-def pad_profiles(profiles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(rows [batch, max_profile] padded with 0, mask [batch, max_profile])."""
+def pad_profiles(profiles: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [batch, max_profile] padded with 0, mask [batch, max_profile]) for profiles of
+    catalogue rows, each non-empty: the user tower's input, in training, export and serving."""
+    profiles = [np.asarray(p, np.int64) for p in profiles]
     width = max(p.size for p in profiles)
     rows = np.zeros((len(profiles), width), dtype=np.int64)
     mask = np.zeros((len(profiles), width), dtype=bool)
@@ -43,13 +50,34 @@ def pad_profiles(profiles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TowerRecommender:
-    """Scores with trained towers: item vectors once per catalogue, user vectors per batch."""
+    """Scores with trained towers: item vectors once per catalogue, user vectors per batch;
+    plus the run's nearest-purchase term where it has one with a weight above 0."""
 
-    def __init__(self, name: str, item_tower: ItemTower, user_tower: UserTower, dataset: Dataset):
+    def __init__(
+        self,
+        name: str,
+        item_tower: ItemTower,
+        user_tower: UserTower,
+        dataset: Dataset,
+        nearest: NearestPurchase | None = None,
+    ):
         self.name, self.user_tower = name, user_tower
         self.item_vectors = embed_items(
             item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
         )
+        self.match_vectors = None
+        self.nearest_weight = 0.0
+        if nearest is not None:
+            self.match_vectors = nearest.vectors(dataset.features)
+            self.nearest_weight = nearest.weight
+
+    def with_nearest_weight(self, weight: float) -> TowerRecommender:
+        """The same scores with another nearest-purchase weight (the calibration's grid)."""
+        if self.match_vectors is None:
+            raise ValueError("this recommender has no nearest-purchase term")
+        other = copy.copy(self)
+        other.nearest_weight = float(weight)
+        return other
 
     def user_vectors(self, profiles: list[np.ndarray]) -> np.ndarray:
         rows, mask = pad_profiles(profiles)
@@ -58,17 +86,23 @@ class TowerRecommender:
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
         users = self.user_vectors(batch.profiles)  # [batch, dim]
-        return users @ self.item_vectors[candidates].T  # [batch, n_candidates]
+        scores = users @ self.item_vectors[candidates].T  # [batch, n_candidates]
+        if self.nearest_weight > 0:
+            scores += self.nearest_weight * max_similarity(
+                self.match_vectors, batch.profiles, candidates
+            )
+        return scores
 
 
 def save_towers(run_dir: Path, item_tower: ItemTower, user_tower: UserTower, prefix: str) -> None:
     """Tower configs (towers.json, written once) and weights (`prefix` checkpoint)."""
     configs = run_dir / "towers.json"
     if not configs.exists():
-        configs.write_text(
+        write_text_atomic(
+            configs,
             json.dumps(
                 {"item_tower": item_tower.get_config(), "user_tower": user_tower.get_config()}
-            )
+            ),
         )
     tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower).write(str(run_dir / prefix))
 
@@ -94,5 +128,7 @@ def load_towers(run_dir: Path | str, prefix: str = MODEL_PREFIX) -> tuple[ItemTo
 
 
 def load_run_recommender(run_dir: Path | str, dataset: Dataset) -> TowerRecommender:
+    """A finished run's final model: its towers and, if calibrated, its nearest-purchase term."""
     item_tower, user_tower = load_towers(run_dir)
-    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, dataset)
+    nearest = load_if_present(Path(run_dir) / MODEL_DIR)
+    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, dataset, nearest)

@@ -1,0 +1,55 @@
+"""The API key, checked before anything else reads the request.
+
+Pure ASGI middleware in front of the app: a guarded request without the right `X-API-Key` is
+answered 401 from its headers alone, so an unauthenticated client cannot make the service read,
+buffer or parse a large body.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from pydantic import SecretStr
+
+HEADER = "X-API-Key"
+
+
+class ApiKeyGuard:
+    """`guarded`: the (method, path) pairs that need the key; `key` None: nothing is guarded."""
+
+    def __init__(self, app, key: SecretStr | None, guarded: set[tuple[str, str]]):
+        self.app, self.guarded = app, guarded
+        self.key = key.get_secret_value().encode() if key is not None else None
+
+    async def __call__(self, scope, receive, send):
+        if (
+            self.key is not None
+            and scope["type"] == "http"
+            and (scope["method"], scope["path"]) in self.guarded
+            and not self._authorised(scope)
+        ):
+            await _refuse(send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorised(self, scope) -> bool:
+        wanted = HEADER.lower().encode()
+        given = [value for name, value in scope["headers"] if name == wanted]
+        return len(given) == 1 and secrets.compare_digest(given[0], self.key)
+
+
+async def _refuse(send) -> None:
+    body = json.dumps({"detail": f"missing or wrong {HEADER} header"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", HEADER.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

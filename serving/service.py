@@ -1,0 +1,209 @@
+"""The service behind the HTTP API: the settings, the database, the catalogue being served,
+recommendation queries resolved and answered, writes, and model swaps.
+
+Nothing here knows HTTP: serving/app.py maps requests onto these methods and RequestError
+(serving/catalogue.py) onto 4xx answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from serving.catalogue import Catalogue, Ranked
+from serving.errors import NotReady, RequestError
+from serving.export_loader import ExportError, load_serving_model, newest_version
+from serving.schemas import Accepted, NewArtworks, Purchases, RecommendationRequest, ReloadResult
+from serving.settings import Settings
+from serving.store import NewItem, Purchase, Store
+from serving.telemetry import Metrics
+
+log = logging.getLogger("curator.serving")
+
+
+class Service:
+    """The settings, the database, the catalogue being served, and model swaps.
+
+    Writes and swaps hold `write_lock`: a swap rebuilds the catalogue from the new export and
+    everything in the database, so no write lands in the old catalogue while it rebuilds.
+    Reads never wait: they use whichever catalogue `self.catalogue` holds when they start."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.resolved_database_url())
+        self.metrics = Metrics()
+        self.write_lock = threading.Lock()
+        self.catalogue: Catalogue | None = None
+        self.failed_version: Path | None = None  # the watcher does not retry a broken export
+
+    def reload(self, path: Path | None = None) -> ReloadResult:
+        """Loads `path` (default: the newest export) and switches to it; on any ExportError
+        the current catalogue keeps serving."""
+        started = time.perf_counter()
+        try:
+            path = path or newest_version(self.settings.model_dir)
+            model = load_serving_model(path)
+            with self.write_lock:
+                try:
+                    catalogue = Catalogue.build(model, self.store.items(), self.store.purchases())
+                except Exception as error:  # e.g. live artworks with another feature dimension
+                    raise ExportError(
+                        f"{path}: cannot apply the live state to this export: {error}"
+                    ) from error
+                self.catalogue = catalogue
+        except ExportError:
+            self.metrics.reloads.labels("refused").inc()
+            self.failed_version = path
+            raise
+        self.metrics.reloads.labels("loaded").inc()
+        self.metrics.model_version.set(model.version)
+        log.info("serving %s (version %d)", path, model.version)
+        return ReloadResult(
+            model_version=model.version,
+            path=path.name,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def load_newer(self) -> ReloadResult | None:
+        """Switches to the newest export if it is neither the one served nor one refused."""
+        try:
+            newest = newest_version(self.settings.model_dir)
+        except ExportError:
+            return None  # no export at all (yet)
+        current = self.catalogue.model.path if self.catalogue else None
+        if newest in (current, self.failed_version):
+            return None
+        return self.reload(newest)
+
+    def current(self) -> Catalogue:
+        if self.catalogue is None:
+            raise NotReady("no model loaded yet")
+        return self.catalogue
+
+    def resolve(self, request: RecommendationRequest, where: str = "") -> ResolvedQuery:
+        """Checks a request against the catalogue now served and finds its profile: the
+        customer's purchases, then the given item_ids; the most recent `max_profile` count.
+        `where` prefixes the fields named in errors (e.g. "requests[3].")."""
+        catalogue, settings = self.current(), self.settings
+        if request.k > settings.max_k:
+            raise RequestError(f"{where}k: {request.k} is out of range [1, {settings.max_k}]")
+        given = catalogue.rows(f"{where}item_ids", request.item_ids).tolist()
+        bought = catalogue.profiles.get(request.customer_id, []) if request.customer_id else []
+        profile = np.array(list(dict.fromkeys([*bought, *given])), np.int64)
+        return ResolvedQuery(
+            catalogue,
+            profile[-settings.max_profile :],
+            profile if request.exclude_purchased else profile[:0],
+            request.k,
+            request.available_only,
+        )
+
+    @staticmethod
+    def answer(queries: Sequence[ResolvedQuery]) -> list[dict]:
+        """Answers resolved queries: per catalogue, one user-tower call and one matrix product
+        for all that have a profile; the popular artworks for those without."""
+        answers: dict[int, dict] = {}
+        catalogues = {id(q.catalogue): q.catalogue for q in queries}
+        for key, catalogue in catalogues.items():
+            mine = [i for i, q in enumerate(queries) if id(q.catalogue) == key]
+            modelled = [i for i in mine if queries[i].profile.size]
+            if modelled:
+                users = catalogue.user_vectors([queries[i].profile for i in modelled])
+                ranked = catalogue.top_k(
+                    users,
+                    max(queries[i].k for i in modelled),
+                    exclude=[queries[i].excluded for i in modelled],
+                    available_only=[queries[i].available_only for i in modelled],
+                    profiles=[queries[i].profile for i in modelled],
+                )
+                for i, result in zip(modelled, ranked, strict=True):
+                    answers[i] = _recommendations(catalogue, "model", result, queries[i].k)
+            for i in set(mine) - set(modelled):
+                query = queries[i]
+                result = catalogue.popular(
+                    query.k, exclude=query.excluded, available_only=query.available_only
+                )
+                answers[i] = _recommendations(catalogue, "popular", result, query.k)
+        return [answers[i] for i in range(len(queries))]
+
+    def similar(self, item_id: str, k: int) -> dict:
+        catalogue = self.current()
+        if k > self.settings.max_k:
+            raise RequestError(f"k: {k} is out of range [1, {self.settings.max_k}]")
+        (row,) = catalogue.rows("item_id", [item_id])
+        query = catalogue.vectors[row].copy()
+        if catalogue.model.item_tower.bias_slot:
+            query[-1] = 0.0  # visual similarity only: the bias slot does not count
+        (result,) = catalogue.top_k(
+            query[None, :], k, exclude=[np.array([row])], available_only=[True]
+        )
+        return _recommendations(catalogue, "similar", result, k)
+
+    def add_items(self, body: NewArtworks) -> Accepted:
+        now = time.time()
+        items = [
+            NewItem(
+                item.item_id,
+                item.artist_id,
+                item.one_of_a_kind,
+                _seconds(item.upload_time, now),
+                np.asarray(item.features, np.float32),
+            )
+            for item in body.items
+        ]
+        with self.write_lock:
+            catalogue = self.current()
+            catalogue.check_new_items(items)
+            vectors = catalogue.embed(items)
+            catalogue.add_items(items, vectors, self.store)
+            return Accepted(accepted=len(items), catalogue_size=catalogue.size)
+
+    def add_purchases(self, body: Purchases) -> Accepted:
+        now = time.time()
+        records = [
+            Purchase(p.customer_id, p.item_id, _seconds(p.timestamp, now)) for p in body.purchases
+        ]
+        with self.write_lock:
+            catalogue = self.current()
+            catalogue.add_purchases(records, self.store)
+            return Accepted(accepted=len(records), catalogue_size=catalogue.size)
+
+
+@dataclass(frozen=True)
+class ResolvedQuery:
+    """A recommendation request resolved against one catalogue."""
+
+    catalogue: Catalogue
+    profile: np.ndarray  # catalogue rows, oldest first; empty: no profile
+    excluded: np.ndarray  # rows never recommended
+    k: int
+    available_only: bool
+
+
+def _recommendations(catalogue: Catalogue, strategy: str, result: Ranked, k: int) -> dict:
+    """A `Recommendations` body as plain data (the request path skips pydantic objects)."""
+    item_ids, artist_ids = catalogue.item_ids, catalogue.artist_ids
+    rows, scores = result.rows[:k].tolist(), result.scores[:k].tolist()
+    return {
+        "model_version": catalogue.model.version,
+        "strategy": strategy,
+        "items": [
+            {"item_id": item_ids[row], "score": score, "artist_id": artist_ids[row]}
+            for row, score in zip(rows, scores, strict=True)
+        ],
+    }
+
+
+def _seconds(moment: datetime | None, default: float) -> float:
+    if moment is None:
+        return default
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # naive times are UTC
+    return moment.timestamp()

@@ -1,0 +1,317 @@
+"""Hostile dataset input: bytes that are not UTF-8, ids outside the one alphabet, purchases before
+their artwork's upload. Each error names file, line and field."""
+
+import codecs
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
+from training.data.columns import DatasetError, read_text
+from training.data.dataset import load_dataset, save_dataset
+from training.data.ids import ID_RULE
+from training.data.importers import import_ugallery, import_ugallery_release
+
+
+def _write_bytes(tmp_path, items: bytes = TINY_ITEMS.encode(), purchases=None, **extra: bytes):
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    (root / "items.csv").write_bytes(items)
+    if purchases is not None:
+        (root / "purchases.csv").write_bytes(purchases)
+    for name, content in extra.items():
+        (root / f"{name}.csv").write_bytes(content)
+    return root
+
+
+def _error(root) -> str:
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(root)
+    return str(caught.value)
+
+
+# --- UTF-8 ---------------------------------------------------------------------------------
+
+
+def test_non_utf8_byte_in_items_names_line_field_and_column(tmp_path):
+    items = TINY_ITEMS.encode().replace(b"d,y,2020-02-01", b"d,y\xff,2020-02-01")
+    message = _error(_write_bytes(tmp_path, items))
+    assert message == (
+        "items.csv, line 5, field 'artist_id': not valid UTF-8 (byte 0xff at column 4)"
+    )
+
+
+def test_non_utf8_byte_in_purchases_names_line_field_and_column(tmp_path):
+    purchases = TINY_PURCHASES.encode().replace(b"u1,e,2020-04-01", b"u1,e,2020-04-\xfe1")
+    message = _error(_write_bytes(tmp_path, purchases=purchases))
+    assert message == (
+        "purchases.csv, line 7, field 'timestamp': not valid UTF-8 (byte 0xfe at column 14)"
+    )
+
+
+def test_non_utf8_byte_at_start_of_a_line_is_the_first_field(tmp_path):
+    purchases = TINY_PURCHASES.encode().replace(b"u2,b,", b"\xc0u2,b,")
+    message = _error(_write_bytes(tmp_path, purchases=purchases))
+    assert message == (
+        "purchases.csv, line 3, field 'user_id': not valid UTF-8 (byte 0xc0 at column 1)"
+    )
+
+
+def test_non_utf8_column_counts_characters_and_quoted_commas(tmp_path):
+    # "É" is two bytes but one column; the quoted comma does not start a new field.
+    items = TINY_ITEMS.encode() + 'f,"É, y",2020-'.encode() + b"\x80\n"
+    message = _error(_write_bytes(tmp_path, items))
+    assert message == (
+        "items.csv, line 7, field 'upload_time': not valid UTF-8 (byte 0x80 at column 15)"
+    )
+
+
+def test_non_utf8_inside_a_multiline_quoted_field_names_its_field(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes(b'user_id,note,item_id\nu1,"two\nlines, \xff",a\n')
+    with pytest.raises(DatasetError) as caught:
+        read_text(path, "x.csv")
+    assert str(caught.value) == (
+        "x.csv, line 3, field 'note': not valid UTF-8 (byte 0xff at column 8)"
+    )
+
+
+def test_non_utf8_in_header_names_line_1(tmp_path):
+    items = TINY_ITEMS.encode().replace(b"artist_id", b"artist\xff_id")
+    message = _error(_write_bytes(tmp_path, items))
+    assert message == "items.csv, line 1: not valid UTF-8 (byte 0xff at column 15)"
+
+
+def test_non_utf8_in_split_file(tmp_path):
+    root = _write_bytes(tmp_path, valid=b"user_id,item_id\nu1,a\nu1,\xe9\n")
+    assert _error(root) == (
+        "valid.csv, line 3, field 'item_id': not valid UTF-8 (byte 0xe9 at column 4)"
+    )
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    bom = codecs.BOM_UTF8
+    root = _write_bytes(
+        tmp_path,
+        bom + TINY_ITEMS.encode(),
+        bom + TINY_PURCHASES.encode(),
+        test=bom + b"user_id,item_id\nu1,a\n",
+    )
+    dataset = load_dataset(root)
+    assert dataset.items.columns[0] == "item_id" and dataset.items["item_id"].iloc[0] == "a"
+    assert dataset.purchases["user_id"].iloc[0] == "u1"
+    assert dataset.test["user_id"].tolist() == ["u1"]
+
+
+def test_non_utf8_after_a_byte_order_mark_counts_columns_without_it(tmp_path):
+    items = codecs.BOM_UTF8 + TINY_ITEMS.encode().replace(b"item_id,", b"item\xffid,")
+    assert _error(_write_bytes(tmp_path, items)) == (
+        "items.csv, line 1: not valid UTF-8 (byte 0xff at column 5)"
+    )
+
+
+def test_non_utf8_in_ugallery_source_names_the_source_file(tmp_path):
+    (tmp_path / "art.csv").write_bytes(
+        b"id,artist_id,upload_date,original,medium_id\n1,7,2015-01-01,t,0\n2,8,2015-01-01,t,\xff\n"
+    )
+    (tmp_path / "sales.csv").write_text("id,customer_id,artwork_id,order_date\n1,5,1,2015-02-01\n")
+    with pytest.raises(DatasetError) as caught:
+        import_ugallery(tmp_path / "sales.csv", tmp_path / "art.csv")
+    assert str(caught.value) == (
+        "art.csv, line 3, field 'medium_id': not valid UTF-8 (byte 0xff at column 18)"
+    )
+
+
+# --- ids -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["..", "a/b", "a b", ".hidden", "x%2F", "a?b", "é" * 201])
+def test_item_id_outside_the_alphabet_is_refused(tmp_path, bad):
+    items = TINY_ITEMS.replace("c,y,", f"{bad},y,")
+    root = write_dataset(tmp_path / "d", items, TINY_PURCHASES.replace(",c,", f",{bad},"))
+    message = _error(root)
+    shown = repr(bad if len(bad) <= 60 else bad[:60] + "...")
+    assert message == (
+        f"items.csv, line 4, field 'item_id': {shown} is not a valid id "
+        f"({ID_RULE}; 1 row(s) with invalid ids in all)"
+    )
+
+
+def test_empty_item_id_is_refused(tmp_path):
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS.replace("c,y,", ",y,"), ""))
+    assert message == "items.csv, line 4, field 'item_id': empty value"
+
+
+@pytest.mark.parametrize("bad", ["..", "a/b", ".hidden", "a#b"])
+def test_artist_id_outside_the_alphabet_is_refused(tmp_path, bad):
+    items = TINY_ITEMS.replace("e,z,", f"e,{bad},")
+    message = _error(write_dataset(tmp_path / "d", items, TINY_PURCHASES))
+    assert message.startswith(f"items.csv, line 6, field 'artist_id': {bad!r} is not a valid id")
+
+
+@pytest.mark.parametrize(
+    ("field", "before", "after", "line"),
+    [
+        ("user_id", "u2,c,", "a b,c,", 6),
+        ("user_id", "u3,c,", "..,c,", 8),
+        ("item_id", "u1,e,", "u1,a/b,", 7),
+        ("item_id", "u2,b,", "u2,.hidden,", 3),
+    ],
+)
+def test_purchase_ids_outside_the_alphabet_are_refused(tmp_path, field, before, after, line):
+    purchases = TINY_PURCHASES.replace(before, after)
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    bad = after.split(",")[0 if field == "user_id" else 1]
+    assert message == (
+        f"purchases.csv, line {line}, field '{field}': {bad!r} is not a valid id "
+        f"({ID_RULE}; 1 row(s) with invalid ids in all)"
+    )
+
+
+def test_empty_user_id_is_refused(tmp_path):
+    purchases = TINY_PURCHASES.replace("u1,d,", ",d,")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 5, field 'user_id': empty value"
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_split_user_id_outside_the_alphabet_is_refused(tmp_path, split):
+    root = write_dataset(
+        tmp_path / "d", TINY_ITEMS, TINY_PURCHASES, **{split: "user_id,item_id\nu1,a\na/b,c\n"}
+    )
+    assert _error(root).startswith(
+        f"{split}.csv, line 3, field 'user_id': 'a/b' is not a valid id ({ID_RULE}"
+    )
+
+
+def test_unicode_and_punctuated_ids_are_accepted(tmp_path):
+    items = TINY_ITEMS.replace("a,x,", "Émile-1,x~1,").replace("b,x,", "b:2@v+1,x~1,")
+    items = items.replace("c,y,", "ŝ.c_3,,")  # an empty artist is allowed
+    purchases = (
+        TINY_PURCHASES.replace("u1,a,", "用户-1,Émile-1,")
+        .replace(",b,", ",b:2@v+1,")
+        .replace(",c,", ",ŝ.c_3,")
+    )
+    dataset = load_dataset(write_dataset(tmp_path / "d", items, purchases))
+    assert dataset.item_ids[:3].tolist() == ["Émile-1", "b:2@v+1", "ŝ.c_3"]
+    assert dataset.items["artist_id"].iloc[2] == ""
+    assert dataset.purchases["user_id"].iloc[0] == "用户-1"
+    assert dataset.purchases["item"].tolist() == [0, 1, 1, 3, 2, 4, 2]
+
+
+def test_ugallery_import_refuses_bad_customer_id(tmp_path):
+    (tmp_path / "art.csv").write_text(
+        "id,artist_id,upload_date,original,medium_id\n1,7,2015-01-01,t,0\n"
+    )
+    (tmp_path / "sales.csv").write_text(
+        "id,customer_id,artwork_id,order_date\n1,5,1,2015-02-01\n2,5/6,1,2015-03-01\n"
+    )
+    with pytest.raises(DatasetError) as caught:
+        import_ugallery(tmp_path / "sales.csv", tmp_path / "art.csv")
+    assert str(caught.value).startswith(
+        "sales.csv, line 3, field 'customer_id': '5/6' is not a valid id"
+    )
+
+
+# --- purchases after upload ----------------------------------------------------------------
+
+
+def test_purchase_before_upload_is_refused_naming_line_item_and_upload(tmp_path):
+    # d is uploaded on 2020-02-01 (items.csv line 5); line 5 of purchases.csv buys it on 02-10
+    purchases = TINY_PURCHASES.replace("u1,d,2020-02-10", "u1,d,2020-01-31T23:59:59.5")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == (
+        "purchases.csv, line 5, field 'timestamp': purchase of 'd' at 2020-01-31T23:59:59.500Z "
+        "is before the artwork's upload at 2020-02-01T00:00:00Z (items.csv line 5; "
+        "1 purchase(s) before their upload in all)"
+    )
+
+
+def test_purchase_at_the_upload_instant_and_untimed_purchases_are_accepted(tmp_path):
+    purchases = TINY_PURCHASES.replace("u1,d,2020-02-10", "u1,d,1580515200")
+    assert load_dataset(write_dataset(tmp_path / "d", TINY_ITEMS, purchases)).has_timestamps
+    untimed = "user_id,item_id\nu1,e\nu2,d\n"
+    assert not load_dataset(write_dataset(tmp_path / "u", TINY_ITEMS, untimed)).has_timestamps
+
+
+def test_purchase_of_an_item_without_upload_time_is_accepted(tmp_path):
+    items = TINY_ITEMS.replace("e,z,2020-03-15,", "e,z,,")
+    purchases = TINY_PURCHASES.replace("u1,e,2020-04-01", "u1,e,2000-01-01")
+    dataset = load_dataset(write_dataset(tmp_path / "d", items, purchases))
+    assert dataset.items["upload_time"].iloc[4] == 0.0
+
+
+def test_save_refuses_purchase_before_upload_and_writes_nothing(tiny_dataset_dir, tmp_path):
+    dataset = load_dataset(tiny_dataset_dir)
+    purchases = dataset.purchases.copy()
+    purchases.loc[5, "timestamp"] = dataset.items["upload_time"].iloc[4] - 86_400.0
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match=r"^purchases.csv, line 7, field 'timestamp': .*'e'"):
+        save_dataset(type(dataset)(dataset.items, dataset.features, purchases), out)
+    assert not out.exists()
+
+
+def test_ugallery_sale_before_upload_names_the_source_files(tmp_path):
+    (tmp_path / "art.csv").write_text(
+        "id,artist_id,upload_date,original,medium_id\n"
+        "1,7,2015-01-01 10:00:00,t,0\n2,7,2015-06-01 00:00:00,t,0\n"
+    )
+    (tmp_path / "sales.csv").write_text(
+        "id,customer_id,artwork_id,order_date\n1,5,1,2015-02-01\n2,6,2,2015-05-31 12:00:00\n"
+    )
+    with pytest.raises(DatasetError) as caught:
+        import_ugallery(tmp_path / "sales.csv", tmp_path / "art.csv")
+    assert str(caught.value) == (
+        "sales.csv, line 3, field 'order_date': purchase of '2' at 2015-05-31T12:00:00Z is "
+        "before the artwork's upload at 2015-06-01T00:00:00Z (art.csv line 3; "
+        "1 purchase(s) before their upload in all)"
+    )
+
+
+def test_release_purchase_before_upload_names_the_source_files(tmp_path):
+    root = tmp_path / "rel"
+    root.mkdir()
+    pd.DataFrame(
+        {
+            "artwork_id_hash": ["h1", "h2"],
+            "artist_id_hash": ["A", "B"],
+            "upload_timestamp": [10, 20],
+        }
+    ).to_csv(root / "inv.csv", index=False)
+    pd.DataFrame(
+        {
+            "user_id_hash": ["u1", "u2"],
+            "purchase_timestamp": [30, 19],
+            "artwork_id_hash": ["h1", "h2"],
+        }
+    ).to_csv(root / "pur.csv", index=False)
+    rows = np.empty(2, dtype=object)
+    rows[0], rows[1] = ("h1", np.ones(4)), ("h2", np.ones(4))
+    np.save(root / "emb.npy", rows, allow_pickle=True)
+    with pytest.raises(DatasetError) as caught:
+        import_ugallery_release(
+            root / "inv.csv", root / "pur.csv", root / "emb.npy", trust_pickle=True
+        )
+    assert str(caught.value).startswith(
+        "pur.csv, line 3, field 'purchase_timestamp': purchase of 'h2' at 1970-01-01T00:00:19Z "
+        "is before the artwork's upload at 1970-01-01T00:00:20Z (inv.csv line 3;"
+    )
+
+
+def test_non_utf8_after_an_unbalanced_quote_still_names_line_and_column(tmp_path):
+    # The open quote swallows the rest of the file into one field, past the csv module's limit.
+    path = tmp_path / "x.csv"
+    path.write_bytes(b'user_id,item_id\nu1,"a\n' + b"u2,b\n" * 40_000 + b"u3,\xff\n")
+    with pytest.raises(DatasetError) as caught:
+        read_text(path, "x.csv")
+    assert str(caught.value) == "x.csv, line 40003: not valid UTF-8 (byte 0xff at column 4)"
+
+
+def test_non_utf8_in_a_field_beyond_the_header(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"user_id,item_id\nu1,a,\xff\n")
+    with pytest.raises(DatasetError) as caught:
+        read_text(path, "x.csv")
+    assert str(caught.value) == (
+        "x.csv, line 2: not valid UTF-8 (byte 0xff at column 6), in field 3 of a header with 2"
+    )

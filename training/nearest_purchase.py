@@ -1,0 +1,155 @@
+"""The nearest-purchase term: how close a candidate looks to the customer's closest past purchase.
+
+The user tower pools a profile into one vector, so a customer who bought from three unrelated
+styles gets a vector between them, and an artwork just like one of the three can rank below
+artworks like none of them. The paper's own baseline, VisRank with max pooling, scores each
+candidate by its best-matching purchase instead, and on the real UGallery sales it beats the
+pooled towers on R@20. This term adds that view back:
+
+    score(profile, item) = user(profile) . item + w * max over p in profile of cos(m_p, m_item)
+
+where m is the artwork's match vector: its features z-scored and projected onto their top
+principal components (`nearest_purchase_dim`, 128 by default: on UGallery's validation the term
+with 128 components did as well as with all 2,048 dimensions, at a 16th of the serving cost),
+L2-normalised.
+w is chosen after training on the validation split among `nearest_purchase_weights` (w = 0 is
+always a candidate, so the term is used only where validation says it helps).
+
+Saved as `nearest_purchase.npz` (plain arrays, loaded with allow_pickle=False) in a run's
+`model/` and in an export; the service adds the same term (serving/catalogue.py).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from training.atomic import write_bytes_atomic
+from training.data.features import CHUNK_ROWS, zscore_stats
+
+FILE_NAME = "nearest_purchase.npz"
+PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
+
+
+@dataclass(frozen=True)
+class NearestPurchase:
+    mean: np.ndarray  # [feature_dim] float64
+    scale: np.ndarray  # [feature_dim] float64: 1 / std
+    projection: np.ndarray  # [feature_dim, dim] float32, orthonormal columns
+    weight: float
+
+    @classmethod
+    def fit(cls, features: np.ndarray, dim: int = 128, *, seed: int = 0) -> NearestPurchase:
+        """z-score statistics and the top `dim` principal components of `features` (at most
+        PCA_SAMPLE_ROWS rows, sampled with `seed`); weight 0 until calibrated."""
+        mean, std = zscore_stats(features)
+        rows = np.arange(features.shape[0])
+        if rows.size > PCA_SAMPLE_ROWS:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, PCA_SAMPLE_ROWS, replace=False))
+        sample = (np.asarray(features[rows], np.float64) - mean) / std
+        sample -= sample.mean(axis=0)
+        _, _, components = np.linalg.svd(sample, full_matrices=False)  # [min(n, d), d]
+        dim = min(dim, components.shape[0])
+        return cls(mean, 1.0 / std, components[:dim].T.astype(np.float32), 0.0)
+
+    def with_weight(self, weight: float) -> NearestPurchase:
+        return replace(self, weight=float(weight))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.projection.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.projection.shape[1]
+
+    def vectors(self, features: np.ndarray) -> np.ndarray:
+        """Match vectors [n, dim] float32 of `features` [n, feature_dim], unit length (a
+        constant artwork's stays zero), in chunks (features may be memory-mapped)."""
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"nearest purchase: features of shape {features.shape}, "
+                f"expected [n, {self.feature_dim}]"
+            )
+        chunks = []
+        for start in range(0, features.shape[0], CHUNK_ROWS):
+            chunk = np.asarray(features[start : start + CHUNK_ROWS], np.float64)
+            projected = ((chunk - self.mean) * self.scale).astype(np.float32) @ self.projection
+            norms = np.linalg.norm(projected, axis=1, keepdims=True)
+            chunks.append(projected / np.maximum(norms, 1e-12))
+        if not chunks:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(chunks).astype(np.float32)
+
+    def save(self, directory: Path | str) -> Path:
+        path = Path(directory) / FILE_NAME
+        arrays = {
+            "mean": self.mean,
+            "scale": self.scale,
+            "projection": self.projection,
+            "weight": np.float64(self.weight),
+        }
+        write_bytes_atomic(path, _npz_bytes(arrays))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> NearestPurchase:
+        """Reads and checks a saved term (ValueError saying what is wrong)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = {key: saved[key] for key in ("mean", "scale", "projection", "weight")}
+        except (OSError, KeyError, ValueError) as error:
+            raise ValueError(f"{path}: not a nearest-purchase file ({error})") from error
+        mean, scale, projection = arrays["mean"], arrays["scale"], arrays["projection"]
+        weight = arrays["weight"]
+        d = mean.shape[0] if mean.ndim == 1 else -1
+        if (
+            d < 1
+            or scale.shape != (d,)
+            or projection.ndim != 2
+            or projection.shape[0] != d
+            or weight.shape != ()
+        ):
+            raise ValueError(
+                f"{path}: inconsistent shapes mean {mean.shape}, scale {scale.shape}, "
+                f"projection {projection.shape}, weight {weight.shape}"
+            )
+        for name, array in arrays.items():
+            if array.dtype.kind != "f" or not np.isfinite(array).all():
+                raise ValueError(f"{path}: {name} is not all finite floats")
+        if float(weight) < 0:
+            raise ValueError(f"{path}: weight {float(weight)} is negative")
+        return cls(
+            mean.astype(np.float64),
+            scale.astype(np.float64),
+            projection.astype(np.float32),
+            float(weight),
+        )
+
+
+def max_similarity(
+    match_vectors: np.ndarray, profiles: Sequence[np.ndarray], candidates: np.ndarray
+) -> np.ndarray:
+    """[B, n_candidates]: for each profile (catalogue rows, non-empty), the cosine of each
+    candidate to its closest profile artwork. Artworks shared by profiles are scored once."""
+    stacked = np.concatenate([np.asarray(p, np.int64) for p in profiles])
+    distinct, position = np.unique(stacked, return_inverse=True)
+    similarity = match_vectors[candidates] @ match_vectors[distinct].T  # [n_cand, n_distinct]
+    offsets = np.cumsum([0] + [len(p) for p in profiles[:-1]])
+    return np.maximum.reduceat(similarity[:, position], offsets, axis=1).T
+
+
+def load_if_present(directory: Path | str) -> NearestPurchase | None:
+    path = Path(directory) / FILE_NAME
+    return NearestPurchase.load(path) if path.exists() else None
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
