@@ -28,6 +28,7 @@ from serving.batcher import MicroBatcher
 from serving.bodies import BodyValidator, describe_errors
 from serving.errors import Conflict, RequestError
 from serving.export_loader import ExportError
+from serving.image_uploads import multipart_spec, read_image_upload
 from serving.openapi import body_spec, error_responses, schema_builder
 from serving.schemas import (
     Accepted,
@@ -46,7 +47,12 @@ from serving.telemetry import RequestMetrics
 
 log = logging.getLogger("curator.serving")
 
-GUARDED = {("POST", "/v1/items"), ("POST", "/v1/purchases"), ("POST", "/admin/reload")}
+GUARDED = {
+    ("POST", "/v1/items"),
+    ("POST", "/v1/items/image"),
+    ("POST", "/v1/purchases"),
+    ("POST", "/admin/reload"),
+}
 MANIFEST_PATHS = ("run", "dataset")  # host paths in a manifest, shown by their last part only
 
 
@@ -150,6 +156,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def add_items(request: Request) -> Accepted:
         body = await bodies.read(request, NewArtworks)
         return await asyncio.to_thread(service.add_items, body)
+
+    @app.post(
+        "/v1/items/image",
+        response_model=Accepted,
+        responses={
+            **writes,
+            **error_responses(
+                404,
+                409,
+                413,
+                415,
+                e404="unknown item ids, or image uploads not enabled (no --image-extractor)",
+                e409="an artwork id that exists, or an extractor that does not fit the model",
+                e413="the body is larger than max_body_bytes or the image than max_image_bytes",
+                e415="the Content-Type is not multipart/form-data",
+            ),
+            **not_ready,
+        },
+        openapi_extra=multipart_spec(),
+        include_in_schema=service.extractor is not None,  # documented where it works
+    )
+    async def add_item_image(request: Request) -> Accepted:
+        """An artwork from its photograph: the service computes its features with the image
+        extractor it was started with, then adds it as `POST /v1/items` does. Without one the
+        route answers 404 saying so, and is not in the schema."""
+        artwork, image = await read_image_upload(request, settings.max_image_bytes)
+        return await asyncio.to_thread(service.add_image_item, artwork, image)
 
     @app.post(
         "/v1/purchases",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from serving.export_loader import newest_version
 from serving.process import curator_service
-from training.data.dataset import load_dataset
+from training.data.dataset import open_dataset
 
 
 def _show(title: str, request: dict | None, answer: dict, echo) -> None:
@@ -79,8 +79,13 @@ def _examples(client: httpx.Client, manifest: dict, purchases: pd.DataFrame, ech
     answer = client.get(f"/v1/items/{liked}/similar", params={"k": 5}).json()
     _show(f"GET /v1/items/{liked}/similar", None, answer, echo)
 
-    dataset = load_dataset(manifest["dataset"], mmap=True) if manifest.get("dataset") else None
-    if dataset is not None and Path(manifest["dataset"]).exists():
+    dataset = None
+    if manifest.get("dataset"):
+        try:
+            dataset = open_dataset(manifest["dataset"], mmap=True)
+        except (ValueError, FileNotFoundError):  # moved or deleted since the export
+            dataset = None
+    if dataset is not None:
         row = int(np.flatnonzero(dataset.item_ids == liked)[0])
         new_id = f"demo-upload-{int(time.time())}"
         upload = {

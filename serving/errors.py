@@ -16,6 +16,16 @@ class BadRequest(RequestError):
     status = 400
 
 
+class NotEnabled(RequestError):
+    """A feature this service was started without (e.g. image uploads)."""
+
+    status = 404
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+
+
 class UnsupportedMediaType(RequestError):
     status = 415
 

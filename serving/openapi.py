@@ -94,14 +94,15 @@ def _schema(app, settings, body_models, guarded, feature_dim) -> dict:
     if feature_dim is not None:
         features = components["NewArtwork"]["properties"]["features"]
         features["minItems"] = features["maxItems"] = feature_dim
+    documented = [(m, p) for m, p in guarded if m.lower() in schema["paths"].get(p, {})]
     if settings.api_key is not None:
         schema["components"]["securitySchemes"] = {
             "ApiKey": {"type": "apiKey", "in": "header", "name": HEADER}
         }
-        for method, path in guarded:
+        for method, path in documented:
             schema["paths"][path][method.lower()]["security"] = [{"ApiKey": []}]
     else:
-        for method, path in guarded:
+        for method, path in documented:
             schema["paths"][path][method.lower()]["responses"].pop("401", None)
     return _as_openapi_30(schema)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from serving.catalogue import Catalogue, Ranked
-from serving.errors import NotReady, RequestError
+from serving.errors import Conflict, NotEnabled, NotReady, RequestError
 from serving.export_loader import ExportError, load_serving_model, newest_version
+from serving.image_uploads import ImageArtwork
 from serving.schemas import Accepted, NewArtworks, Purchases, RecommendationRequest, ReloadResult
 from serving.settings import Settings
 from serving.store import NewItem, Purchase, Store
@@ -42,6 +43,11 @@ class Service:
         self.write_lock = threading.Lock()
         self.catalogue: Catalogue | None = None
         self.failed_version: Path | None = None  # the watcher does not retry a broken export
+        self.extractor = None  # the image feature extractor of POST /v1/items/image
+        if settings.image_extractor is not None:
+            from training.images.extractor import FeatureExtractor
+
+            self.extractor = FeatureExtractor.load(settings.image_extractor)
 
     def reload(self, path: Path | None = None) -> ReloadResult:
         """Loads `path` (default: the newest export) and switches to it; on any ExportError
@@ -158,6 +164,39 @@ class Service:
             )
             for item in body.items
         ]
+        return self._add_items(items)
+
+    def add_image_item(self, artwork: ImageArtwork, image: bytes) -> Accepted:
+        """An artwork whose features the image extractor computes from its photograph (the
+        same decoding and model as `curator features`)."""
+        from training.images.decode import ImageError, load_image
+
+        if self.extractor is None:
+            raise NotEnabled(
+                "image uploads are not enabled: start the service with --image-extractor "
+                "(or CURATOR_IMAGE_EXTRACTOR) set to a directory `curator features` wrote"
+            )
+        expected = self.current().model.feature_dim
+        if self.extractor.dim != expected:
+            raise Conflict(
+                f"the image extractor gives {self.extractor.dim}-d features "
+                f"({self.extractor.backbone.name}) but the model served takes {expected}"
+            )
+        try:
+            pixels = load_image(image, self.extractor.image_size, "image")
+        except ImageError as error:
+            raise RequestError(str(error)) from None
+        features = self.extractor(pixels[None])[0]
+        item = NewItem(
+            artwork.item_id,
+            artwork.artist_id,
+            artwork.one_of_a_kind,
+            _seconds(artwork.upload_time, time.time()),
+            features,
+        )
+        return self._add_items([item])
+
+    def _add_items(self, items: list[NewItem]) -> Accepted:
         with self.write_lock:
             catalogue = self.current()
             catalogue.check_new_items(items)

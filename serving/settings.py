@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="when set, write and admin endpoints need the X-API-Key header"
     )
+    image_extractor: Path | None = Field(
+        None,
+        description="a directory with extractor.json + extractor.keras (`curator features` "
+        "writes one): enables POST /v1/items/image",
+    )
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest uploaded image")
     watch_seconds: float = Field(
         0.0, ge=0.0, description="poll the export root for a newer version (0: off)"
     )

@@ -31,6 +31,23 @@ def write_dataset(
     return root
 
 
+def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n random images of odd sizes, as PNG, JPEG and WebP in turn (one grayscale PNG)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        height, width = rng.integers(17, 300, 2)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels if i != 1 else pixels[:, :, 0])
+        suffix = ["png", "jpg", "webp"][i % 3]
+        image.save(folder / f"art-{i:02d}.{suffix}")
+        names.append(f"art-{i:02d}")
+    return names
+
+
 TINY_ITEMS = """item_id,artist_id,upload_time,one_of_a_kind
 a,x,2020-01-01,true
 b,x,2020-01-01,false

@@ -164,3 +164,33 @@ def test_a_tf_log_level_the_user_set_is_kept(tmp_path):
         done = noisy_curator(*args, "level", tmp_path=tmp_path, level=user)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"level {seen}", (args, user)
+
+
+def test_a_dataset_published_with_tfds_evaluates_like_its_directory(tmp_path):
+    """`curator data publish-tfds`, then `--data tfds:NAME` wherever a dataset is read: the
+    evaluation table equals the directory's, and bad names fail with exit 2."""
+    env_dir = tmp_path / "tfds"
+    done = curator("data", "generate", "--out", "store", "--scale", "300", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = curator(
+        "data", "publish-tfds", "--data", "store", "--name", "store", "--tfds-dir", str(env_dir),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "curator_dataset/store:1.0.0" in done.stdout
+    os.environ["TFDS_DATA_DIR"] = str(env_dir)
+    try:
+        tables = {}
+        for data in ("store", "tfds:store", "tfds:store:1.0.0"):
+            out = f"report-{len(tables)}"
+            done = curator(
+                "evaluate", "--data", data, "--out", out, "--baselines", "popular", cwd=tmp_path
+            )
+            assert done.returncode == 0, done.stderr
+            rows = json.loads((tmp_path / out / "metrics.json").read_text())["rows"]
+            tables[data] = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+        assert tables["tfds:store"] == tables["store"] == tables["tfds:store:1.0.0"]
+        done = curator("evaluate", "--data", "tfds:nope", "--out", "x", cwd=tmp_path)
+        assert done.returncode == 2 and "published there: store (1.0.0)" in done.stderr
+    finally:
+        del os.environ["TFDS_DATA_DIR"]

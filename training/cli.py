@@ -16,6 +16,13 @@ app.add_typer(data_app, name="data")
 
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
+DataRef = Annotated[
+    Path,
+    typer.Option(
+        help="A dataset directory, or tfds:NAME[:VERSION]: one published with `curator data "
+        "publish-tfds` under $TFDS_DATA_DIR (default ~/tensorflow_datasets)."
+    ),
+]
 DEFAULT_TRIALS = 4  # `curator train`'s search: configurations tried (docs/training.md)
 DEFAULT_BUDGET_MINUTES = 8.0  # ... and no new trial after the finished ones took this long
 
@@ -118,26 +125,107 @@ def import_mmrec(
     )
 
 
+@data_app.command("publish-tfds")
+def publish_tfds(
+    data: Annotated[Path, typer.Option(help="Dataset directory to publish.")],
+    name: Annotated[str, typer.Option(help="Published name: lowercase letters, digits, _.")],
+    tfds_dir: Annotated[
+        Path | None,
+        typer.Option(help="TFDS data directory (default: $TFDS_DATA_DIR, ~/tensorflow_datasets)."),
+    ] = None,
+) -> None:
+    """Publish a dataset as a versioned TensorFlow Datasets dataset (`--data tfds:NAME`)."""
+    from training.data.dataset import tfds_data_dir
+    from training.data.tfds_format import publish
+
+    root = tfds_dir or tfds_data_dir()
+    spec = publish(data, name=name, data_dir=root)
+    typer.echo(
+        f"published {data} as {spec} under {root}: train with --data tfds:{name}; in Python, "
+        f'tfds.load("curator_dataset/{name}-items", split="items", data_dir="{root}")'
+    )
+
+
 @data_app.command("holdout")
 def holdout(
-    data: Annotated[Path, typer.Option(help="Dataset directory to split.")],
+    data: DataRef,
     out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
     fraction: Annotated[float, typer.Option(help="Share of each user's artworks per split.")] = 0.2,
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
     """Copy a dataset with a fixed random holdout split (valid.csv, test.csv)."""
-    from training.data.dataset import load_dataset, save_dataset
+    from training.data.dataset import open_dataset, save_dataset
     from training.data.history import holdout_split
 
-    dataset = holdout_split(load_dataset(data), fraction=fraction, seed=seed)
+    dataset = holdout_split(open_dataset(data), fraction=fraction, seed=seed)
     save_dataset(dataset, out, overwrite=force, readme=f"Holdout split of {data} (seed {seed}).\n")
     typer.echo(f"wrote {out}: {len(dataset.test)} test and {len(dataset.valid)} valid purchases")
 
 
+@app.command("features")
+def features(
+    images: Annotated[
+        Path,
+        typer.Option(
+            help="A folder of JPEG/PNG/WebP files (item_id = file name without "
+            "extension) or a CSV of item_id,image_path."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Directory to write: features.npy, items.csv, extractor.keras, extractor.json."
+        ),
+    ],
+    backbone: Annotated[str, typer.Option(help="resnet50 (the paper's) or efficientnetv2-b0.")] = (
+        "resnet50"
+    ),
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="imagenet (downloaded by Keras, then cached), random (seeded: "
+            "tests and demos) or the path of a local weights file."
+        ),
+    ] = "imagenet",
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            help="Align rows to this items.csv (every item needs an image); it is copied to OUT."
+        ),
+    ] = None,
+    purchases: Annotated[
+        Path | None,
+        typer.Option(help="A purchases.csv to copy into OUT, making it a complete dataset."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    force: Force = False,
+) -> None:
+    """Image features for a dataset: photographs through a keras.applications backbone."""
+    from training.images.batch import extract_features
+
+    summary = extract_features(
+        images,
+        out,
+        backbone=backbone,
+        weights=weights,
+        batch_size=batch_size,
+        items_csv=items,
+        purchases_csv=purchases,
+        seed=seed,
+        overwrite=force,
+        echo=typer.echo,
+    )
+    typer.echo(
+        f"wrote {out}: {summary['images']} images -> {summary['dim']}-d {summary['backbone']} "
+        "features"
+    )
+
+
 @app.command("train")
 def train(
-    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    data: DataRef,
     out: Annotated[Path, typer.Option(help="Run directory, e.g. runs/curator.")],
     config: Annotated[
         str | None,
@@ -156,14 +244,18 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint.")
     ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Then export the run into this exports root (as `curator export`)."),
+    ] = None,
 ) -> None:
     """Train the towers: choose a configuration on the validation split, keep its best epoch."""
     from training.config import load_config
-    from training.data.dataset import load_dataset
+    from training.data.dataset import open_dataset
     from training.search import adapt_to_data, search
     from training.train import train as run_training
 
-    dataset = load_dataset(data)
+    dataset = open_dataset(data)
     base = load_config(config)
     if trials == 1:
         result = run_training(dataset, adapt_to_data(base, dataset), out, resume=resume)
@@ -193,11 +285,16 @@ def train(
         f"trained {out} in {seconds:.0f} s: best epoch {best_epoch} of {epochs} "
         f"(validation {metrics}){chosen}"
     )
+    if export is not None:
+        from training.export import export_run
+
+        version = export_run(out, dataset, export, progress=typer.echo)
+        typer.echo(f"exported {out} to {version}")
 
 
 @app.command("evaluate")
 def evaluate(
-    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    data: DataRef,
     protocol: Annotated[str, typer.Option(help="replay or holdout.")] = "replay",
     baselines: Annotated[
         str | None, typer.Option(help="Comma-separated baselines (default: all that apply).")
@@ -210,10 +307,10 @@ def evaluate(
     seed: Seed = 0,
 ) -> None:
     """Rank real purchases with every method and print the paper's table."""
-    from training.data.dataset import load_dataset
+    from training.data.dataset import open_dataset
     from training.evaluation.evaluate import evaluate as run_evaluation
 
-    dataset = load_dataset(data)
+    dataset = open_dataset(data)
     models = []
     if model:
         from training.trained_towers import load_run_recommender
@@ -246,15 +343,15 @@ def export(
     """Export a run: tower and retrieval SavedModels, catalogue and manifest."""
     import json
 
-    from training.data.dataset import load_dataset
+    from training.data.dataset import open_dataset
     from training.export import export_run
 
     if data is None:
         summary = run / "summary.json"
         if not summary.exists():
             raise ValueError(f"{run} is not a finished training run (no summary.json)")
-        data = Path(json.loads(summary.read_text())["dataset"])
-    version = export_run(run, load_dataset(data, mmap=True), out, progress=typer.echo)
+        data = json.loads(summary.read_text())["dataset"]
+    version = export_run(run, open_dataset(data, mmap=True), out, progress=typer.echo)
     typer.echo(f"exported {run} to {version}")
 
 
@@ -265,6 +362,13 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    image_extractor: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of a saved image extractor (`curator features --out`): enables "
+            "POST /v1/items/image."
+        ),
+    ] = None,
 ) -> None:
     """Serve recommendations over HTTP from the newest export (settings: docs/serving.md)."""
     import uvicorn
@@ -273,13 +377,21 @@ def serve(
     from serving.export_loader import load_serving_model, newest_version
     from serving.settings import Settings
 
-    given = {"model_dir": model, "host": host, "port": port}
+    given = {"model_dir": model, "host": host, "port": port, "image_extractor": image_extractor}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    load_serving_model(newest_version(settings.model_dir))  # a clear error before uvicorn starts
+    # clear errors before uvicorn starts: the export, and an extractor that fits it
+    served = load_serving_model(newest_version(settings.model_dir))
+    app = create_app(settings)
+    extractor = app.state.service.extractor
+    if extractor is not None and extractor.dim != served.feature_dim:
+        raise ValueError(
+            f"--image-extractor {settings.image_extractor}: gives {extractor.dim}-d features "
+            f"but the model in {settings.model_dir} takes {served.feature_dim}"
+        )
     typer.echo(
         f"serving {settings.model_dir} on http://{settings.host}:{settings.port} (docs: /docs)"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
 @app.command("demo")
@@ -308,13 +420,10 @@ def main() -> None:
         sys.exit(exit_.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
+    except typer.TyperException as error:  # usage errors arrive here in non-standalone mode
+        if hasattr(error, "show"):
             error.show()
-            sys.exit(error.exit_code)
-        raise
+        sys.exit(getattr(error, "exit_code", 2))
 
 
 if __name__ == "__main__":

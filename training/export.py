@@ -323,7 +323,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
             "version": version,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "run": str(run_dir.resolve()),
-            "dataset": str(dataset.path),
+            "dataset": dataset.location,
             "data_fingerprint": summary["data_fingerprint"],
             "config": config.to_dict(),
             "training": {

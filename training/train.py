@@ -66,7 +66,10 @@ class TrainResult:
 
 
 def data_fingerprint(dataset: Dataset) -> str:
-    """sha256 over the dataset's files (items, purchases, features)."""
+    """sha256 over the dataset's files (items, purchases, features); a published dataset
+    carries the digest of the directory it was published from."""
+    if dataset.fingerprint is not None:
+        return dataset.fingerprint
     digest = hashlib.sha256()
     for name in ("items.csv", "purchases.csv", "features.npy"):
         with open(dataset.path / name, "rb") as file:
@@ -401,7 +404,7 @@ def _finish(
         "validation_tests": len(data.validation_cases),
         "fit_purchases": len(data.fit_purchases),
         "data_fingerprint": data_fingerprint(dataset),
-        "dataset": str(Path(dataset.path).resolve()) if dataset.path else None,
+        "dataset": dataset.location,
         "seconds": round(state.elapsed(), 1),
         "seconds_to_best": best["elapsed_s"],
     }

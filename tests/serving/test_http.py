@@ -323,7 +323,7 @@ def test_the_schema_and_the_answers_agree(server):
         text=True,
         timeout=600,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-2000:]
 
 
 def test_the_watcher_switches_to_a_new_export_by_itself(tiny_export, tmp_path):
@@ -341,3 +341,14 @@ def test_the_watcher_switches_to_a_new_export_by_itself(tiny_export, tmp_path):
         assert 'curator_reloads_total{outcome="loaded"} 2.0' in server.client.get("/metrics").text
     finally:
         server.stop()
+
+
+def test_image_uploads_are_refused_when_no_extractor_is_configured(server):
+    answer = server.client.post(
+        "/v1/items/image",
+        data={"item_id": "photo-1"},
+        files={"image": ("p.png", b"\x89PNG\r\n\x1a\n", "image/png")},
+        headers=KEY,
+    )
+    assert answer.status_code == 404
+    assert "image uploads are not enabled" in answer.json()["detail"]

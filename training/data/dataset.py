@@ -18,6 +18,7 @@ leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,15 @@ class Dataset:
     test: pd.DataFrame | None = None
     truth: SimulatorTruth | None = None
     path: Path | None = field(default=None, compare=False)
+    # a published dataset (training/data/tfds_format.py): "tfds:<name>:<version>", and the
+    # digest training recorded for its native directory
+    source: str | None = field(default=None, compare=False)
+    fingerprint: str | None = field(default=None, compare=False)
+
+    @property
+    def location(self) -> str | None:
+        """What `open_dataset` reopens it from: the directory (absolute) or the tfds: name."""
+        return str(Path(self.path).resolve()) if self.path is not None else self.source
 
     @property
     def n_items(self) -> int:
@@ -87,6 +97,25 @@ class Dataset:
     @property
     def has_timestamps(self) -> bool:
         return bool(np.isfinite(self.purchases["timestamp"].to_numpy()).all())
+
+
+TFDS_PREFIX = "tfds:"
+
+
+def open_dataset(reference: Path | str, *, mmap: bool = False) -> Dataset:
+    """A dataset directory, or `tfds:<name>[:<version>]`: one published with
+    `curator data publish-tfds` under $TFDS_DATA_DIR (default ~/tensorflow_datasets)."""
+    text = str(reference)
+    if text.startswith(TFDS_PREFIX):
+        from training.data.tfds_format import load_published
+
+        return load_published(text[len(TFDS_PREFIX) :], data_dir=tfds_data_dir())
+    return load_dataset(reference, mmap=mmap)
+
+
+def tfds_data_dir() -> Path:
+    """Where TFDS keeps prepared datasets: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
 
 
 def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
@@ -230,14 +259,7 @@ def write_tables(
     test: pd.DataFrame | None = None,
 ) -> None:
     """Write the CSV files of a dataset into `out` (a directory being assembled)."""
-    pd.DataFrame(
-        {
-            "item_id": items["item_id"],
-            "artist_id": items["artist_id"],
-            "upload_time": format_time(items["upload_time"].to_numpy()),
-            "one_of_a_kind": np.where(items["one_of_a_kind"], "true", "false"),
-        }
-    ).to_csv(out / "items.csv", index=False)
+    write_items_csv(out / "items.csv", items)
     columns = {"user_id": purchases["user_id"], "item_id": purchases["item_id"]}
     if np.isfinite(purchases["timestamp"].to_numpy()).all():
         columns["timestamp"] = format_time(purchases["timestamp"].to_numpy())
@@ -245,6 +267,18 @@ def write_tables(
     for split_name, split in (("valid", valid), ("test", test)):
         if split is not None:
             split[["user_id", "item_id"]].to_csv(out / f"{split_name}.csv", index=False)
+
+
+def write_items_csv(path: Path, items: pd.DataFrame) -> None:
+    """items.csv from an items table (load_items_table's columns)."""
+    pd.DataFrame(
+        {
+            "item_id": items["item_id"],
+            "artist_id": items["artist_id"],
+            "upload_time": format_time(items["upload_time"].to_numpy()),
+            "one_of_a_kind": np.where(items["one_of_a_kind"], "true", "false"),
+        }
+    ).to_csv(path, index=False)
 
 
 def save_dataset(

@@ -81,7 +81,7 @@ def evaluate(
 
     if out is not None:
         with atomic_directory(out, overwrite=True) as tmp:
-            info = {"dataset": str(dataset.path), "seed": seed}
+            info = {"dataset": dataset.location, "seed": seed}
             if protocol == "holdout":
                 info["split"] = split
             write_metrics_json(tmp / "metrics.json", protocol, rows, **info)

@@ -65,4 +65,6 @@ def with_purchases(
         test=dataset.test,
         truth=dataset.truth,
         path=dataset.path,
+        source=dataset.source,
+        fingerprint=dataset.fingerprint,
     )
