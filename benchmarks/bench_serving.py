@@ -7,6 +7,8 @@ In one run, each server alone on the machine, one uvicorn worker each, `wrk -t1 
    (benchmarks/trivial_app.py) that answers k fixed items;
 2. `curator serve` on the newest export: POST /v1/recommendations, 5-artwork profiles drawn
    from the catalogue (200 different bodies in rotation), k=20.
+3. with `--extra JSON` (e.g. '{"max_per_artist": 1, "explain": true}'), the same bodies with
+   those fields added, against the same service.
 Then POST /v1/items with 1,000 artworks (random features), three times. The live state goes to
 a temporary database, so the export's own database is not touched. Needs `wrk` on the PATH.
 
@@ -77,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=REPO / "exports")
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--extra", type=json.loads, default=None, help="fields added, as JSON")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -87,15 +90,18 @@ def main() -> None:
     items = pd.read_csv(export / "catalogue" / "items.csv")["item_id"].to_numpy()
     manifest = json.loads((export / "manifest.json").read_text())
     rng = np.random.default_rng(0)
-    bodies = [
-        json.dumps({"item_ids": rng.choice(items, 5, replace=False).tolist(), "k": 20})
-        for _ in range(200)
+    profiles = [rng.choice(items, 5, replace=False).tolist() for _ in range(200)]
+    bodies = [json.dumps({"item_ids": profile, "k": 20}) for profile in profiles]
+    extra_bodies = [
+        json.dumps({"item_ids": profile, "k": 20, **(args.extra or {})}) for profile in profiles
     ]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         script = tmp / "recommend.lua"
         script.write_text(LUA % ", ".join(f"[[{body}]]" for body in bodies))
+        extra_script = tmp / "recommend-extra.lua"
+        extra_script.write_text(LUA % ", ".join(f"[[{body}]]" for body in extra_bodies))
         rows = []
         trivial = ServiceProcess(
             [sys.executable, "-m", "uvicorn", "benchmarks.trivial_app:app", "--log-level",
@@ -118,6 +124,9 @@ def main() -> None:
         try:
             result = wrk(f"{service.url}/v1/recommendations", script, args.duration)
             rows.append(("curator /v1/recommendations", result))
+            if args.extra:
+                result = wrk(f"{service.url}/v1/recommendations", extra_script, args.duration)
+                rows.append((f"curator with {json.dumps(args.extra)}", result))
             memory = process_memory_gb(service.process.pid)
             metrics = service.client.get("/metrics").text
             batches = [

@@ -15,10 +15,12 @@ import gc
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -34,6 +36,8 @@ from serving.schemas import (
     Accepted,
     BatchRequest,
     BatchResponse,
+    Favourites,
+    FavouritesChange,
     NewArtworks,
     Purchases,
     Readiness,
@@ -44,6 +48,7 @@ from serving.schemas import (
 from serving.service import Service
 from serving.settings import Settings
 from serving.telemetry import RequestMetrics
+from training.data.ids import ID_MAX_LENGTH, ID_PATTERN, ID_RULE
 
 log = logging.getLogger("curator.serving")
 
@@ -51,8 +56,10 @@ GUARDED = {
     ("POST", "/v1/items"),
     ("POST", "/v1/items/image"),
     ("POST", "/v1/purchases"),
+    ("POST", "/v1/customers/{customer_id}/favourites"),
     ("POST", "/admin/reload"),
 }
+CustomerId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description=ID_RULE)]
 MANIFEST_PATHS = ("run", "dataset")  # host paths in a manifest, shown by their last part only
 
 
@@ -101,7 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return _problem(error.status_code, str(error.detail), error.headers)
+        headers = error.headers
+        if error.status_code == 405:  # Starlette lists the first route's methods only
+            headers = {**(headers or {}), "Allow": ", ".join(_methods(app, request.url.path))}
+        return _problem(error.status_code, str(error.detail), headers)
 
     reads = error_responses(400, 404, 413, 415, 422, e404="unknown item ids")
     writes = error_responses(
@@ -194,6 +204,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = await bodies.read(request, Purchases)
         return await asyncio.to_thread(service.add_purchases, body)
 
+    @app.post(
+        "/v1/customers/{customer_id}/favourites",
+        response_model=Favourites,
+        responses={**writes, **not_ready},
+        openapi_extra=body_spec(FavouritesChange),
+    )
+    async def change_favourites(request: Request, customer_id: CustomerId) -> Favourites:
+        """Add and remove favourites (`remove` first); they join the customer's profile."""
+        body = await bodies.read(request, FavouritesChange)
+        return await asyncio.to_thread(service.change_favourites, customer_id, body)
+
+    @app.get(
+        "/v1/customers/{customer_id}/favourites",
+        response_model=Favourites,
+        responses={**error_responses(422), **not_ready},
+    )
+    async def favourites(customer_id: CustomerId) -> Favourites:
+        return service.favourites(customer_id)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -245,11 +274,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = schema_builder(
         app,
         settings,
-        [RecommendationRequest, BatchRequest, NewArtworks, Purchases],
+        [RecommendationRequest, BatchRequest, NewArtworks, Purchases, FavouritesChange],
         GUARDED,
         feature_dim=lambda: service.catalogue.model.feature_dim if service.catalogue else None,
     )
     return app
+
+
+def _methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of `app` answers at `path`."""
+    methods = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def _json(body: dict) -> Response:

@@ -8,6 +8,7 @@ buffer or parse a large body.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 
 from pydantic import SecretStr
@@ -16,17 +17,27 @@ HEADER = "X-API-Key"
 
 
 class ApiKeyGuard:
-    """`guarded`: the (method, path) pairs that need the key; `key` None: nothing is guarded."""
+    """`guarded`: the (method, path) pairs that need the key, a path as the routes write it
+    (`/v1/customers/{customer_id}/favourites`: a `{name}` is one path segment); `key` None:
+    nothing is guarded."""
 
     def __init__(self, app, key: SecretStr | None, guarded: set[tuple[str, str]]):
-        self.app, self.guarded = app, guarded
+        self.app = app
+        self.guarded = [
+            (method, re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path)) + "$"))
+            for method, path in guarded
+        ]
         self.key = key.get_secret_value().encode() if key is not None else None
+
+    def _is_guarded(self, scope) -> bool:
+        method, path = scope["method"], scope["path"]
+        return any(m == method and pattern.match(path) for m, pattern in self.guarded)
 
     async def __call__(self, scope, receive, send):
         if (
             self.key is not None
             and scope["type"] == "http"
-            and (scope["method"], scope["path"]) in self.guarded
+            and self._is_guarded(scope)
             and not self._authorised(scope)
         ):
             await _refuse(send)

@@ -18,7 +18,7 @@ from serving.export_loader import ServingModel
 from serving.store import NewItem, Purchase
 from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
-from training.topk import merge_top_k, top_k_rows
+from training.topk import crowd, merge_top_k, top_k, top_k_rows
 from training.trained_towers import pad_profiles
 
 RERANK_FETCH = 200  # ScaNN candidates fetched past k for the nearest-purchase term to re-rank
@@ -32,6 +32,28 @@ TERM_FETCH = 50  # closest artworks fetched per profile artwork
 class Ranked:
     rows: np.ndarray  # [n <= k] catalogue rows, best first
     scores: np.ndarray  # [n]
+
+
+@dataclass(frozen=True)
+class ArtistRule:
+    """A query's rules on artists, as artist codes (`Catalogue.artist_rule`): only `allowed`
+    (None: any), never `denied`, at most `max_per_artist` of one artist (None: no limit;
+    artworks without an artist are never limited)."""
+
+    allowed: np.ndarray | None
+    denied: np.ndarray
+    max_per_artist: int | None
+
+    @property
+    def filters(self) -> bool:
+        return self.allowed is not None or self.denied.size > 0
+
+    def refused(self, codes: np.ndarray) -> np.ndarray:
+        """Which artworks of artist `codes` the rule leaves out."""
+        out = np.isin(codes, self.denied) if self.denied.size else np.zeros(codes.shape, bool)
+        if self.allowed is not None:
+            out |= ~np.isin(codes, self.allowed)
+        return out
 
 
 class Catalogue:
@@ -49,6 +71,7 @@ class Catalogue:
         )
         self.item_ids: list[str] = list(model.items["item_id"].astype(str))
         self.artist_ids: list[str] = list(model.items["artist_id"])
+        self.artist_code_of: dict[str, int] = {}  # "" (no artist) has none: code -1
         self.row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
         capacity = max(16, n + n // 4)
         self.vectors = np.zeros((capacity, dim), np.float32)
@@ -76,8 +99,11 @@ class Catalogue:
         self.sold = np.zeros(capacity, bool)  # one-of-a-kind artworks bought
         self.sold_penalty = np.zeros(capacity, np.float32)  # -inf where sold: added to scores
         self.sales = np.zeros(capacity, np.int64)
+        self.artist_codes = np.full(capacity, -1, np.int64)
+        self.artist_codes[:n] = [self._artist_code(a) for a in self.artist_ids]
         self.size = n
         self.profiles: dict[str, list[int]] = {}
+        self.favourites: dict[str, list[int]] = {}  # rows, in the order added
         self._seen_purchases: set[tuple[str, str, float]] = set()
         base = model.purchases[["user_id", "item_id", "timestamp"]].itertuples(index=False)
         self._apply_purchases([Purchase(str(u), str(i), float(t)) for u, i, t in base])
@@ -91,6 +117,7 @@ class Catalogue:
         live_items: list[NewItem],
         live_purchases: list[Purchase],
         index: IndexConfig | None = None,
+        live_favourites: Sequence[tuple[str, str]] = (),
     ):
         """The export's catalogue, then the live state, replayed through this model."""
         catalogue = cls(model, index)
@@ -98,6 +125,10 @@ class Catalogue:
         if new:  # artworks the export already has keep the export's vectors
             catalogue._apply_items(new, catalogue.embed(new))
         catalogue._apply_purchases(live_purchases)
+        for customer_id, item_id in live_favourites:
+            row = catalogue.row_of.get(item_id)
+            if row is not None:  # an artwork this export and the live state lack is skipped
+                catalogue.favourites.setdefault(customer_id, []).append(row)
         return catalogue
 
     def embed(self, items: Sequence[NewItem]) -> np.ndarray:
@@ -165,6 +196,7 @@ class Catalogue:
             self.sold = _grown(self.sold, capacity)
             self.sold_penalty = _grown(self.sold_penalty, capacity)
             self.sales = _grown(self.sales, capacity)
+            self.artist_codes = _grown(self.artist_codes, capacity)
         self.vectors[start:end] = vectors
         self.columns[:, start:end] = vectors.T
         if self.match_columns is not None:
@@ -172,11 +204,35 @@ class Catalogue:
             self.match_columns[:, start:end] = self.model.match(features).T
         self.one_of_a_kind[start:end] = [item.one_of_a_kind for item in items]
         self.upload_time[start:end] = [item.upload_time for item in items]
+        self.artist_codes[start:end] = [self._artist_code(item.artist_id) for item in items]
         for item in items:
             self.row_of[item.item_id] = len(self.item_ids)
             self.item_ids.append(item.item_id)
             self.artist_ids.append(item.artist_id)
         self.size = end  # published last: readers never see a half-written row
+
+    def _artist_code(self, artist_id: str) -> int:
+        if not artist_id:
+            return -1
+        return self.artist_code_of.setdefault(artist_id, len(self.artist_code_of))
+
+    def artist_rule(
+        self,
+        artists: Sequence[str] | None,
+        exclude_artists: Sequence[str],
+        max_per_artist: int | None,
+    ) -> ArtistRule | None:
+        """The rule for these request fields (None when they ask for nothing). Artists the
+        catalogue does not know match no artwork."""
+        if artists is None and not exclude_artists and max_per_artist is None:
+            return None
+        codes = self.artist_code_of
+
+        def known(ids):
+            return np.array([codes[a] for a in ids if a in codes], np.int64)
+
+        allowed = None if artists is None else known(artists)
+        return ArtistRule(allowed, known(exclude_artists), max_per_artist)
 
     def _apply_purchases(self, purchases: Sequence[Purchase]) -> None:
         for purchase in purchases:
@@ -205,6 +261,16 @@ class Catalogue:
         store.add_purchases(purchases)
         self._apply_purchases(purchases)
 
+    def change_favourites(self, customer_id: str, add: Sequence[str], remove: Sequence[str], store):
+        """Checked (every id known), committed to the database, then applied."""
+        add_rows = self.rows("add", add)
+        self.rows("remove", remove)
+        store.change_favourites(customer_id, list(add), list(remove))
+        removed = {self.row_of[i] for i in remove}
+        kept = [row for row in self.favourites.get(customer_id, []) if row not in removed]
+        kept += [row for row in dict.fromkeys(add_rows.tolist()) if row not in kept]
+        self.favourites[customer_id] = kept
+
     # -- ranking ----------------------------------------------------------------------------
 
     def rows(self, field: str, item_ids: Sequence[str]) -> np.ndarray:
@@ -229,16 +295,21 @@ class Catalogue:
         exclude: Sequence[np.ndarray],
         available_only: Sequence[bool],
         profiles: Sequence[np.ndarray] | None = None,
+        rules: Sequence[ArtistRule | None] | None = None,
     ) -> list[Ranked]:
         """Top k of `queries @ vectors.T` over the catalogue, per query, skipping its `exclude`
-        rows and, where `available_only`, sold one-of-a-kind artworks; with `profiles` (one
-        non-empty array of rows per query) and a nearest-purchase term, plus its weight x each
-        artwork's cosine to the closest profile artwork. Exact (ties: lower row first) unless
-        the catalogue has a ScaNN searcher, whose candidates the term then re-ranks."""
+        rows, where `available_only` sold one-of-a-kind artworks, and what its artist `rules`
+        leave out, keeping at most their `max_per_artist` of one artist (filters apply before
+        the top k is cut: the search fetches further until k survive or none is left). With
+        `profiles` (one non-empty array of rows per query) and a nearest-purchase term, plus its
+        weight x each artwork's cosine to the closest profile artwork. Exact (ties: lower row
+        first) unless the catalogue has a ScaNN searcher, whose candidates the term then
+        re-ranks."""
         if self.nearest_weight == 0:
             profiles = None
+        rules = rules if rules is not None else [None] * len(queries)
         if self.searcher is not None:
-            return self._approximate_top_k(queries, k, exclude, available_only, profiles)
+            return self._approximate_top_k(queries, k, exclude, available_only, profiles, rules)
         size = self.size
         scores = queries @ self.columns[:, :size]  # [b, size]
         if profiles is not None:
@@ -246,35 +317,62 @@ class Catalogue:
         only = np.asarray(available_only, bool)
         if only.any():
             scores[only] += self.sold_penalty[:size]
-        for row_scores, excluded in zip(scores, exclude, strict=True):
+        for row_scores, excluded, rule in zip(scores, exclude, rules, strict=True):
             row_scores[excluded[excluded < size]] = -np.inf
-        return [Ranked(rows, found) for rows, found in top_k_rows(scores, k)]
+            if rule is not None and rule.filters:
+                row_scores[rule.refused(self.artist_codes[:size])] = -np.inf
+        results = [Ranked(rows, found) for rows, found in top_k_rows(scores, k)]
+        for i, rule in enumerate(rules):
+            if rule is not None and rule.max_per_artist is not None:
+                results[i] = self._crowded_exact(scores[i], k, rule.max_per_artist)
+        return results
 
-    def _approximate_top_k(self, queries, k, exclude, available_only, profiles) -> list[Ranked]:
-        """ScaNN over the indexed artworks, fetching past the rows a query must skip (doubling
-        the fetch until k survive, exact search if it comes to that), merged with exact scores
-        of the artworks added since the export. With `profiles`, the candidates are RERANK_FETCH
-        more by the query plus the TERM_FETCH closest (match vectors) to each of the last
-        TERM_SEARCH_PROFILE profile artworks, all scored exactly with the term."""
+    def _crowded_exact(self, scores: np.ndarray, k: int, per_artist: int) -> Ranked:
+        """The top k of `scores` [size] with at most `per_artist` of one artist: the best
+        candidates in growing windows until k are found or every finite score was seen."""
+        fetch = min(scores.size, max(4 * k, 64))
+        while True:
+            rows, found = top_k(scores, fetch)
+            chosen = crowd(self.artist_codes[rows], k, per_artist)
+            if chosen.size == k or rows.size < fetch or fetch == scores.size:
+                return Ranked(rows[chosen], found[chosen])
+            fetch = min(scores.size, fetch * 4)
+
+    def _approximate_top_k(
+        self, queries, k, exclude, available_only, profiles, rules
+    ) -> list[Ranked]:
+        """ScaNN over the indexed artworks, fetching past the rows a query must skip (growing
+        the fetch until k survive its filters and crowding, exact search if it comes to that),
+        merged with exact scores of the artworks added since the export. With `profiles`, the
+        candidates are RERANK_FETCH more by the query plus the TERM_FETCH closest (match
+        vectors) to each of the last TERM_SEARCH_PROFILE profile artworks, all scored exactly
+        with the term."""
         size, indexed = self.size, self.indexed
         live_rows = np.arange(indexed, size)
         live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
         extra = max(RERANK_FETCH, 4 * k) if profiles is not None else 64
         results = []
         for i, query in enumerate(queries):
-            excluded = exclude[i][exclude[i] < size]
+            excluded, rule = exclude[i][exclude[i] < size], rules[i]
+            per_artist = rule.max_per_artist if rule is not None else None
             fetch = min(indexed, k + excluded.size + extra)
             while True:
                 rows, scores = self.searcher.search(query, fetch)
-                keep = ~self._skipped(rows, excluded, available_only[i])
-                if keep.sum() >= k or fetch >= indexed:
+                keep = ~self._skipped(rows, excluded, available_only[i], rule)
+                rows, scores = rows[keep], scores[keep]
+                if per_artist is None:
+                    found = rows.size
+                else:
+                    found = crowd(self.artist_codes[rows], k, per_artist).size
+                if found >= k or fetch >= indexed:
                     break
                 fetch = min(indexed, fetch * 4)
-            rows, scores = rows[keep], scores[keep]
-            skip_live = self._skipped(live_rows, excluded, available_only[i])
+            skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
             if profiles is not None:
-                rows = self._with_term_candidates(rows, profiles[i], excluded, available_only[i])
+                rows = self._with_term_candidates(
+                    rows, profiles[i], excluded, available_only[i], rule
+                )
                 match = self.match_columns.T[profiles[i]]  # [p, m]
                 scores = query @ self.columns[:, rows] + self.nearest_weight * (
                     match @ self.match_columns[:, rows]
@@ -282,10 +380,16 @@ class Catalogue:
                 live_scores = live_scores + self.nearest_weight * (
                     match @ self.match_columns[:, indexed:size]
                 ).max(axis=0, initial=-np.inf)
-            results.append(Ranked(*merge_top_k([(rows, scores), (live_rows, live_scores)], k)))
+            parts = [(rows, scores), (live_rows, live_scores)]
+            if per_artist is None:
+                results.append(Ranked(*merge_top_k(parts, k)))
+                continue
+            merged_rows, merged_scores = merge_top_k(parts, rows.size + live_rows.size)
+            chosen = crowd(self.artist_codes[merged_rows], k, per_artist)
+            results.append(Ranked(merged_rows[chosen], merged_scores[chosen]))
         return results
 
-    def _with_term_candidates(self, rows, profile, excluded, available_only) -> np.ndarray:
+    def _with_term_candidates(self, rows, profile, excluded, available_only, rule) -> np.ndarray:
         """`rows` plus the indexed artworks closest to the profile's last TERM_SEARCH_PROFILE
         artworks that the query does not skip, each once (sorted)."""
         candidates = [rows]
@@ -295,8 +399,21 @@ class Catalogue:
         for row in recent:
             match = np.ascontiguousarray(self.match_columns[:, row])
             closest, _ = self.match_searcher.search(match, fetch)
-            candidates.append(closest[~self._skipped(closest, excluded, available_only)])
+            candidates.append(closest[~self._skipped(closest, excluded, available_only, rule)])
         return np.unique(np.concatenate(candidates))
+
+    def closest_in_profile(
+        self, rows: np.ndarray, profile: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(profile row, cosine) per artwork of `rows`: the profile artwork closest to it in
+        the towers' item space (the bias slot left out, as for similar artworks), the one that
+        contributes most to its score through the pooled profile. Ties: the earlier purchase."""
+        dims = self.vectors.shape[1] - (1 if self.model.item_tower.bias_slot else 0)
+        recommended = _unit(self.vectors[rows, :dims])
+        bought = _unit(self.vectors[profile, :dims])
+        similarity = recommended @ bought.T  # [n, p]
+        best = np.argmax(similarity, axis=1)
+        return profile[best], similarity[np.arange(len(rows)), best]
 
     def _closest_purchase(self, profiles: Sequence[np.ndarray], size: int) -> np.ndarray:
         """[b, size]: each artwork's cosine to the closest artwork of each profile (match
@@ -307,19 +424,42 @@ class Catalogue:
         offsets = np.cumsum([0] + [len(p) for p in profiles[:-1]])
         return np.maximum.reduceat(similarity[position], offsets, axis=0)
 
-    def _skipped(self, rows: np.ndarray, excluded: np.ndarray, available_only: bool):
-        """Which of `rows` a query skips: excluded, or sold where `available_only`. Checked on
-        the candidates only (not a catalogue-wide mask: at 1M artworks that cost more)."""
+    def _skipped(
+        self,
+        rows: np.ndarray,
+        excluded: np.ndarray,
+        available_only: bool,
+        rule: ArtistRule | None = None,
+    ) -> np.ndarray:
+        """Which of `rows` a query skips: excluded, sold where `available_only`, or left out by
+        its artist rule. Checked on the candidates only (not a catalogue-wide mask: at 1M
+        artworks that cost more)."""
         skip = np.isin(rows, excluded)
-        return skip | self.sold[rows] if available_only else skip
+        if available_only:
+            skip |= self.sold[rows]
+        if rule is not None and rule.filters:
+            skip |= rule.refused(self.artist_codes[rows])
+        return skip
 
-    def popular(self, k: int, *, exclude: np.ndarray, available_only: bool) -> Ranked:
-        """Most purchases first, then the newest upload."""
+    def popular(
+        self,
+        k: int,
+        *,
+        exclude: np.ndarray,
+        available_only: bool,
+        rule: ArtistRule | None = None,
+    ) -> Ranked:
+        """Most purchases first, then the newest upload; `rule` as in `top_k`."""
         size = self.size
         keep = self.available(size) if available_only else np.ones(size, bool)
         keep[exclude[exclude < size]] = False
+        if rule is not None and rule.filters:
+            keep &= ~rule.refused(self.artist_codes[:size])
         rows = np.flatnonzero(keep)
-        order = np.lexsort((-self.upload_time[rows], -self.sales[rows]))[:k]
+        order = np.lexsort((-self.upload_time[rows], -self.sales[rows]))
+        if rule is not None and rule.max_per_artist is not None:
+            order = order[crowd(self.artist_codes[rows[order]], k, rule.max_per_artist)]
+        order = order[:k]
         return Ranked(rows[order], self.sales[rows[order]].astype(np.float64))
 
 
@@ -353,6 +493,11 @@ def _check_vectors(items: Sequence[NewItem], vectors: np.ndarray) -> None:
             f"{items[broken[0]].item_id!r} is not finite (values too large for the model); "
             f"{broken.size} such item(s)"
         )
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
 
 
 def _grown_columns(columns: np.ndarray, capacity: int) -> np.ndarray:

@@ -53,12 +53,35 @@ class RecommendationRequest(Strict):
     k: int = Field(10, ge=1, description="how many artworks; at most the service's max_k")
     exclude_purchased: bool = Field(True, description="leave out the profile's artworks")
     available_only: bool = Field(True, description="leave out sold one-of-a-kind artworks")
+    max_per_artist: int | None = Field(
+        None, ge=1, description="crowding: at most this many artworks of one artist"
+    )
+    artists: list[Id] | None = Field(
+        None, max_length=MAX_GIVEN_ITEMS, description="only artworks by these artists"
+    )
+    exclude_artists: list[Id] = Field(
+        default_factory=list, max_length=MAX_GIVEN_ITEMS, description="no artworks by these"
+    )
+    exclude_item_ids: list[Id] = Field(
+        default_factory=list, max_length=MAX_GIVEN_ITEMS, description="never these artworks"
+    )
+    explain: bool = Field(
+        False, description="add `because` to each artwork: the profile artwork closest to it"
+    )
+
+
+class Because(BaseModel):
+    item_id: str = Field(description="the profile artwork closest to the recommended one")
+    similarity: float = Field(description="their cosine in the towers' item space, [-1, 1]")
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
     artist_id: str
+    because: Because | None = Field(
+        None, description="with `explain`: why (null for popular or similar answers)"
+    )
 
 
 class Recommendations(BaseModel):
@@ -99,6 +122,18 @@ class PurchaseIn(Strict):
 
 class Purchases(Strict):
     purchases: list[PurchaseIn] = Field(min_length=1)
+
+
+class FavouritesChange(Strict):
+    add: list[Id] = Field(default_factory=list, max_length=MAX_GIVEN_ITEMS)
+    remove: list[Id] = Field(
+        default_factory=list, max_length=MAX_GIVEN_ITEMS, description="applied before `add`"
+    )
+
+
+class Favourites(BaseModel):
+    customer_id: str
+    item_ids: list[str] = Field(description="the customer's favourites, in the order added")
 
 
 class Accepted(BaseModel):

@@ -17,11 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.catalogue import Catalogue, Ranked
+from serving.catalogue import ArtistRule, Catalogue, Ranked
 from serving.errors import Conflict, NotEnabled, NotReady, RequestError
 from serving.export_loader import ExportError, load_serving_model, newest_version
 from serving.image_uploads import ImageArtwork
-from serving.schemas import Accepted, NewArtworks, Purchases, RecommendationRequest, ReloadResult
+from serving.schemas import (
+    Accepted,
+    Favourites,
+    FavouritesChange,
+    NewArtworks,
+    Purchases,
+    RecommendationRequest,
+    ReloadResult,
+)
 from serving.settings import Settings
 from serving.store import NewItem, Purchase, Store
 from serving.telemetry import Metrics
@@ -58,7 +66,12 @@ class Service:
             model = load_serving_model(path)
             with self.write_lock:
                 try:
-                    catalogue = Catalogue.build(model, self.store.items(), self.store.purchases())
+                    catalogue = Catalogue.build(
+                        model,
+                        self.store.items(),
+                        self.store.purchases(),
+                        live_favourites=self.store.favourites(),
+                    )
                 except Exception as error:  # e.g. live artworks with another feature dimension
                     raise ExportError(
                         f"{path}: cannot apply the live state to this export: {error}"
@@ -101,14 +114,21 @@ class Service:
         if request.k > settings.max_k:
             raise RequestError(f"{where}k: {request.k} is out of range [1, {settings.max_k}]")
         given = catalogue.rows(f"{where}item_ids", request.item_ids).tolist()
-        bought = catalogue.profiles.get(request.customer_id, []) if request.customer_id else []
-        profile = np.array(list(dict.fromkeys([*bought, *given])), np.int64)
+        never = catalogue.rows(f"{where}exclude_item_ids", request.exclude_item_ids)
+        customer = request.customer_id
+        bought = catalogue.profiles.get(customer, []) if customer else []
+        liked = catalogue.favourites.get(customer, []) if customer else []
+        # favourites first: a profile longer than max_profile loses them before purchases
+        profile = np.array(list(dict.fromkeys([*liked, *bought, *given])), np.int64)
+        excluded = profile if request.exclude_purchased else profile[:0]
         return ResolvedQuery(
             catalogue,
             profile[-settings.max_profile :],
-            profile if request.exclude_purchased else profile[:0],
+            np.union1d(excluded, never) if never.size else excluded,
             request.k,
             request.available_only,
+            catalogue.artist_rule(request.artists, request.exclude_artists, request.max_per_artist),
+            request.explain,
         )
 
     @staticmethod
@@ -128,15 +148,25 @@ class Service:
                     exclude=[queries[i].excluded for i in modelled],
                     available_only=[queries[i].available_only for i in modelled],
                     profiles=[queries[i].profile for i in modelled],
+                    rules=[queries[i].rule for i in modelled],
                 )
                 for i, result in zip(modelled, ranked, strict=True):
-                    answers[i] = _recommendations(catalogue, "model", result, queries[i].k)
+                    query = queries[i]
+                    because = None
+                    if query.explain:
+                        shown = result.rows[: query.k]
+                        because = catalogue.closest_in_profile(shown, query.profile)
+                    answers[i] = _recommendations(catalogue, "model", result, query.k, because)
             for i in set(mine) - set(modelled):
                 query = queries[i]
                 result = catalogue.popular(
-                    query.k, exclude=query.excluded, available_only=query.available_only
+                    query.k,
+                    exclude=query.excluded,
+                    available_only=query.available_only,
+                    rule=query.rule,
                 )
-                answers[i] = _recommendations(catalogue, "popular", result, query.k)
+                because = (np.full(len(result.rows), -1), None) if query.explain else None
+                answers[i] = _recommendations(catalogue, "popular", result, query.k, because)
         return [answers[i] for i in range(len(queries))]
 
     def similar(self, item_id: str, k: int) -> dict:
@@ -204,6 +234,19 @@ class Service:
             catalogue.add_items(items, vectors, self.store)
             return Accepted(accepted=len(items), catalogue_size=catalogue.size)
 
+    def change_favourites(self, customer_id: str, change: FavouritesChange) -> Favourites:
+        with self.write_lock:
+            catalogue = self.current()
+            catalogue.change_favourites(customer_id, change.add, change.remove, self.store)
+            return self.favourites(customer_id)
+
+    def favourites(self, customer_id: str) -> Favourites:
+        catalogue = self.current()
+        rows = catalogue.favourites.get(customer_id, [])
+        return Favourites(
+            customer_id=customer_id, item_ids=[catalogue.item_ids[row] for row in rows]
+        )
+
     def add_purchases(self, body: Purchases) -> Accepted:
         now = time.time()
         records = [
@@ -224,20 +267,33 @@ class ResolvedQuery:
     excluded: np.ndarray  # rows never recommended
     k: int
     available_only: bool
+    rule: ArtistRule | None = None  # artist filters and crowding
+    explain: bool = False
 
 
-def _recommendations(catalogue: Catalogue, strategy: str, result: Ranked, k: int) -> dict:
-    """A `Recommendations` body as plain data (the request path skips pydantic objects)."""
+def _recommendations(
+    catalogue: Catalogue,
+    strategy: str,
+    result: Ranked,
+    k: int,
+    because: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> dict:
+    """A `Recommendations` body as plain data (the request path skips pydantic objects).
+    `because`: (profile row or -1, similarity) per recommended artwork, for `explain`."""
     item_ids, artist_ids = catalogue.item_ids, catalogue.artist_ids
     rows, scores = result.rows[:k].tolist(), result.scores[:k].tolist()
-    return {
-        "model_version": catalogue.model.version,
-        "strategy": strategy,
-        "items": [
-            {"item_id": item_ids[row], "score": score, "artist_id": artist_ids[row]}
-            for row, score in zip(rows, scores, strict=True)
-        ],
-    }
+    items = [
+        {"item_id": item_ids[row], "score": score, "artist_id": artist_ids[row]}
+        for row, score in zip(rows, scores, strict=True)
+    ]
+    if because is not None:
+        closest, similarity = because
+        for n, item in enumerate(items):
+            row = int(closest[n])
+            item["because"] = (
+                None if row < 0 else {"item_id": item_ids[row], "similarity": float(similarity[n])}
+            )
+    return {"model_version": catalogue.model.version, "strategy": strategy, "items": items}
 
 
 def _seconds(moment: datetime | None, default: float) -> float:

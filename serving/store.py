@@ -1,4 +1,5 @@
-"""The live state in a database: artworks added and purchases recorded through the API.
+"""The live state in a database: artworks added, purchases recorded and favourites changed
+through the API.
 
 SQLite by default (a file beside the exports), any SQLAlchemy URL otherwise (PostgreSQL when
 several replicas share it). A write is committed before the API acknowledges it, so what the
@@ -32,6 +33,16 @@ purchases = sa.Table(
     sa.Column("customer_id", sa.String(200), nullable=False, index=True),
     sa.Column("item_id", sa.String(200), nullable=False),
     sa.Column("timestamp", sa.Float, nullable=False),  # unix seconds
+)
+
+
+favourites = sa.Table(
+    "favourites",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(200), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.UniqueConstraint("customer_id", "item_id"),
 )
 
 
@@ -79,6 +90,35 @@ class Store:
         ]
         with self.engine.begin() as connection:
             connection.execute(purchases.insert(), rows)
+
+    def change_favourites(self, customer_id: str, add: Sequence[str], remove: Sequence[str]):
+        """One transaction: `remove` deleted, then `add` inserted where not already there."""
+        with self.engine.begin() as connection:
+            if remove:
+                connection.execute(
+                    favourites.delete().where(
+                        favourites.c.customer_id == customer_id, favourites.c.item_id.in_(remove)
+                    )
+                )
+            if add:
+                present = set(
+                    connection.execute(
+                        sa.select(favourites.c.item_id).where(
+                            favourites.c.customer_id == customer_id, favourites.c.item_id.in_(add)
+                        )
+                    ).scalars()
+                )
+                rows = [{"customer_id": customer_id, "item_id": i} for i in add if i not in present]
+                if rows:
+                    connection.execute(favourites.insert(), rows)
+
+    def favourites(self) -> list[tuple[str, str]]:
+        """Every (customer_id, item_id) favourite, in the order added."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(favourites.c.customer_id, favourites.c.item_id).order_by(favourites.c.seq)
+            )
+            return [(row.customer_id, row.item_id) for row in rows]
 
     def items(self) -> list[NewItem]:
         """Every artwork added live, in the order added."""

@@ -120,3 +120,22 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.nd
                 )
             out_rows[start + i], out_scores[start + i] = rows, scores
     return out_scores, out_rows
+
+
+def crowd(groups: np.ndarray, k: int, per_group: int) -> np.ndarray:
+    """Positions of the first k of `groups` [n] (candidates best first) taking at most
+    `per_group` of each group; a negative group (no artist) is never limited. Greedy, so the
+    answer is the best list that keeps the limit: a candidate is passed over only when its
+    group is full."""
+    taken: dict[int, int] = {}
+    chosen = []
+    for position, group in enumerate(groups.tolist()):
+        if group >= 0:
+            count = taken.get(group, 0)
+            if count >= per_group:
+                continue
+            taken[group] = count + 1
+        chosen.append(position)
+        if len(chosen) == k:
+            break
+    return np.asarray(chosen, np.int64)

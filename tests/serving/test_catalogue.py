@@ -361,3 +361,111 @@ def test_scann_candidates_are_re_ranked_with_the_term(weight):
 def test_without_the_term_search_the_query_candidates_miss(monkeypatch):
     monkeypatch.setattr(catalogue_module, "TERM_SEARCH_PROFILE", 0)
     assert neighbour_recall(*scann_and_exact_top_10(3.0)) < 0.8
+
+
+# -- artist filters, crowding and explanations (issue 13) ----------------------------------
+
+
+def reference_ranked(scores, artists, k, excluded, sold, available_only, allowed, denied, limit):
+    """Brute force: drop excluded, sold and refused artists, sort by (-score, row), then take
+    at most `limit` per artist greedily."""
+    keep = np.ones(len(scores), bool)
+    keep[excluded] = False
+    if available_only:
+        keep &= ~sold
+    if allowed is not None:
+        keep &= np.isin(artists, allowed)
+    keep &= ~np.isin(artists, denied)
+    rows = np.flatnonzero(keep)
+    rows = rows[np.lexsort((rows, -scores[rows]))]
+    chosen, taken = [], {}
+    for row in rows:
+        if limit is not None and taken.get(artists[row], 0) >= limit:
+            continue
+        taken[artists[row]] = taken.get(artists[row], 0) + 1
+        chosen.append(row)
+        if len(chosen) == k:
+            break
+    return np.array(chosen, np.int64)
+
+
+RULES = [  # (artists, exclude_artists, max_per_artist)
+    (None, [], 1),
+    (None, [], 2),
+    (["a1", "a2", "a3"], [], None),
+    (None, ["a0", "a5", "a6"], None),
+    (["a1", "a2", "a3", "a4"], ["a2"], 1),
+    (["a3", "nobody"], [], 3),  # an unknown artist matches nothing
+]
+
+
+@pytest.mark.parametrize("artists, exclude_artists, limit", RULES)
+def test_filters_and_crowding_equal_brute_force(catalogue, artists, exclude_artists, limit):
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(6, DIM)).astype(np.float32)
+    exclude = [rng.choice(N_ITEMS, 20, replace=False) for _ in queries]
+    only = [True, False, True, False, True, False]
+    rule = catalogue.artist_rule(artists, exclude_artists, limit)
+    results = catalogue.top_k(queries, 15, exclude=exclude, available_only=only, rules=[rule] * 6)
+    size = catalogue.size
+    artist_of = np.array(catalogue.artist_ids[:size])
+    for query, excluded, available, result in zip(queries, exclude, only, results, strict=True):
+        expected = reference_ranked(
+            catalogue.vectors[:size] @ query, artist_of, 15, excluded,
+            catalogue.sold[:size], available, artists, exclude_artists, limit,
+        )  # fmt: skip
+        np.testing.assert_array_equal(result.rows, expected)
+        if limit is not None:  # the limit holds, and k come back: the catalogue allows it
+            assert max(np.unique(artist_of[result.rows], return_counts=True)[1]) <= limit
+        if artists is None:
+            assert len(result.rows) == 15
+
+
+def test_popular_artworks_follow_the_same_rules(catalogue):
+    rule = catalogue.artist_rule(None, ["a1"], 1)
+    ranked = catalogue.popular(10, exclude=np.array([], np.int64), available_only=True, rule=rule)
+    artists = [catalogue.artist_ids[row] for row in ranked.rows]
+    assert len(artists) == 10 == len(set(artists)) and "a1" not in artists
+    assert not catalogue.sold[ranked.rows].any()
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_crowding_with_scann_keeps_the_limit_and_finds_the_exact_answer(limit):
+    """Clustered vectors put one artist's artworks together (artist = cluster), the hard case
+    for crowding: the searcher must fetch far past k to find other artists."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    cluster = rng.integers(0, 40, n)
+    vectors = 0.2 * (rng.normal(size=(40, 16))[cluster] + 0.1 * rng.normal(size=(n, 16)))
+    index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
+    approximate = make_catalogue(n, 16, vectors.astype(np.float32), index)
+    exact = make_catalogue(n, 16, vectors.astype(np.float32), IndexConfig(scann_min_items=10**6))
+    for catalogue in (approximate, exact):
+        catalogue.artist_ids = [f"c{c}" for c in cluster]
+        catalogue.artist_code_of = {}
+        catalogue.artist_codes[:n] = [catalogue._artist_code(a) for a in catalogue.artist_ids]
+    queries = rng.normal(size=(20, 16)).astype(np.float32)
+    args = dict(exclude=[np.array([], np.int64)] * 20, available_only=[False] * 20)
+    rule = approximate.artist_rule(None, ["c0"], limit)
+    found = approximate.top_k(queries, 10, rules=[rule] * 20, **args)
+    truth = exact.top_k(queries, 10, rules=[rule] * 20, **args)
+    for result in found:
+        counts = np.unique(cluster[result.rows], return_counts=True)[1]
+        assert len(result.rows) == 10 and counts.max() <= limit
+        assert 0 not in cluster[result.rows]
+    pairs = zip(found, truth, strict=True)
+    recall = np.mean([len(set(f.rows) & set(t.rows)) / 10 for f, t in pairs])
+    assert recall >= 0.95
+
+
+def test_because_names_the_closest_profile_artwork_as_numpy_computes_it(catalogue):
+    rng = np.random.default_rng(2)
+    rows = rng.choice(N_ITEMS, 30, replace=False)
+    profile = rng.choice(N_ITEMS, 5, replace=False)
+    closest, similarity = catalogue.closest_in_profile(rows, profile)
+    unit = catalogue.vectors[: catalogue.size]
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    cosines = unit[rows] @ unit[profile].T
+    np.testing.assert_array_equal(closest, profile[np.argmax(cosines, axis=1)])
+    np.testing.assert_allclose(similarity, cosines.max(axis=1), rtol=1e-5)
+    assert set(closest) <= set(profile)

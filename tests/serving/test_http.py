@@ -352,3 +352,76 @@ def test_image_uploads_are_refused_when_no_extractor_is_configured(server):
     )
     assert answer.status_code == 404
     assert "image uploads are not enabled" in answer.json()["detail"]
+
+
+def recommend(server, headers=None, **body):
+    answer = server.client.post("/v1/recommendations", json=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_crowding_filters_and_explanations_over_http(server, dataset):
+    purchases = dataset.purchases
+    counts = purchases.groupby("user_id").size()
+    customer = str(counts[counts >= 3].index[0])
+    bought = set(purchases.loc[purchases["user_id"] == customer, "item_id"])
+    plain = recommend(server, customer_id=customer, k=10)
+    crowded = recommend(server, customer_id=customer, k=10, max_per_artist=1, explain=True)
+    artists = [item["artist_id"] for item in crowded["items"]]
+    assert len(artists) == 10 == len(set(artists))
+    for item in crowded["items"]:
+        assert item["because"]["item_id"] in bought
+        assert -1.0 <= item["because"]["similarity"] <= 1.0
+    assert all("because" not in item for item in plain["items"])
+    chosen = sorted({item["artist_id"] for item in plain["items"]})[:2]
+    only = recommend(server, customer_id=customer, k=10, artists=chosen)
+    assert only["items"] and {item["artist_id"] for item in only["items"]} <= set(chosen)
+    without = recommend(server, customer_id=customer, k=10, exclude_artists=chosen)
+    assert not {item["artist_id"] for item in without["items"]} & set(chosen)
+    skipped = [item["item_id"] for item in plain["items"][:3]]
+    rest = recommend(server, customer_id=customer, k=7, exclude_item_ids=skipped)
+    assert [i["item_id"] for i in rest["items"]] == [i["item_id"] for i in plain["items"][3:]]
+    visitor = recommend(server, k=5, max_per_artist=1, explain=True)
+    assert visitor["strategy"] == "popular"
+    assert [item["because"] for item in visitor["items"]] == [None] * 5
+    assert len({item["artist_id"] for item in visitor["items"]}) == 5
+    unknown = server.client.post(
+        "/v1/recommendations", json={"customer_id": customer, "exclude_item_ids": ["nope"]}
+    )
+    assert unknown.status_code == 404 and "exclude_item_ids" in unknown.json()["detail"]
+    zero = server.client.post("/v1/recommendations", json={"max_per_artist": 0})
+    assert zero.status_code == 422 and "max_per_artist" in zero.json()["detail"]
+
+
+def test_favourites_join_the_profile_and_survive_a_restart(tiny_export, tmp_path, dataset):
+    root = tmp_path / "exports"
+    shutil.copytree(tiny_export, root / "1")
+    liked = [str(i) for i in dataset.item_ids[[3, 17, 40]]]
+    path = "/v1/customers/fan-1/favourites"
+    first = curator_service(root, tmp_path / "live.db", tmp_path / "s.log", api_key="k")
+    try:
+        assert recommend(first, customer_id="fan-1")["strategy"] == "popular"
+        refused = first.client.post(path, json={"add": liked})
+        assert refused.status_code == 401
+        key = {"X-API-Key": "k"}
+        unknown = first.client.post(path, json={"add": [liked[0], "nope"]}, headers=key)
+        assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
+        assert first.client.get(path).json() == {"customer_id": "fan-1", "item_ids": []}
+        added = first.client.post(path, json={"add": liked}, headers={"X-API-Key": "k"})
+        assert added.status_code == 200 and added.json()["item_ids"] == liked
+        by_favourites = recommend(first, customer_id="fan-1")
+        assert by_favourites["strategy"] == "model"
+        assert by_favourites == recommend(first, item_ids=liked)  # the same profile
+    finally:
+        first.stop(kill=True)
+    second = curator_service(root, tmp_path / "live.db", tmp_path / "s.log", api_key="k")
+    try:
+        assert second.client.get(path).json()["item_ids"] == liked
+        assert recommend(second, customer_id="fan-1") == by_favourites
+        removed = second.client.post(path, json={"remove": liked}, headers={"X-API-Key": "k"})
+        assert removed.json()["item_ids"] == []
+        assert recommend(second, customer_id="fan-1")["strategy"] == "popular"
+        bad = second.client.get("/v1/customers/a%20b/favourites")
+        assert bad.status_code == 422
+    finally:
+        second.stop()
