@@ -75,9 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         watcher = asyncio.create_task(_watch(service)) if settings.watch_seconds else None
+        syncer = asyncio.create_task(_sync(service)) if settings.sync_seconds else None
         yield
-        if watcher:
-            watcher.cancel()
+        for task in (watcher, syncer):
+            if task:
+                task.cancel()
         bodies.close()
         service.store.close()
 
@@ -296,6 +298,16 @@ def _json(body: dict) -> Response:
 
 def _problem(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _sync(service: Service) -> None:
+    """Applies other replicas' writes every `sync_seconds` (the database's change feed)."""
+    while True:
+        await asyncio.sleep(service.settings.sync_seconds)
+        try:
+            await asyncio.to_thread(service.sync)
+        except Exception:
+            log.exception("reading the change feed failed this round; it keeps reading")
 
 
 async def _watch(service: Service) -> None:

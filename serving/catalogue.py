@@ -15,7 +15,7 @@ import numpy as np
 
 from serving.errors import Conflict, RequestError, UnknownItems
 from serving.export_loader import ServingModel
-from serving.store import NewItem, Purchase
+from serving.store import Changes, FavouriteEvent, NewItem, Purchase
 from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
 from training.topk import crowd, merge_top_k, top_k, top_k_rows
@@ -111,25 +111,25 @@ class Catalogue:
     # -- the live state ---------------------------------------------------------------------
 
     @classmethod
-    def build(
-        cls,
-        model: ServingModel,
-        live_items: list[NewItem],
-        live_purchases: list[Purchase],
-        index: IndexConfig | None = None,
-        live_favourites: Sequence[tuple[str, str]] = (),
-    ):
-        """The export's catalogue, then the live state, replayed through this model."""
+    def build(cls, model: ServingModel, live: Changes, index: IndexConfig | None = None):
+        """The export's catalogue, then the live state (`Store.changes_since()`), replayed
+        through this model."""
         catalogue = cls(model, index)
-        new = [item for item in live_items if item.item_id not in catalogue.row_of]
-        if new:  # artworks the export already has keep the export's vectors
-            catalogue._apply_items(new, catalogue.embed(new))
-        catalogue._apply_purchases(live_purchases)
-        for customer_id, item_id in live_favourites:
-            row = catalogue.row_of.get(item_id)
-            if row is not None:  # an artwork this export and the live state lack is skipped
-                catalogue.favourites.setdefault(customer_id, []).append(row)
+        catalogue.apply_changes(live)
         return catalogue
+
+    def apply_changes(self, changes: Changes) -> None:
+        """Rows from the database (the live state at load, or another replica's writes since):
+        artworks this catalogue lacks are embedded and added (those it has keep their
+        vectors), then purchases and favourite events. Each is idempotent, so a replica's own
+        writes coming back through the feed change nothing."""
+        new = [item for item in changes.items if item.item_id not in self.row_of]
+        if new:
+            self._apply_items(new, self.embed(new))
+        self._apply_purchases([p for p in changes.purchases if p.item_id in self.row_of])
+        for event in changes.favourites:
+            if event.item_id in self.row_of:
+                self._apply_favourite(event)
 
     def embed(self, items: Sequence[NewItem]) -> np.ndarray:
         """The item tower's vectors [n, dim] of `items`; RequestError naming the first item
@@ -257,19 +257,30 @@ class Catalogue:
         self._apply_items(items, vectors)
 
     def add_purchases(self, purchases: Sequence[Purchase], store) -> None:
+        """Checked here, then by the database (one sale per original, whichever replica sold
+        it: AlreadySold), then applied."""
         self.check_purchases(purchases)
-        store.add_purchases(purchases)
+        originals = [p.item_id for p in purchases if self.one_of_a_kind[self.row_of[p.item_id]]]
+        store.add_purchases(purchases, originals)
         self._apply_purchases(purchases)
 
     def change_favourites(self, customer_id: str, add: Sequence[str], remove: Sequence[str], store):
         """Checked (every id known), committed to the database, then applied."""
-        add_rows = self.rows("add", add)
+        self.rows("add", add)
         self.rows("remove", remove)
         store.change_favourites(customer_id, list(add), list(remove))
-        removed = {self.row_of[i] for i in remove}
-        kept = [row for row in self.favourites.get(customer_id, []) if row not in removed]
-        kept += [row for row in dict.fromkeys(add_rows.tolist()) if row not in kept]
-        self.favourites[customer_id] = kept
+        for item_id in remove:
+            self._apply_favourite(FavouriteEvent(customer_id, item_id, False))
+        for item_id in add:
+            self._apply_favourite(FavouriteEvent(customer_id, item_id, True))
+
+    def _apply_favourite(self, event: FavouriteEvent) -> None:
+        """As `favourites_after` replays them: an addition moves the artwork to the end."""
+        row = self.row_of[event.item_id]
+        rows = [r for r in self.favourites.get(event.customer_id, []) if r != row]
+        if event.added:
+            rows.append(row)
+        self.favourites[event.customer_id] = rows  # replaced whole: readers never see half
 
     # -- ranking ----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from serving.schemas import (
     ReloadResult,
 )
 from serving.settings import Settings
-from serving.store import NewItem, Purchase, Store
+from serving.store import Cursor, NewItem, Purchase, Store
 from serving.telemetry import Metrics
 
 log = logging.getLogger("curator.serving")
@@ -50,6 +50,7 @@ class Service:
         self.metrics = Metrics()
         self.write_lock = threading.Lock()
         self.catalogue: Catalogue | None = None
+        self.cursor = Cursor()  # how far the catalogue has read the database
         self.failed_version: Path | None = None  # the watcher does not retry a broken export
         self.extractor = None  # the image feature extractor of POST /v1/items/image
         if settings.image_extractor is not None:
@@ -66,17 +67,13 @@ class Service:
             model = load_serving_model(path)
             with self.write_lock:
                 try:
-                    catalogue = Catalogue.build(
-                        model,
-                        self.store.items(),
-                        self.store.purchases(),
-                        live_favourites=self.store.favourites(),
-                    )
+                    live = self.store.changes_since()
+                    catalogue = Catalogue.build(model, live)
                 except Exception as error:  # e.g. live artworks with another feature dimension
                     raise ExportError(
                         f"{path}: cannot apply the live state to this export: {error}"
                     ) from error
-                self.catalogue = catalogue
+                self.catalogue, self.cursor = catalogue, live.cursor
         except ExportError:
             self.metrics.reloads.labels("refused").inc()
             self.failed_version = path
@@ -89,6 +86,21 @@ class Service:
             path=path.name,
             seconds=round(time.perf_counter() - started, 3),
         )
+
+    def sync(self) -> int:
+        """Applies what other replicas wrote to the database since the last read (the change
+        feed: store.py); returns how many rows. Own writes come back too, and change nothing."""
+        if self.catalogue is None:
+            return 0
+        with self.write_lock:
+            changes = self.store.changes_since(self.cursor)
+            if changes:
+                self.catalogue.apply_changes(changes)
+            self.cursor = changes.cursor
+        rows = len(changes.items) + len(changes.purchases) + len(changes.favourites)
+        if rows:
+            self.metrics.synced_rows.inc(rows)
+        return rows
 
     def load_newer(self) -> ReloadResult | None:
         """Switches to the newest export if it is neither the one served nor one refused."""

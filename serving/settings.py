@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         "writes one): enables POST /v1/items/image",
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest uploaded image")
+    sync_seconds: float = Field(
+        1.0,
+        ge=0.0,
+        description="read other replicas' writes from the database this often (0: off)",
+    )
     watch_seconds: float = Field(
         0.0, ge=0.0, description="poll the export root for a newer version (0: off)"
     )

@@ -1,19 +1,36 @@
 """The live state in a database: artworks added, purchases recorded and favourites changed
-through the API.
+through the API; the source of truth that replicas share.
 
-SQLite by default (a file beside the exports), any SQLAlchemy URL otherwise (PostgreSQL when
-several replicas share it). A write is committed before the API acknowledges it, so what the
-API acknowledged survives a restart or a model swap. Features are stored as float32 bytes so
-that a new model can re-embed the artworks added live.
+SQLite by default (a file beside the exports), any SQLAlchemy URL otherwise: PostgreSQL through
+psycopg 3 (`postgresql+psycopg://user@host/db`) when several replicas share it. A write is
+committed before the API acknowledges it, so what the API acknowledged survives a restart or a
+model swap. Features are stored as float32 bytes so that a new model can re-embed the artworks
+added live.
+
+**One sale per original, enforced by the database.** A purchase of a one-of-a-kind artwork
+also inserts the artwork into `sold_originals`, whose primary key is the artwork: a second sale,
+from any replica, cannot commit (`AlreadySold`, the API's 409), and its purchase rows roll back
+with it.
+
+**A change feed.** Every table is append-only with a sequence number (`seq`); favourites are
+events (added or removed). Writers are serialised (SQLite's write lock; on PostgreSQL a
+transaction-level advisory lock taken first), so sequence numbers are committed in order and a
+replica that has read up to `seq` n never later finds a row below n: `changes_since(cursor)`
+is everything another replica wrote since.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
+
+from serving.errors import Conflict
+
+WRITE_LOCK_KEY = 7_242_001  # PostgreSQL advisory lock serialising this schema's writers
 
 metadata = sa.MetaData()
 live_items = sa.Table(
@@ -34,15 +51,19 @@ purchases = sa.Table(
     sa.Column("item_id", sa.String(200), nullable=False),
     sa.Column("timestamp", sa.Float, nullable=False),  # unix seconds
 )
-
-
-favourites = sa.Table(
-    "favourites",
+sold_originals = sa.Table(
+    "sold_originals",
+    metadata,
+    sa.Column("item_id", sa.String(200), primary_key=True),  # the constraint: one sale
+    sa.Column("customer_id", sa.String(200), nullable=False),
+)
+favourite_events = sa.Table(
+    "favourite_events",
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("customer_id", sa.String(200), nullable=False),
     sa.Column("item_id", sa.String(200), nullable=False),
-    sa.UniqueConstraint("customer_id", "item_id"),
+    sa.Column("added", sa.Boolean, nullable=False),  # false: removed
 )
 
 
@@ -62,11 +83,57 @@ class Purchase:
     timestamp: float
 
 
+@dataclass(frozen=True)
+class FavouriteEvent:
+    customer_id: str
+    item_id: str
+    added: bool
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The last sequence number read of each table."""
+
+    items: int = 0
+    purchases: int = 0
+    favourites: int = 0
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Rows written after a cursor, in commit order, and the cursor after them."""
+
+    items: list[NewItem] = field(default_factory=list)
+    purchases: list[Purchase] = field(default_factory=list)
+    favourites: list[FavouriteEvent] = field(default_factory=list)
+    cursor: Cursor = Cursor()
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.purchases or self.favourites)
+
+
+class AlreadySold(Conflict):
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+        super().__init__(
+            f"purchases: {self.item_ids[0]!r} is a one-of-a-kind artwork that is already sold"
+        )
+
+
 class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine = sa.create_engine(url)
+        self.postgresql = self.engine.dialect.name == "postgresql"
         metadata.create_all(self.engine)
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """A write transaction; writers one at a time (see the module doc)."""
+        with self.engine.begin() as connection:
+            if self.postgresql:
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+            yield connection
 
     def add_items(self, items: Sequence[NewItem]) -> None:
         """All or nothing, in one transaction."""
@@ -80,51 +147,60 @@ class Store:
             }
             for item in items
         ]
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             connection.execute(live_items.insert(), rows)
 
-    def add_purchases(self, records: Sequence[Purchase]) -> None:
+    def add_purchases(self, records: Sequence[Purchase], originals: Collection[str] = ()):
+        """All or nothing; `originals` are the one-of-a-kind artworks among them, which no
+        other purchase may have taken (AlreadySold otherwise, nothing written)."""
         rows = [
             {"customer_id": p.customer_id, "item_id": p.item_id, "timestamp": p.timestamp}
             for p in records
         ]
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             connection.execute(purchases.insert(), rows)
+            if originals:
+                taken = connection.execute(
+                    sa.select(sold_originals.c.item_id).where(
+                        sold_originals.c.item_id.in_(list(originals))
+                    )
+                ).scalars()
+                taken = sorted(taken)
+                if taken:
+                    raise AlreadySold(taken)  # rolls the purchases back
+                buyer = {p.item_id: p.customer_id for p in records}
+                try:
+                    connection.execute(
+                        sold_originals.insert(),
+                        [{"item_id": i, "customer_id": buyer[i]} for i in originals],
+                    )
+                except sa.exc.IntegrityError:  # the constraint itself, should a writer race
+                    raise AlreadySold(sorted(originals)) from None
 
     def change_favourites(self, customer_id: str, add: Sequence[str], remove: Sequence[str]):
-        """One transaction: `remove` deleted, then `add` inserted where not already there."""
-        with self.engine.begin() as connection:
-            if remove:
-                connection.execute(
-                    favourites.delete().where(
-                        favourites.c.customer_id == customer_id, favourites.c.item_id.in_(remove)
-                    )
-                )
-            if add:
-                present = set(
-                    connection.execute(
-                        sa.select(favourites.c.item_id).where(
-                            favourites.c.customer_id == customer_id, favourites.c.item_id.in_(add)
-                        )
-                    ).scalars()
-                )
-                rows = [{"customer_id": customer_id, "item_id": i} for i in add if i not in present]
-                if rows:
-                    connection.execute(favourites.insert(), rows)
+        """One transaction: the removals, then the additions, as events."""
+        events = [{"customer_id": customer_id, "item_id": i, "added": False} for i in remove]
+        events += [{"customer_id": customer_id, "item_id": i, "added": True} for i in add]
+        if events:
+            with self._writing() as connection:
+                connection.execute(favourite_events.insert(), events)
 
-    def favourites(self) -> list[tuple[str, str]]:
-        """Every (customer_id, item_id) favourite, in the order added."""
+    def changes_since(self, cursor: Cursor = Cursor()) -> Changes:
+        """Every row written after `cursor`, in commit order (the whole state from Cursor())."""
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(favourites.c.customer_id, favourites.c.item_id).order_by(favourites.c.seq)
-            )
-            return [(row.customer_id, row.item_id) for row in rows]
-
-    def items(self) -> list[NewItem]:
-        """Every artwork added live, in the order added."""
-        with self.engine.connect() as connection:
-            rows = connection.execute(sa.select(live_items).order_by(live_items.c.seq))
-            return [
+            item_rows = connection.execute(
+                sa.select(live_items).where(live_items.c.seq > cursor.items).order_by("seq")
+            ).all()
+            purchase_rows = connection.execute(
+                sa.select(purchases).where(purchases.c.seq > cursor.purchases).order_by("seq")
+            ).all()
+            event_rows = connection.execute(
+                sa.select(favourite_events)
+                .where(favourite_events.c.seq > cursor.favourites)
+                .order_by("seq")
+            ).all()
+        return Changes(
+            [
                 NewItem(
                     row.item_id,
                     row.artist_id,
@@ -132,14 +208,39 @@ class Store:
                     float(row.upload_time),
                     np.frombuffer(row.features, dtype="<f4").astype(np.float32),
                 )
-                for row in rows
-            ]
+                for row in item_rows
+            ],
+            [Purchase(r.customer_id, r.item_id, float(r.timestamp)) for r in purchase_rows],
+            [FavouriteEvent(r.customer_id, r.item_id, bool(r.added)) for r in event_rows],
+            Cursor(
+                item_rows[-1].seq if item_rows else cursor.items,
+                purchase_rows[-1].seq if purchase_rows else cursor.purchases,
+                event_rows[-1].seq if event_rows else cursor.favourites,
+            ),
+        )
+
+    def items(self) -> list[NewItem]:
+        """Every artwork added live, in the order added."""
+        return self.changes_since().items
 
     def purchases(self) -> list[Purchase]:
         """Every purchase recorded live, in the order recorded."""
-        with self.engine.connect() as connection:
-            rows = connection.execute(sa.select(purchases).order_by(purchases.c.seq))
-            return [Purchase(r.customer_id, r.item_id, float(r.timestamp)) for r in rows]
+        return self.changes_since().purchases
+
+    def favourites(self) -> list[tuple[str, str]]:
+        """Every (customer_id, item_id) favourite now, in the order added."""
+        return favourites_after(self.changes_since().favourites)
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def favourites_after(events: Sequence[FavouriteEvent]) -> list[tuple[str, str]]:
+    """The favourites that `events` leave, in the order added (re-adding moves to the end)."""
+    state: dict[tuple[str, str], None] = {}
+    for event in events:
+        key = (event.customer_id, event.item_id)
+        state.pop(key, None)
+        if event.added:
+            state[key] = None
+    return list(state)

@@ -53,6 +53,11 @@ class Metrics:
         self.reloads = Counter(
             "curator_reloads", "model reloads by outcome", ["outcome"], registry=self.registry
         )
+        self.synced_rows = Counter(
+            "curator_synced_rows",
+            "rows read from the database's change feed (other replicas' writes, and our own)",
+            registry=self.registry,
+        )
 
 
 class RequestMetrics:

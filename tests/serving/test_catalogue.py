@@ -10,7 +10,7 @@ import tensorflow as tf
 import serving.catalogue as catalogue_module
 from serving.catalogue import Catalogue, Conflict, RequestError, UnknownItems
 from serving.export_loader import ServingModel
-from serving.store import NewItem, Purchase
+from serving.store import NewItem, Purchase, Store
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
@@ -20,17 +20,9 @@ from training.nearest_purchase import NearestPurchase
 N_ITEMS, DIM, FEATURES = 500, 8, 6
 
 
-class MemoryStore:
-    """Stands in for the database where a test is about the in-memory state only."""
-
-    def __init__(self):
-        self.items, self.purchases = [], []
-
-    def add_items(self, items):
-        self.items.extend(items)
-
-    def add_purchases(self, purchases):
-        self.purchases.extend(purchases)
+def live_store() -> Store:
+    """A real store on an in-memory SQLite database."""
+    return Store("sqlite://")
 
 
 def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None, nearest=None):
@@ -129,7 +121,7 @@ def test_added_artworks_are_ranked_at_once_and_the_arrays_grow(catalogue):
         NewItem(f"new{n}", "a1", True, 2000.0, np.zeros(FEATURES, np.float32)) for n in range(1000)
     ]
     vectors = rng.normal(size=(1000, DIM)).astype(np.float32) * 5
-    catalogue.add_items(new, vectors, MemoryStore())
+    catalogue.add_items(new, vectors, live_store())
     assert catalogue.size == N_ITEMS + 1000 and catalogue.row_of["new999"] == N_ITEMS + 999
     query = rng.normal(size=(1, DIM)).astype(np.float32)
     (result,) = catalogue.top_k(query, 30, exclude=[np.array([], int)], available_only=[True])
@@ -152,7 +144,7 @@ def test_purchases_update_profiles_and_sell_originals(catalogue):
         )[0]
     )
     item_id = catalogue.item_ids[original]
-    catalogue.add_purchases([Purchase("newcomer", item_id, 2000.0)], MemoryStore())
+    catalogue.add_purchases([Purchase("newcomer", item_id, 2000.0)], live_store())
     assert catalogue.profiles["newcomer"] == [original] and catalogue.sold[original]
     with pytest.raises(Conflict, match="already sold"):
         catalogue.check_purchases([Purchase("other", item_id, 2001.0)])
@@ -170,7 +162,7 @@ def test_popular_ranks_by_sales_then_newest(catalogue):
 
 
 def test_new_items_are_checked_before_anything_is_written(catalogue):
-    store = MemoryStore()
+    store = live_store()
     good = NewItem("fresh", "a1", True, 1.0, np.zeros(FEATURES, np.float32))
     with pytest.raises(Conflict, match="already in the catalogue"):
         catalogue.add_items(
@@ -180,7 +172,7 @@ def test_new_items_are_checked_before_anything_is_written(catalogue):
         catalogue.check_new_items([good, good])
     with pytest.raises(RequestError, match=r"items\[0\].features: 3 values, expected 6"):
         catalogue.check_new_items([NewItem("x", "", True, 1.0, np.zeros(3, np.float32))])
-    assert store.items == [] and "fresh" not in catalogue.row_of
+    assert store.items() == [] and "fresh" not in catalogue.row_of
 
 
 def test_a_feature_that_is_not_a_finite_float32_is_refused_naming_item_and_index(catalogue):
@@ -207,7 +199,7 @@ def test_a_feature_that_is_not_a_finite_float32_is_refused_naming_item_and_index
 
 
 def test_an_artwork_the_item_tower_overflows_on_is_refused_naming_it(catalogue, monkeypatch):
-    store = MemoryStore()
+    store = live_store()
     good = NewItem("fine", "a1", True, 1.0, np.zeros(FEATURES, np.float32))
     huge = NewItem("huge", "a1", True, 1.0, np.full(FEATURES, -3e38, np.float32))  # finite
     real_embed = ServingModel.embed
@@ -225,7 +217,7 @@ def test_an_artwork_the_item_tower_overflows_on_is_refused_naming_it(catalogue, 
     vectors[1, 3] = np.nan
     with pytest.raises(RequestError, match=r"^items\[1\]\.features: .*'huge'"):
         catalogue.add_items([good, huge], vectors, store)
-    assert store.items == [] and "fine" not in catalogue.row_of
+    assert store.items() == [] and "fine" not in catalogue.row_of
     assert np.isfinite(catalogue.embed([good])).all()
 
 
@@ -260,7 +252,7 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
     assert neighbour_recall(np.array(found), np.array(exact)) >= 0.95
 
     new = [NewItem(f"n{n}", "a1", True, 1.0, np.zeros(FEATURES, np.float32)) for n in range(3)]
-    approximate.add_items(new, np.tile(queries[:1] * 10, (3, 1)), MemoryStore())
+    approximate.add_items(new, np.tile(queries[:1] * 10, (3, 1)), live_store())
     (result,) = approximate.top_k(
         queries[:1], 5, exclude=[np.array([], int)], available_only=[True]
     )
@@ -310,7 +302,7 @@ def test_artworks_added_live_get_match_vectors_from_their_features():
     catalogue = make_catalogue(nearest=term)
     features = np.random.default_rng(5).normal(size=(3, FEATURES)).astype(np.float32)
     new = [NewItem(f"n{n}", "a1", True, 1.0, features[n]) for n in range(3)]
-    catalogue.add_items(new, catalogue.embed(new), MemoryStore())
+    catalogue.add_items(new, catalogue.embed(new), live_store())
     np.testing.assert_allclose(
         catalogue.match_columns[:, N_ITEMS : N_ITEMS + 3].T, term.vectors(features), atol=1e-6
     )

@@ -1,0 +1,159 @@
+"""Two `curator serve` processes on one database, SQLite and a real PostgreSQL: each applies the
+other's writes within about a second, and an original is sold once whichever replica sells it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.process import curator_service
+from training.data.dataset import load_dataset
+
+CATCH_UP_S = 2.0
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server in a temporary directory; yields its URL prefix."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on the PATH")
+    root = Path(tempfile.mkdtemp(prefix="curator-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run(
+        _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "curator"]),
+        check=True, capture_output=True,
+    )  # fmt: skip
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        _as_postgres(["pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
+                      "start"]),
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://curator@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    import psycopg
+
+    prefix = request.getfixturevalue("postgres")
+    name = f"t{time.time_ns()}"
+    with psycopg.connect(prefix.replace("+psycopg", "") + "/postgres", autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return f"{prefix}/{name}"
+
+
+@pytest.fixture
+def replicas(tiny_export, tmp_path, database_url):
+    root = tmp_path / "exports"
+    shutil.copytree(tiny_export, root / "1")
+    started = []
+
+    def start(name: str):
+        service = curator_service(
+            root, None, tmp_path / f"{name}.log", database_url=database_url, sync_seconds=0.25
+        )
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def eventually(check, timeout=CATCH_UP_S):
+    """Polls `check()` until it is true; returns the seconds it took (fails after `timeout`)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"not caught up after {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def recommended(service, **body) -> list[str]:
+    answer = service.client.post("/v1/recommendations", json={"k": 50, **body})
+    assert answer.status_code == 200, answer.text
+    return [item["item_id"] for item in answer.json()["items"]]
+
+
+def test_a_write_on_one_replica_is_served_by_the_other(replicas, small_marketplace):
+    a, b = replicas("a"), replicas("b")
+    dataset = load_dataset(small_marketplace)
+    features = np.asarray(dataset.features[7], np.float32).tolist()
+    new = {"item_id": "from-a", "artist_id": "artist-x", "features": features}
+    assert a.client.post("/v1/items", json={"items": [new]}).status_code == 200
+    eventually(lambda: b.client.get("/v1/items/from-a/similar").status_code == 200)
+    bought = {"purchases": [{"customer_id": "walk-in", "item_id": "from-a"}]}
+    assert b.client.post("/v1/purchases", json=bought).status_code == 200
+    # a sees b's purchase: the walk-in gets model recommendations, the original is sold
+    eventually(lambda: a.client.post("/v1/recommendations", json={"customer_id": "walk-in"})
+               .json()["strategy"] == "model")  # fmt: skip
+    again = a.client.post("/v1/purchases", json={"purchases": [
+        {"customer_id": "late", "item_id": "from-a"}]})  # fmt: skip
+    assert again.status_code == 409
+    liked = [str(i) for i in dataset.item_ids[[1, 2]]]
+    path = "/v1/customers/fan/favourites"
+    assert a.client.post(path, json={"add": liked}).status_code == 200
+    eventually(lambda: b.client.get(path).json()["item_ids"] == liked)
+    # a replica started later reads everything from the database
+    c = replicas("c")
+    assert c.client.get(path).json()["item_ids"] == liked
+    assert c.client.get("/v1/items/from-a/similar").status_code == 200
+
+
+def test_concurrent_sales_of_one_original_across_replicas_yield_one_sale(
+    replicas, small_marketplace
+):
+    a, b = replicas("a"), replicas("b")
+    dataset = load_dataset(small_marketplace)
+    sold_in_log = set(dataset.purchases["item_id"])
+    originals = [
+        str(i)
+        for i, unique in zip(dataset.item_ids, dataset.items["one_of_a_kind"], strict=True)
+        if unique and i not in sold_in_log
+    ][:15]
+    urls = [a.url, b.url, a.url, b.url]
+
+    def buy(job):
+        url, customer, item_id = job
+        body = {"purchases": [{"customer_id": customer, "item_id": item_id}]}
+        return httpx.post(f"{url}/v1/purchases", json=body, timeout=30).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        for item_id in originals:
+            jobs = [(url, f"buyer-{n}", item_id) for n, url in enumerate(urls)]
+            statuses = sorted(pool.map(buy, jobs))
+            assert statuses == [200, 409, 409, 409], (item_id, statuses)
+    for service in (a, b):  # both agree: every one of them is sold
+        eventually(lambda s=service: not set(originals) & set(recommended(s, k=100)))
+        late = {"purchases": [{"customer_id": "late", "item_id": originals[0]}]}
+        assert service.client.post("/v1/purchases", json=late).status_code == 409
