@@ -3,73 +3,36 @@ other's writes within about a second, and an original is sold once whichever rep
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from serving.process import curator_service
+from serving.throwaway_postgres import ThrowawayPostgres
 from training.data.dataset import load_dataset
 
 CATCH_UP_S = 2.0
 
 
-def _as_postgres(command: list[str]) -> list[str]:
-    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server in a temporary directory; yields its URL prefix."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+    """A throwaway PostgreSQL server for this module's tests."""
+    if not ThrowawayPostgres.available():
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on the PATH")
-    root = Path(tempfile.mkdtemp(prefix="curator-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    data = root / "data"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    subprocess.run(
-        _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "curator"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        _as_postgres(["pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
-                      "start"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://curator@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    server = ThrowawayPostgres()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}"
-    import psycopg
-
-    prefix = request.getfixturevalue("postgres")
-    name = f"t{time.time_ns()}"
-    with psycopg.connect(prefix.replace("+psycopg", "") + "/postgres", autocommit=True) as db:
-        db.execute(f"CREATE DATABASE {name}")
-    return f"{prefix}/{name}"
+    return request.getfixturevalue("postgres").new_database()
 
 
 @pytest.fixture
