@@ -8,6 +8,8 @@ serialised by the service and applied only after the database committed them.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -20,6 +22,8 @@ from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
 from training.topk import crowd, merge_top_k, top_k, top_k_rows
 from training.trained_towers import pad_profiles
+
+log = logging.getLogger("curator.serving")
 
 RERANK_FETCH = 200  # ScaNN candidates fetched past k for the nearest-purchase term to re-rank
 # Profile artworks (the most recent) whose closest artworks are searched as candidates for the
@@ -104,9 +108,18 @@ class Catalogue:
         self.size = n
         self.profiles: dict[str, list[int]] = {}
         self.favourites: dict[str, list[int]] = {}  # rows, in the order added
-        self._seen_purchases: set[tuple[str, str, float]] = set()
+        # Purchases are counted per (customer, artwork, time) where they come from: the
+        # export's log, the database (the feed), and what is applied here. A database row is
+        # applied only while the database holds more of its key than were applied (own writes
+        # come back through the feed, a later export's log may hold live purchases); two
+        # identical purchases in one request still count twice.
+        self._in_export: Counter[tuple[str, str, float]] = Counter()
+        self._in_database: Counter[tuple[str, str, float]] = Counter()
+        self._applied: Counter[tuple[str, str, float]] = Counter()
         base = model.purchases[["user_id", "item_id", "timestamp"]].itertuples(index=False)
-        self._apply_purchases([Purchase(str(u), str(i), float(t)) for u, i, t in base])
+        logged = [Purchase(str(u), str(i), float(t)) for u, i, t in base]
+        self._in_export.update(_key(p) for p in logged)
+        self._apply_purchases(logged)
 
     # -- the live state ---------------------------------------------------------------------
 
@@ -125,8 +138,23 @@ class Catalogue:
         writes coming back through the feed change nothing."""
         new = [item for item in changes.items if item.item_id not in self.row_of]
         if new:
-            self._apply_items(new, self.embed(new))
-        self._apply_purchases([p for p in changes.purchases if p.item_id in self.row_of])
+            try:
+                self._apply_items(new, self.embed(new))
+            except (RequestError, ValueError):  # one by one: the rows this model can take
+                for item in new:
+                    try:
+                        self._apply_items([item], self.embed([item]))
+                    except (RequestError, ValueError) as error:
+                        log.error("live artwork %r skipped by this model: %s", item.item_id, error)
+        fresh = []
+        for purchase in changes.purchases:
+            if purchase.item_id not in self.row_of:
+                continue  # its artwork was skipped above
+            key = _key(purchase)
+            self._in_database[key] += 1
+            if max(self._in_export[key], self._in_database[key]) > self._applied[key]:
+                fresh.append(purchase)
+        self._apply_purchases(fresh)
         for event in changes.favourites:
             if event.item_id in self.row_of:
                 self._apply_favourite(event)
@@ -236,10 +264,7 @@ class Catalogue:
 
     def _apply_purchases(self, purchases: Sequence[Purchase]) -> None:
         for purchase in purchases:
-            key = (purchase.customer_id, purchase.item_id, purchase.timestamp)
-            if key in self._seen_purchases:  # in the export's log and in the database
-                continue
-            self._seen_purchases.add(key)
+            self._applied[_key(purchase)] += 1
             row = self.row_of[purchase.item_id]
             profile = self.profiles.setdefault(purchase.customer_id, [])
             if row not in profile:
@@ -366,18 +391,9 @@ class Catalogue:
         for i, query in enumerate(queries):
             excluded, rule = exclude[i][exclude[i] < size], rules[i]
             per_artist = rule.max_per_artist if rule is not None else None
-            fetch = min(indexed, k + excluded.size + extra)
-            while True:
-                rows, scores = self.searcher.search(query, fetch)
-                keep = ~self._skipped(rows, excluded, available_only[i], rule)
-                rows, scores = rows[keep], scores[keep]
-                if per_artist is None:
-                    found = rows.size
-                else:
-                    found = crowd(self.artist_codes[rows], k, per_artist).size
-                if found >= k or fetch >= indexed:
-                    break
-                fetch = min(indexed, fetch * 4)
+            rows, scores = self._indexed_candidates(
+                query, k, excluded, available_only[i], rule, k + excluded.size + extra
+            )
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
             if profiles is not None:
@@ -399,6 +415,31 @@ class Catalogue:
             chosen = crowd(self.artist_codes[merged_rows], k, per_artist)
             results.append(Ranked(merged_rows[chosen], merged_scores[chosen]))
         return results
+
+    def _indexed_candidates(self, query, k, excluded, available_only, rule, fetch):
+        """(rows, scores) of indexed artworks the query may get, best first from ScaNN, enough
+        for k of them to survive its filters and crowding: the fetch grows 4x at a time; when
+        the leaves searched hold no more (a narrow filter, a long crowding tail), or the query
+        allows only some artists, every indexed artwork it may get is scored exactly."""
+        indexed = self.indexed
+        per_artist = rule.max_per_artist if rule is not None else None
+        exact = rule is not None and rule.allowed is not None
+        fetch = min(indexed, fetch)
+        while not exact:
+            rows, scores = self.searcher.search(query, fetch)
+            returned = rows.size
+            keep = ~self._skipped(rows, excluded, available_only, rule)
+            rows, scores = rows[keep], scores[keep]
+            if per_artist is None:
+                found = rows.size
+            else:
+                found = crowd(self.artist_codes[rows], k, per_artist).size
+            if found >= k:
+                return rows, scores
+            exact = returned < fetch or fetch >= indexed
+            fetch = min(indexed, fetch * 4)
+        rows = np.flatnonzero(~self._skipped(np.arange(indexed), excluded, available_only, rule))
+        return rows, query @ self.columns[:, rows]
 
     def _with_term_candidates(self, rows, profile, excluded, available_only, rule) -> np.ndarray:
         """`rows` plus the indexed artworks closest to the profile's last TERM_SEARCH_PROFILE
@@ -508,6 +549,10 @@ def _check_vectors(items: Sequence[NewItem], vectors: np.ndarray) -> None:
             f"{items[broken[0]].item_id!r} is not finite (values too large for the model); "
             f"{broken.size} such item(s)"
         )
+
+
+def _key(purchase: Purchase) -> tuple[str, str, float]:
+    return purchase.customer_id, purchase.item_id, purchase.timestamp
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

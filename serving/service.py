@@ -131,7 +131,8 @@ class Service:
         bought = catalogue.profiles.get(customer, []) if customer else []
         liked = catalogue.favourites.get(customer, []) if customer else []
         # favourites first: a profile longer than max_profile loses them before purchases
-        profile = np.array(list(dict.fromkeys([*liked, *bought, *given])), np.int64)
+        ordered = [*liked, *bought, *given]  # an artwork named twice keeps its later place
+        profile = np.array(list(dict.fromkeys(reversed(ordered)))[::-1], np.int64)
         excluded = profile if request.exclude_purchased else profile[:0]
         return ResolvedQuery(
             catalogue,

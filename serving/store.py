@@ -125,7 +125,8 @@ class Store:
         self.url = url
         self.engine = sa.create_engine(url)
         self.postgresql = self.engine.dialect.name == "postgresql"
-        metadata.create_all(self.engine)
+        with self._writing() as connection:  # replicas starting together create tables once
+            metadata.create_all(connection)
 
     @contextmanager
     def _writing(self) -> Iterator[sa.Connection]:
@@ -186,11 +187,11 @@ class Store:
                 connection.execute(favourite_events.insert(), events)
 
     def changes_since(self, cursor: Cursor = Cursor()) -> Changes:
-        """Every row written after `cursor`, in commit order (the whole state from Cursor())."""
+        """Every row written after `cursor`, in commit order (the whole state from Cursor()).
+        Purchases and favourite events are read before artworks: each read may see a later
+        snapshot than the one before, and an artwork always commits before any row that names
+        it, so every artwork a row names is among those read (or was read before)."""
         with self.engine.connect() as connection:
-            item_rows = connection.execute(
-                sa.select(live_items).where(live_items.c.seq > cursor.items).order_by("seq")
-            ).all()
             purchase_rows = connection.execute(
                 sa.select(purchases).where(purchases.c.seq > cursor.purchases).order_by("seq")
             ).all()
@@ -198,6 +199,9 @@ class Store:
                 sa.select(favourite_events)
                 .where(favourite_events.c.seq > cursor.favourites)
                 .order_by("seq")
+            ).all()
+            item_rows = connection.execute(
+                sa.select(live_items).where(live_items.c.seq > cursor.items).order_by("seq")
             ).all()
         return Changes(
             [

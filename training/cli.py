@@ -412,7 +412,9 @@ def demo(
 def main() -> None:
     """Entry point: expected errors (bad input, bad arguments) exit 2 with one clear line."""
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # a typer.Exit comes back as its exit code
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)

@@ -461,3 +461,43 @@ def test_because_names_the_closest_profile_artwork_as_numpy_computes_it(catalogu
     np.testing.assert_array_equal(closest, profile[np.argmax(cosines, axis=1)])
     np.testing.assert_allclose(similarity, cosines.max(axis=1), rtol=1e-5)
     assert set(closest) <= set(profile)
+
+
+def test_scann_with_few_leaves_searched_still_honours_narrow_filters():
+    """5% of the leaves searched (the default): an artist whose artworks sit in leaves the
+    query does not search must still be found, and crowding still fills k."""
+    rng = np.random.default_rng(4)
+    n = 4000
+    cluster = rng.integers(0, 40, n)
+    vectors = (rng.normal(size=(40, 16))[cluster] + 0.05 * rng.normal(size=(n, 16))).astype(
+        np.float32
+    )
+    approximate = make_catalogue(n, 16, vectors, IndexConfig(k=20, scann_min_items=1000))
+    exact = make_catalogue(n, 16, vectors, IndexConfig(scann_min_items=10**6))
+    for catalogue in (approximate, exact):
+        catalogue.artist_ids = [f"c{c}" for c in cluster]
+        catalogue.artist_code_of = {}
+        catalogue.artist_codes[:n] = [catalogue._artist_code(a) for a in catalogue.artist_ids]
+    query = -rng.normal(size=(1, 16)).astype(np.float32)
+    args = dict(exclude=[np.array([], np.int64)], available_only=[False])
+    for rule_fields in ((["c7"], [], None), (["nobody"], [], None), (None, [], 1)):
+        rules = [approximate.artist_rule(*rule_fields)]
+        (found,) = approximate.top_k(query, 30, rules=rules, **args)
+        (truth,) = exact.top_k(query, 30, rules=rules, **args)
+        np.testing.assert_array_equal(found.rows, truth.rows)
+
+
+def test_own_writes_coming_back_through_the_feed_change_nothing_and_duplicates_count():
+    store = live_store()
+    writer, reader = make_catalogue(), make_catalogue()
+    print_row = int(np.flatnonzero(~writer.one_of_a_kind[: writer.size])[0])
+    item_id = writer.item_ids[print_row]
+    before = int(writer.sales[print_row])
+    twice = [Purchase("collector", item_id, 3000.0)] * 2  # two copies of a print, one request
+    writer.add_purchases(twice, store)
+    assert writer.sales[print_row] == before + 2
+    changes = store.changes_since()
+    writer.apply_changes(changes)  # its own rows, back from the database
+    reader.apply_changes(changes)  # another replica
+    assert writer.sales[print_row] == reader.sales[print_row] == before + 2
+    assert not store.changes_since(changes.cursor)  # the cursor reads each row once

@@ -141,7 +141,10 @@ def extract_features(
         "backbone": backbone,
         "weights": weights,
         "seed": seed,
-        "images": [[s.item_id, str(s.path.resolve()), s.path.stat().st_size] for s in sources],
+        "images": [
+            [s.item_id, str(s.path.resolve()), s.path.stat().st_size, s.path.stat().st_mtime_ns]
+            for s in sources
+        ],
     }
     extractor, done = _resume_or_start(partial, plan, echo)
     if extractor is None:

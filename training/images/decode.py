@@ -14,7 +14,8 @@ from __future__ import annotations
 import io
 import warnings
 
-FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
+# Pillow's names; MPO is a camera JPEG with more pictures after the first (decoded as JPEG)
+FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = 50_000_000  # 50 megapixels: decoding takes 150 MB
 
@@ -35,7 +36,11 @@ def check_image(data: bytes, name: str) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 found, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{name}: more than the {MAX_PIXELS // 1_000_000} megapixels read"
+        ) from None
+    except UnidentifiedImageError:
         raise ImageError(f"{name}: not a JPEG, PNG or WebP image") from None
     except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises for broken headers
         raise ImageError(f"{name}: unreadable image header ({error})") from None
