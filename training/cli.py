@@ -248,17 +248,48 @@ def train(
         Path | None,
         typer.Option(help="Then export the run into this exports root (as `curator export`)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train on this many processes (tf.distribute MultiWorkerMirroredStrategy): "
+            "started here, or one per machine with your own TF_CONFIG (docs/training.md).",
+        ),
+    ] = 1,
 ) -> None:
     """Train the towers: choose a configuration on the validation split, keep its best epoch."""
+    import os
+    import shutil
+
     from training.config import load_config
     from training.data.dataset import open_dataset
+    from training.distributed import from_environment, launch_local, remove_scratch
     from training.search import adapt_to_data, search
     from training.train import train as run_training
 
+    if workers > 1 and not os.environ.get("TF_CONFIG"):  # start the workers, then wait
+        status = launch_local(sys.argv[1:], workers, out)
+        if status:
+            raise typer.Exit(status)
+        remove_scratch(out, workers)  # the other workers' copies and logs
+        return
+    cluster = from_environment(workers) if workers > 1 else None
+    if cluster is not None:
+        # every worker must take the same decisions: no time budget (it would differ)
+        budget_minutes = float("inf")
+        if not cluster.chief:
+            # this worker's copy starts as the chief's run (resumed from the same checkpoint)
+            scratch = cluster.output_dir(out)
+            shutil.rmtree(scratch, ignore_errors=True)
+            if resume and out.exists():
+                shutil.copytree(out, scratch)
+            out, export = scratch, None
     dataset = open_dataset(data)
     base = load_config(config)
     if trials == 1:
-        result = run_training(dataset, adapt_to_data(base, dataset), out, resume=resume)
+        result = run_training(
+            dataset, adapt_to_data(base, dataset), out, resume=resume, workers=cluster
+        )
         best_metrics, best_epoch, epochs, seconds = (
             result.best_metrics,
             result.best_epoch,
@@ -275,6 +306,7 @@ def train(
             budget_s=budget_minutes * 60,
             resume=resume,
             progress=typer.echo,
+            workers=cluster,
         )
         best = record["trials"][record["chosen"]]
         best_metrics, best_epoch, epochs = best["validation"], best["best_epoch"], best["epochs"]

@@ -31,6 +31,7 @@ import optuna
 from training.atomic import write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
+from training.distributed import Workers
 from training.train import train
 
 PRUNE_AFTER_EPOCHS = 4
@@ -150,6 +151,7 @@ def search(
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
     space: tuple[Choice, ...] | None = None,
+    workers: Workers | None = None,
 ) -> dict:
     """Train `trials` configurations of the search space around `base` (see the module
     docstring), make the best on validation the run's model, and return search.json's content."""
@@ -214,7 +216,13 @@ def search(
             shutil.rmtree(trial_dir)
         try:
             result = train(
-                dataset, config, trial_dir, resume=resumable, progress=False, on_epoch=report
+                dataset,
+                config,
+                trial_dir,
+                resume=resumable,
+                progress=False,
+                on_epoch=report,
+                workers=workers,
             )
         except optuna.TrialPruned:
             state = "pruned"

@@ -15,6 +15,7 @@ last), history.json (per-epoch loss and validation metrics), summary.json and lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from training.data.history import (
     artist_sell_through,
     visual_clusters,
 )
+from training.distributed import Workers
 from training.evaluation.protocols import Case
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
@@ -78,15 +80,19 @@ def data_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
-def _batches(examples: Examples, n_items: int, batch_size: int, seed) -> tf.data.Dataset:
-    """Shuffled batches; profiles and owned rows padded to the batch's longest."""
+def _batches(
+    examples: Examples, n_items: int, batch_size: int, seed, workers: Workers | None = None
+) -> tuple[tf.data.Dataset, int]:
+    """(shuffled batches, how many); profiles and owned rows padded to the batch's longest.
+    With `workers`, this worker's share of each global batch (every worker sees as many)."""
     order = np.random.default_rng(seed).permutation(len(examples))
+    starts = [s for s in range(0, order.size, batch_size) if order[s : s + batch_size].size >= 2]
 
     def generate():
-        for start in range(0, order.size, batch_size):
+        for start in starts:
             chosen = order[start : start + batch_size]
-            if chosen.size < 2:
-                continue
+            if workers is not None:
+                chosen = workers.shard(chosen)
             profiles = [examples.profiles[i] for i in chosen]
             owned = [examples.owned[i] for i in chosen]
             profile = np.full((chosen.size, max(p.size for p in profiles)), n_items, np.int64)
@@ -106,7 +112,12 @@ def _batches(examples: Examples, n_items: int, batch_size: int, seed) -> tf.data
         "negative": tf.TensorSpec([None], tf.int64),
         "owned": tf.TensorSpec([None, None], tf.int64),
     }
-    return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(2)
+    batches = tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(2)
+    if workers is not None:  # sharded by the generator itself
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        batches = batches.with_options(options)
+    return batches, len(starts)
 
 
 def validate(item_tower, user_tower, dataset: Dataset, cases) -> dict:
@@ -147,6 +158,7 @@ class _TrainingState:
     started: float  # time.perf_counter() when this session began
     history: list[dict] = field(default_factory=list)
     elapsed_before: float = 0.0  # seconds of earlier sessions of a resumed run
+    workers: Workers | None = None  # several processes train together
 
     @property
     def epochs_done(self) -> int:
@@ -167,15 +179,24 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
+    workers: Workers | None = None,
 ) -> TrainResult:
     """Fit, select the best epoch, calibrate; see the module docstring. `on_epoch(epoch,
-    validation metrics)` is called after every epoch (a search uses it to stop bad trials)."""
+    validation metrics)` is called after every epoch (a search uses it to stop bad trials).
+    `workers`: this process is one of several (training/distributed.py): the model lives in
+    their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     _prepare_run_dir(run_dir, config, resume)
     data = _prepare_data(dataset, config)
-    model = _build_model(dataset, config, data.fit_purchases)
-    state = _open_state(model, run_dir, started, resume)
+    with workers.strategy.scope() if workers else contextlib.nullcontext():
+        model = _build_model(dataset, config, data.fit_purchases)
+        if workers:  # variables made here are mirrored; made inside a replica's step, not
+            model.towers_on_batch(tf.constant([[0]], tf.int64), tf.constant([0], tf.int64))
+            model.optimizer.build(model.trainable_variables)
+        state = _open_state(model, run_dir, started, resume)
+    state.workers = workers
+    progress = progress and (workers is None or workers.chief)
     _epoch_loop(state, dataset, data, config, run_dir, progress=progress, on_epoch=on_epoch)
     return _finish(state, dataset, data, config, run_dir)
 
@@ -306,7 +327,7 @@ def _run_epoch(
     """Fit one epoch, validate it, log it and checkpoint it: (its history record, its validation
     metrics)."""
     model, current = state.model, state.epochs_done
-    loss, n_examples = _fit_epoch(model, dataset, data.context, config, current)
+    loss, n_examples = _fit_epoch(model, dataset, data.context, config, current, state.workers)
     metrics = validate(model.item_tower, model.user_tower, dataset, data.validation_cases)
     record = {
         "epoch": current + 1,
@@ -330,6 +351,7 @@ def _fit_epoch(
     context: SamplingContext,
     config: TrainConfig,
     current: int,
+    workers: Workers | None = None,
 ) -> tuple[float, int]:
     """Sample epoch `current`'s examples and fit one pass over them: (loss, number of examples)."""
     model.optimizer.learning_rate.assign(config.learning_rate * config.lr_decay**current)
@@ -346,11 +368,13 @@ def _fit_epoch(
             "on this data (untimed purchases need `leave_one_out`; `same_artist` needs "
             "artists)"
         )
-    fit = model.fit(
-        _batches(examples, dataset.n_items, config.batch_size, [config.seed, current]),
-        epochs=1,
-        verbose=0,
+    batches, steps = _batches(
+        examples, dataset.n_items, config.batch_size, [config.seed, current], workers
     )
+    if workers is not None:  # each worker's own share as it is: no rebatching across workers
+        shares = batches
+        batches = workers.strategy.distribute_datasets_from_function(lambda _: shares)
+    fit = model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
     return float(fit.history["loss"][-1]), len(examples)
 
 

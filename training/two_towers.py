@@ -107,10 +107,10 @@ class CuratorModel(tfrs.models.Model):
         users = self.user_tower((profile_vectors, mask), training=training)
         return users, tf.gather(vectors, position[n_flat:])
 
-    def _sampling_probability(self, candidates: tf.Tensor, n_batch: tf.Tensor) -> tf.Tensor:
+    def _sampling_probability(self, candidates: tf.Tensor, n_batch, n_uniform) -> tf.Tensor:
         """Each candidate's chance of being drawn as a negative: in-batch candidates follow the
         training positives' distribution, uniform ones 1/n_items; the mixture of both."""
-        n_uniform = float(self.config.uniform_negatives)
+        n_uniform = float(n_uniform)
         share = tf.gather(self.positive_share, candidates)  # [n_candidates]
         return (n_batch * share + n_uniform / self.n_items) / (n_batch + n_uniform)
 
@@ -131,12 +131,30 @@ class CuratorModel(tfrs.models.Model):
         candidates = positive
         if self.config.hard_negatives:
             candidates = tf.concat([positive, tf.boolean_mask(negative, negative >= 0)], 0)
-        n_batch = tf.cast(tf.size(candidates), tf.float32)
+        replicas = _replica_context()
         n_uniform = self.config.uniform_negatives
+        if replicas is not None:  # each draws its share, so that all draw n_uniform
+            n_uniform = -(-n_uniform // replicas.num_replicas_in_sync)
         if n_uniform:  # mixed negative sampling: catalogue artworks drawn uniformly
             drawn = tf.random.uniform([n_uniform], 0, self.n_items, dtype=candidates.dtype)
             candidates = tf.concat([candidates, drawn], 0)
+        n_in_batch = tf.size(candidates) - n_uniform
         users, items = self.towers_on_batch(inputs["profile"], candidates, training)
+        n_uniform_all = n_uniform
+        if replicas is not None:
+            # every worker's candidates are every worker's negatives (training/distributed.py)
+            counts = tf.cast(tf.stack([tf.size(candidates), n_in_batch]), tf.float32)[None, :]
+            counts = tf.cast(replicas.all_gather(counts, axis=0), tf.int32)  # [replicas, 2]
+            first_own = tf.reduce_sum(counts[: replicas.replica_id_in_sync_group, 0])
+            n_in_batch = tf.reduce_sum(counts[:, 1])
+            n_uniform_all = n_uniform * replicas.num_replicas_in_sync
+            items = _own_first(replicas.all_gather(items, axis=0), first_own)  # differentiable
+            # int64 has no collective on CPU; row numbers are exact in float64
+            everyone = replicas.all_gather(tf.cast(candidates, tf.float64), axis=0)
+            candidates = tf.cast(_own_first(everyone, first_own), candidates.dtype)
+        # this replica's candidates come first, so that its users' positives are the diagonal
+        # (the labels TFRS's Retrieval builds)
+        n_batch = tf.cast(n_in_batch, tf.float32)
         owned = inputs["owned"]  # [batch, max_owned]
         is_owned = tf.reduce_any(owned[:, :, None] == candidates[None, None, :], axis=1)
         own_positive = tf.eye(tf.shape(users)[0], tf.shape(candidates)[0], dtype=tf.bool)
@@ -145,7 +163,7 @@ class CuratorModel(tfrs.models.Model):
             items,
             candidate_ids=candidates,
             candidate_sampling_probability=(
-                self._sampling_probability(candidates, n_batch)
+                self._sampling_probability(candidates, n_batch, n_uniform_all)
                 if self.config.logq_correction
                 else None
             ),
@@ -153,3 +171,30 @@ class CuratorModel(tfrs.models.Model):
             compute_metrics=False,
             compute_batch_metrics=False,
         )
+
+    def train_step(self, inputs):
+        """TFRS's step, with the regularisation divided among replicas: their gradients are
+        summed, and each would otherwise add the whole of it."""
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization = tf.add_n([tf.reduce_sum(r) for r in self.losses] or [0.0])
+            replicas = _replica_context()
+            if replicas is not None:
+                regularization /= replicas.num_replicas_in_sync
+            total = loss + regularization
+        gradients = tape.gradient(total, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        return {"loss": loss, "regularization_loss": regularization, "total_loss": total}
+
+
+def _own_first(gathered: tf.Tensor, start) -> tf.Tensor:
+    """`gathered` rotated so that the rows from `start` on come first."""
+    return tf.concat([gathered[start:], gathered[:start]], axis=0)
+
+
+def _replica_context():
+    """The replica context when several replicas train together, else None."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context

@@ -1,0 +1,94 @@
+"""`curator train --workers 2`: two local processes under MultiWorkerMirroredStrategy train the
+same model one process does, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_TRAINING
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory):
+    base = yaml.safe_load((REPO / "training" / "configs" / "curator.yaml").read_text())
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**base, **TINY_TRAINING, "epochs": 3}))
+    return path
+
+
+def train_command(data, config, out, *extra):
+    return [
+        sys.executable, "-m", "training.cli", "train", "--data", str(data), "--config",
+        str(config), "--trials", "1", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def history(run) -> list[tuple]:
+    return [
+        (r["epoch"], round(r["loss"], 3), r["examples"], round(r["valid_mean_recall"], 6))
+        for r in json.loads((run / "history.json").read_text())
+    ]
+
+
+def test_two_workers_train_what_one_trains_and_resume_after_a_kill(
+    small_marketplace, tiny_yaml, tmp_path
+):
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(train_command(small_marketplace, tiny_yaml, one), cwd=REPO, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        train_command(small_marketplace, tiny_yaml, two, "--workers", "2"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the global batch is split between the workers and every worker's candidates are every
+    # worker's negatives: the same losses and validation figures, epoch by epoch
+    assert [h[:3] for h in history(two)] == [h[:3] for h in history(one)]
+    for (_, _, _, a), (_, _, _, b) in zip(history(two), history(one), strict=True):
+        assert a == pytest.approx(b, abs=0.01)
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["best_epoch"] == json.loads((one / "summary.json").read_text())["best_epoch"]
+    assert not list(tmp_path.glob(".two.worker-*"))  # the other worker's copy is gone
+
+    # killed (the whole process group, as Ctrl-C or a lost machine would) after an epoch
+    killed = tmp_path / "killed"
+    launcher = subprocess.Popen(
+        train_command(small_marketplace, tiny_yaml, killed, "--workers", "2"),
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (
+        (killed / "history.json").exists()
+        and len(json.loads((killed / "history.json").read_text() or "[]")) >= 1
+    ):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = subprocess.run(
+        train_command(small_marketplace, tiny_yaml, killed, "--workers", "2", "--resume"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [h[:3] for h in history(killed)] == [h[:3] for h in history(one)]
+
+
+def test_a_tf_config_that_does_not_match_workers_is_refused(small_marketplace, tiny_yaml, tmp_path):
+    config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]},
+              "task": {"type": "worker", "index": 0}}  # fmt: skip
+    done = subprocess.run(
+        train_command(small_marketplace, tiny_yaml, tmp_path / "x", "--workers", "2"),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CONFIG": json.dumps(config)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--workers 2 but TF_CONFIG describes 3 workers" in done.stderr
