@@ -70,9 +70,11 @@ class Catalogue:
         n, dim = model.vectors.shape
         self.index = index or model.index
         self.indexed = n  # rows 0..indexed-1 are in the ScaNN searcher, if any
-        self.searcher = (
-            ScannSearcher(model.vectors, self.index) if self.index.uses_scann(n) else None
-        )
+        same_index = index is None or index == model.index  # the export's own searchers fit
+        self.searcher = None
+        if self.index.uses_scann(n):
+            serialized = model.searcher if same_index else None
+            self.searcher = serialized or ScannSearcher(model.vectors, self.index)
         self.item_ids: list[str] = list(model.items["item_id"].astype(str))
         self.artist_ids: list[str] = list(model.items["artist_id"])
         self.artist_code_of: dict[str, int] = {}  # "" (no artist) has none: code -1
@@ -93,7 +95,8 @@ class Catalogue:
         # the term's own candidates: the exported artworks closest to a profile artwork
         self.match_searcher = None
         if self.searcher is not None and self.nearest_weight and model.match_vectors is not None:
-            self.match_searcher = ScannSearcher(
+            serialized = model.match_searcher if same_index else None
+            self.match_searcher = serialized or ScannSearcher(
                 model.match_vectors, replace(self.index, prior_slot=False)
             )
         self.one_of_a_kind = np.zeros(capacity, bool)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from training.data.dataset import load_items_table, load_purchases_table
-from training.export import FORMAT_VERSION, MANIFEST, export_versions, sha256_file, version_entries
-from training.index import IndexConfig
+from training.export import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MATCH_SEARCHER_DIR,
+    SEARCHER_DIR,
+    export_versions,
+    sha256_file,
+    version_entries,
+)
+from training.index import IndexConfig, ScannSearcher
 from training.nearest_purchase import FILE_NAME as NEAREST_FILE
 from training.nearest_purchase import NearestPurchase
 from training.trained_towers import MODEL_DIR, embed_items, load_towers
@@ -62,6 +70,9 @@ class ServingModel:
     # the calibrated nearest-purchase term and the catalogue's match vectors [n_items, m], or None
     nearest: NearestPurchase | None = None
     match_vectors: np.ndarray | None = None
+    # the service's ScaNN searchers as the export serialized them (None: built at load)
+    searcher: ScannSearcher | None = None
+    match_searcher: ScannSearcher | None = None
 
     @property
     def version(self) -> int:
@@ -165,6 +176,8 @@ class Manifest(_Strict):
                 or "" in parts
             ):
                 raise ValueError(f"{name!r} is not a path inside the export")
+            if name.endswith(".pkl"):  # ScaNN's loader would unpickle one
+                raise ValueError(f"{name!r}: pickles are refused")
         missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise ValueError(f"does not list {missing}")
@@ -316,10 +329,35 @@ def _load(path: Path) -> ServingModel:
         )
     nearest, match_vectors = _load_nearest_purchase(path, manifest)
     items["artist_id"] = items["artist_id"].fillna("").astype(str)
+    searcher = _load_searcher(path, manifest, SEARCHER_DIR, index, len(vectors))
+    match_searcher = None
+    if match_vectors is not None:
+        match_index = replace(index, prior_slot=False)
+        match_searcher = _load_searcher(
+            path, manifest, MATCH_SEARCHER_DIR, match_index, len(match_vectors)
+        )
     return ServingModel(
         path, as_written, item_tower, kernel, items, vectors, purchases, index,
-        nearest, match_vectors,
+        nearest, match_vectors, searcher, match_searcher,
     )  # fmt: skip
+
+
+def _load_searcher(
+    path: Path, manifest: Manifest, directory: str, index: IndexConfig, n_rows: int
+) -> ScannSearcher | None:
+    """The serialized searcher under `directory`, if the export has one (exports before it
+    have none: the service builds it). Its rows must be the catalogue's."""
+    if not any(name.startswith(f"{directory}/") for name in manifest.files):
+        return None
+    try:
+        searcher = ScannSearcher.load(path / directory, index)
+    except Exception as error:  # ScaNN raises RuntimeError, numpy ValueError/OSError
+        raise ExportError(f"{path}: {directory}: cannot load the searcher: {error}") from None
+    if searcher.size != n_rows:
+        raise ExportError(
+            f"{path}: {directory} holds {searcher.size:,} rows, the catalogue {n_rows:,}"
+        )
+    return searcher
 
 
 def _load_nearest_purchase(

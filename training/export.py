@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,9 @@ from training.trained_towers import (
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 2: catalogue/purchases.csv; 3: index.settings, files (hashes)
+# the service's ScaNN searchers, serialized (training/index.py: ScannSearcher.save)
+SEARCHER_DIR = "catalogue/scann"
+MATCH_SEARCHER_DIR = "catalogue/scann_match"
 HASH_CHUNK = 1 << 20  # files are hashed 1 MiB at a time
 RECALL_QUERIES = 500
 SCANN_NAMESPACE = ["Scann"]
@@ -226,10 +230,10 @@ def _recall_profiles(dataset: Dataset, seed: int) -> list[np.ndarray]:
     return [groups[i] for i in np.sort(chosen)]
 
 
-def _recalls(index, encoder, dataset, vectors, profiles, settings, k=10) -> tuple[float, float]:
+def _recalls(index, encoder, dataset, vectors, profiles, searcher, k=10) -> tuple[float, float]:
     """recall@k against exact search on `profiles`: (the retrieval/ index's, the service's
-    searcher's: `ScannSearcher` built as serving/catalogue.py builds it, 1.0 when the service
-    searches exactly)."""
+    `searcher`'s: the one the export serializes for the service; 1.0 when the service searches
+    exactly, `searcher` None)."""
     found, users = [], []
     for start in range(0, len(profiles), 100):
         inputs = _profile_inputs(dataset, profiles[start : start + 100])
@@ -239,9 +243,9 @@ def _recalls(index, encoder, dataset, vectors, profiles, settings, k=10) -> tupl
     users = np.concatenate(users)
     exact = exact_top_k(users, vectors, k)[0]
     recall = neighbour_recall(np.concatenate(found), exact)
-    if not settings.uses_scann(vectors.shape[0]):
+    if searcher is None:
         return recall, 1.0
-    return recall, searcher_recall(ScannSearcher(vectors, settings), users, exact)
+    return recall, searcher_recall(searcher, users, exact)
 
 
 def _index_description(settings: IndexConfig, n_items: int, apart: int) -> dict:
@@ -279,8 +283,14 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         + (f", {apart:,} artworks with a prior searched apart" if apart else "")
     )
     index = build_index(vectors, ids, settings, query_model=encoder)
+    # the service's searchers, built here once and serialized (serving loads, not rebuilds)
+    searcher = ScannSearcher(vectors, settings) if settings.uses_scann(len(vectors)) else None
+    match_vectors = nearest.vectors(dataset.features) if nearest is not None else None
+    match_searcher = None
+    if searcher is not None and match_vectors is not None:
+        match_searcher = ScannSearcher(match_vectors, replace(settings, prior_slot=False))
     profiles = _recall_profiles(dataset, config.seed)
-    recall, serving_recall = _recalls(index, encoder, dataset, vectors, profiles, settings)
+    recall, serving_recall = _recalls(index, encoder, dataset, vectors, profiles, searcher)
     progress(
         f"recall@10 against exact search ({len(profiles)} profiles): index {recall:.4f}, "
         f"the service's search {serving_recall:.4f}"
@@ -317,7 +327,11 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
         if nearest is not None:
             nearest.save(tmp / MODEL_DIR)
-            np.save(tmp / "catalogue" / "match_vectors.npy", nearest.vectors(dataset.features))
+            np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
+        if searcher is not None:
+            searcher.save(tmp / SEARCHER_DIR)
+        if match_searcher is not None:
+            match_searcher.save(tmp / MATCH_SEARCHER_DIR)
         manifest = {
             "format": FORMAT_VERSION,
             "version": version,

@@ -18,6 +18,7 @@ TFRS layer) and the two results are merged by score.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -151,6 +152,34 @@ class ScannSearcher:
     @property
     def size(self) -> int:
         return self.tree_rows.size + self.apart_rows.size
+
+    def save(self, directory: Path) -> None:
+        """ScaNN's own serialization (protobuf and .npy files, paths relative; no docids, so
+        no pickle) of the tree and the searcher apart, and which rows each holds."""
+        for part, searcher in (("tree", self.tree), ("apart", self.apart)):
+            if searcher is not None:
+                (directory / part).mkdir(parents=True)
+                searcher.serialize(str(directory / part), relative_path=True)
+        np.savez(directory / "rows.npz", tree=self.tree_rows, apart=self.apart_rows)
+
+    @classmethod
+    def load(cls, directory: Path, config: IndexConfig) -> ScannSearcher:
+        """A searcher `save` wrote, without building anything. A pickle anywhere under
+        `directory` is refused (ScaNN's loader would unpickle a docids file)."""
+        from scann.scann_ops.py import scann_ops_pybind
+
+        pickles = sorted(str(p.relative_to(directory)) for p in directory.rglob("*.pkl"))
+        if pickles:
+            raise ValueError(f"{directory}: pickles are refused: {pickles}")
+        searcher = cls.__new__(cls)
+        searcher.config = config
+        with np.load(directory / "rows.npz", allow_pickle=False) as rows:
+            searcher.tree_rows, searcher.apart_rows = rows["tree"], rows["apart"]
+        searcher.tree = scann_ops_pybind.load_searcher(str(directory / "tree"))
+        searcher.apart = None
+        if searcher.apart_rows.size:
+            searcher.apart = scann_ops_pybind.load_searcher(str(directory / "apart"))
+        return searcher
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the (approximately) best k, best first; ties: lower row first."""

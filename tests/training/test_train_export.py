@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +127,31 @@ def test_a_separate_process_loads_the_export_and_retrieves_the_same_top_k(
     assert served.index == IndexConfig(**settings) and served.index.uses_scann(1_500) == (
         kind == "scann"
     )
+    # with ScaNN the service's searcher comes serialized in the export: loaded, not rebuilt,
+    # answering as the searcher the export measured
+    assert (served.searcher is not None) == (kind == "scann")
+    if kind == "scann":
+        from serving.catalogue import Catalogue
+        from serving.export_loader import ExportError
+        from training.index import ScannSearcher
+
+        assert Catalogue(served).searcher is served.searcher
+        rebuilt = ScannSearcher(served.vectors, served.index)
+        query = served.vectors[3]
+        np.testing.assert_array_equal(served.searcher.search(query, 20)[0],
+                                      rebuilt.search(query, 20)[0])  # fmt: skip
+        assert not list(version.rglob("*.pkl"))
+        tampered = tmp_path / "tampered"
+        shutil.copytree(version, tampered)
+        (tampered / "catalogue" / "scann" / "tree" / "scann_docids.pkl").write_bytes(b"x")
+        manifest_path = tampered / MANIFEST
+        listed = json.loads(manifest_path.read_text())
+        listed["files"]["catalogue/scann/tree/scann_docids.pkl"] = {
+            "sha256": hashlib.sha256(b"x").hexdigest(), "bytes": 1,
+        }  # fmt: skip
+        manifest_path.write_text(json.dumps(listed))
+        with pytest.raises(ExportError, match="pickles are refused"):
+            load_serving_model(tampered)
 
     # In this process: the towers and the exact top-k over the exported item vectors.
     from towers.profile_encoder import ProfileEncoder
