@@ -20,6 +20,7 @@ from serving.export_loader import ServingModel
 from serving.store import Changes, FavouriteEvent, NewItem, Purchase
 from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
+from training.nearest_purchase import closest_per_profile
 from training.topk import crowd, merge_top_k, top_k, top_k_rows
 from training.trained_towers import pad_profiles
 
@@ -476,12 +477,7 @@ class Catalogue:
         stacked = np.concatenate(profiles)
         distinct, position = np.unique(stacked, return_inverse=True)
         similarity = self.match_columns[:, distinct].T @ self.match_columns[:, :size]
-        closest = np.empty((len(profiles), size), similarity.dtype)
-        start = 0
-        for i, profile in enumerate(profiles):  # 20x faster than np.maximum.reduceat here
-            np.max(similarity[position[start : start + len(profile)]], axis=0, out=closest[i])
-            start += len(profile)
-        return closest
+        return closest_per_profile(similarity, position, [len(p) for p in profiles])
 
     def _skipped(
         self,

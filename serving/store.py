@@ -191,30 +191,12 @@ class Store:
         Purchases and favourite events are read before artworks: each read may see a later
         snapshot than the one before, and an artwork always commits before any row that names
         it, so every artwork a row names is among those read (or was read before)."""
-        with self.engine.connect() as connection:
-            purchase_rows = connection.execute(
-                sa.select(purchases).where(purchases.c.seq > cursor.purchases).order_by("seq")
-            ).all()
-            event_rows = connection.execute(
-                sa.select(favourite_events)
-                .where(favourite_events.c.seq > cursor.favourites)
-                .order_by("seq")
-            ).all()
-            item_rows = connection.execute(
-                sa.select(live_items).where(live_items.c.seq > cursor.items).order_by("seq")
-            ).all()
+        purchase_rows = self._rows_after(purchases, cursor.purchases)
+        event_rows = self._rows_after(favourite_events, cursor.favourites)
+        item_rows = self._rows_after(live_items, cursor.items)
         return Changes(
-            [
-                NewItem(
-                    row.item_id,
-                    row.artist_id,
-                    bool(row.one_of_a_kind),
-                    float(row.upload_time),
-                    np.frombuffer(row.features, dtype="<f4").astype(np.float32),
-                )
-                for row in item_rows
-            ],
-            [Purchase(r.customer_id, r.item_id, float(r.timestamp)) for r in purchase_rows],
+            [_new_item(row) for row in item_rows],
+            [_purchase(row) for row in purchase_rows],
             [FavouriteEvent(r.customer_id, r.item_id, bool(r.added)) for r in event_rows],
             Cursor(
                 item_rows[-1].seq if item_rows else cursor.items,
@@ -223,20 +205,43 @@ class Store:
             ),
         )
 
+    def _rows_after(self, table: sa.Table, seq: int) -> list:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(table).where(table.c.seq > seq).order_by(table.c.seq)
+            ).all()
+
     def items(self) -> list[NewItem]:
         """Every artwork added live, in the order added."""
-        return self.changes_since().items
+        return [_new_item(row) for row in self._rows_after(live_items, 0)]
 
     def purchases(self) -> list[Purchase]:
         """Every purchase recorded live, in the order recorded."""
-        return self.changes_since().purchases
+        return [_purchase(row) for row in self._rows_after(purchases, 0)]
 
     def favourites(self) -> list[tuple[str, str]]:
         """Every (customer_id, item_id) favourite now, in the order added."""
-        return favourites_after(self.changes_since().favourites)
+        events = self._rows_after(favourite_events, 0)
+        return favourites_after(
+            [FavouriteEvent(r.customer_id, r.item_id, bool(r.added)) for r in events]
+        )
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _new_item(row) -> NewItem:
+    return NewItem(
+        row.item_id,
+        row.artist_id,
+        bool(row.one_of_a_kind),
+        float(row.upload_time),
+        np.frombuffer(row.features, dtype="<f4").astype(np.float32),
+    )
+
+
+def _purchase(row) -> Purchase:
+    return Purchase(row.customer_id, row.item_id, float(row.timestamp))
 
 
 def favourites_after(events: Sequence[FavouriteEvent]) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ import pandas as pd
 from training.atomic import atomic_directory, write_text_atomic
 from training.data.columns import DatasetError, line_of, read_csv, require_ids, require_unique
 from training.data.ids import ID_RULE, is_valid_id
-from training.images.decode import EXTENSIONS, ImageError, check_image, decode_and_resize
+from training.images.decode import EXTENSIONS, check_image, decode_and_resize, load_image
 from training.images.extractor import DEFAULT_SEED, FeatureExtractor
 
 CHUNK_IMAGES = 256
@@ -258,14 +258,9 @@ def _extract_remaining(
 
 
 def _raise_for_bad_file(sources: list[ImageSource], size: int) -> None:
-    import tensorflow as tf
-
+    """The ImageError of the first of `sources` that does not decode (the service's path)."""
     for source in sources:
-        try:
-            decode_and_resize(tf.io.read_file(str(source.path)), size)
-        except tf.errors.InvalidArgumentError as error:
-            first = error.message.strip().splitlines()[0][:200] if error.message else ""
-            raise ImageError(f"{source.where}: cannot decode ({first or 'corrupt data'})") from None
+        load_image(source.path.read_bytes(), size, source.where)
 
 
 def _save_chunk(path: Path, rows: np.ndarray) -> None:
