@@ -194,3 +194,21 @@ def test_a_dataset_published_with_tfds_evaluates_like_its_directory(tmp_path):
         assert done.returncode == 2 and "published there: store (1.0.0)" in done.stderr
     finally:
         del os.environ["TFDS_DATA_DIR"]
+
+
+def test_features_command_writes_a_dataset_and_names_a_bad_file(tmp_path):
+    from tests.conftest import write_images
+
+    names = write_images(tmp_path / "photos", 4)
+    args = ["--backbone", "efficientnetv2-b0", "--weights", "random", "--batch-size", "3"]
+    done = curator("features", "--images", "photos", "--out", "feat", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "wrote feat: 4 images -> 1280-d efficientnetv2-b0 features" in done.stdout
+    features = np.load(tmp_path / "feat" / "features.npy")
+    assert features.shape == (4, 1280) and features.dtype == np.float32
+    items = (tmp_path / "feat" / "items.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in items] == sorted(names)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG not really")
+    done = curator("features", "--images", "photos", "--out", "again", *args, cwd=tmp_path)
+    assert done.returncode == 2 and "broken.png" in done.stderr
+    assert not (tmp_path / "again").exists()
