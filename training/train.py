@@ -374,7 +374,10 @@ def _fit_epoch(
     if workers is not None:  # each worker's own share as it is: no rebatching across workers
         shares = batches
         batches = workers.strategy.distribute_datasets_from_function(lambda _: shares)
-    fit = model.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    # Steps only where Keras needs them (a distributed dataset): passed to one process they
+    # changed what it trains from the second epoch on (seen on the paper's configuration;
+    # cause not found), so one process keeps the results it had before workers existed.
+    fit = model.fit(batches, epochs=1, steps_per_epoch=steps if workers else None, verbose=0)
     return float(fit.history["loss"][-1]), len(examples)
 
 
