@@ -73,13 +73,14 @@ class Service:
                     raise ExportError(
                         f"{path}: cannot apply the live state to this export: {error}"
                     ) from error
+                # counted before the switch: whoever sees the new version sees it counted
+                self.metrics.reloads.labels("loaded").inc()
+                self.metrics.model_version.set(model.version)
                 self.catalogue, self.cursor = catalogue, live.cursor
         except ExportError:
             self.metrics.reloads.labels("refused").inc()
             self.failed_version = path
             raise
-        self.metrics.reloads.labels("loaded").inc()
-        self.metrics.model_version.set(model.version)
         log.info("serving %s (version %d)", path, model.version)
         return ReloadResult(
             model_version=model.version,
