@@ -20,17 +20,19 @@ from serving.export_loader import ServingModel
 from serving.store import Changes, FavouriteEvent, NewItem, Purchase
 from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
-from training.nearest_purchase import closest_per_profile
+from training.nearest_purchase import TermWeights, closest_per_profile
 from training.topk import crowd, merge_top_k, top_k, top_k_rows
 from training.trained_towers import pad_profiles
 
 log = logging.getLogger("curator.serving")
 
-RERANK_FETCH = 200  # ScaNN candidates fetched past k for the nearest-purchase term to re-rank
+RERANK_FETCH = 200  # ScaNN candidates fetched past k for the profile terms to re-rank
 # Profile artworks (the most recent) whose closest artworks are searched as candidates for the
 # nearest-purchase term: each is one ScaNN search over the match vectors.
 TERM_SEARCH_PROFILE = 16
-TERM_FETCH = 50  # closest artworks fetched per profile artwork
+# closest artworks fetched per profile artwork, and to the profile's mean match vector; with a
+# popularity term, as many best-selling artworks join the candidates
+TERM_FETCH = 50
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,20 @@ class Catalogue:
         # (1.5-2x faster than multiplying by the transposed view)
         self.columns = np.zeros((dim, capacity), np.float32)
         self.columns[:, :n] = model.vectors.T
-        # the nearest-purchase term (training/nearest_purchase.py): match vectors, as columns
-        self.nearest_weight = model.nearest.weight if model.nearest is not None else 0.0
+        # the profile terms (training/nearest_purchase.py): match vectors, as columns
+        self.terms = model.nearest.weights if model.nearest is not None else TermWeights()
         self.match_columns = None
         if model.match_vectors is not None:
             self.match_columns = np.zeros((model.match_vectors.shape[1], capacity), np.float32)
             self.match_columns[:, :n] = model.match_vectors.T
-        # the term's own candidates: the exported artworks closest to a profile artwork
+        # the terms' own candidates: the exported artworks closest to a profile artwork or to
+        # the profile's mean look
         self.match_searcher = None
-        if self.searcher is not None and self.nearest_weight and model.match_vectors is not None:
+        if (
+            self.searcher is not None
+            and self.terms.uses_profile
+            and model.match_vectors is not None
+        ):
             serialized = model.match_searcher if same_index else None
             self.match_searcher = serialized or ScannSearcher(
                 model.match_vectors, replace(self.index, prior_slot=False)
@@ -107,6 +114,9 @@ class Catalogue:
         self.sold = np.zeros(capacity, bool)  # one-of-a-kind artworks bought
         self.sold_penalty = np.zeros(capacity, np.float32)  # -inf where sold: added to scores
         self.sales = np.zeros(capacity, np.int64)
+        self.popularity = np.zeros(capacity, np.float32)  # w_pop x log(1 + sales): the term
+        self._best_sellers: tuple[int, np.ndarray] | None = None  # (purchases seen, rows)
+        self._purchases_applied = 0
         self.artist_codes = np.full(capacity, -1, np.int64)
         self.artist_codes[:n] = [self._artist_code(a) for a in self.artist_ids]
         self.size = n
@@ -228,6 +238,7 @@ class Catalogue:
             self.sold = _grown(self.sold, capacity)
             self.sold_penalty = _grown(self.sold_penalty, capacity)
             self.sales = _grown(self.sales, capacity)
+            self.popularity = _grown(self.popularity, capacity)
             self.artist_codes = _grown(self.artist_codes, capacity)
         self.vectors[start:end] = vectors
         self.columns[:, start:end] = vectors.T
@@ -274,6 +285,8 @@ class Catalogue:
             if row not in profile:
                 profile.append(row)
             self.sales[row] += 1
+            self.popularity[row] = self.terms.popularity * np.log1p(self.sales[row])
+            self._purchases_applied += 1
             if self.one_of_a_kind[row]:
                 self.sold[row] = True
                 self.sold_penalty[row] = -np.inf
@@ -341,11 +354,12 @@ class Catalogue:
         rows, where `available_only` sold one-of-a-kind artworks, and what its artist `rules`
         leave out, keeping at most their `max_per_artist` of one artist (filters apply before
         the top k is cut: the search fetches further until k survive or none is left). With
-        `profiles` (one non-empty array of rows per query) and a nearest-purchase term, plus its
-        weight x each artwork's cosine to the closest profile artwork. Exact (ties: lower row
-        first) unless the catalogue has a ScaNN searcher, whose candidates the term then
-        re-ranks."""
-        if self.nearest_weight == 0:
+        `profiles` (one non-empty array of rows per query), plus the profile terms
+        (training/nearest_purchase.py): each artwork's cosine to the closest profile artwork and
+        its mean cosine to them, and its popularity, each times its weight. Exact (ties: lower
+        row first) unless the catalogue has a ScaNN searcher, whose candidates the terms then
+        re-rank. Without `profiles` (similar artworks), the towers alone."""
+        if not self.terms.any:
             profiles = None
         rules = rules if rules is not None else [None] * len(queries)
         if self.searcher is not None:
@@ -353,7 +367,13 @@ class Catalogue:
         size = self.size
         scores = queries @ self.columns[:, :size]  # [b, size]
         if profiles is not None:
-            scores += self.nearest_weight * self._closest_purchase(profiles, size)
+            if self.terms.nearest:
+                scores += self.terms.nearest * self._closest_purchase(profiles, size)
+            if self.terms.mean:
+                means = np.stack([self.match_columns[:, p].mean(axis=1) for p in profiles])
+                scores += self.terms.mean * (means @ self.match_columns[:, :size])
+            if self.terms.popularity:
+                scores += self.popularity[:size]
         only = np.asarray(available_only, bool)
         if only.any():
             scores[only] += self.sold_penalty[:size]
@@ -383,14 +403,14 @@ class Catalogue:
     ) -> list[Ranked]:
         """ScaNN over the indexed artworks, fetching past the rows a query must skip (growing
         the fetch until k survive its filters and crowding, exact search if it comes to that),
-        merged with exact scores of the artworks added since the export. With `profiles`, the
-        candidates are RERANK_FETCH more by the query plus the TERM_FETCH closest (match
-        vectors) to each of the last TERM_SEARCH_PROFILE profile artworks, all scored exactly
-        with the term."""
+        merged with exact scores of the artworks added since the export. With profile terms,
+        the candidates are RERANK_FETCH more by the query plus the terms' own (`_with_term_
+        candidates`), all scored exactly with the terms."""
         size, indexed = self.size, self.indexed
         live_rows = np.arange(indexed, size)
         live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
-        extra = max(RERANK_FETCH, 4 * k) if profiles is not None else 64
+        with_terms = profiles is not None
+        extra = max(RERANK_FETCH, 4 * k) if with_terms else 64
         results = []
         for i, query in enumerate(queries):
             excluded, rule = exclude[i][exclude[i] < size], rules[i]
@@ -400,17 +420,12 @@ class Catalogue:
             )
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
-            if profiles is not None:
+            if with_terms:
                 rows = self._with_term_candidates(
                     rows, profiles[i], excluded, available_only[i], rule
                 )
-                match = self.match_columns.T[profiles[i]]  # [p, m]
-                scores = query @ self.columns[:, rows] + self.nearest_weight * (
-                    match @ self.match_columns[:, rows]
-                ).max(axis=0)
-                live_scores = live_scores + self.nearest_weight * (
-                    match @ self.match_columns[:, indexed:size]
-                ).max(axis=0, initial=-np.inf)
+                scores = query @ self.columns[:, rows] + self._term_scores(profiles[i], rows)
+                live_scores = live_scores + self._term_scores(profiles[i], live_rows)
             parts = [(rows, scores), (live_rows, live_scores)]
             if per_artist is None:
                 results.append(Ranked(*merge_top_k(parts, k)))
@@ -446,17 +461,50 @@ class Catalogue:
         return rows, query @ self.columns[:, rows]
 
     def _with_term_candidates(self, rows, profile, excluded, available_only, rule) -> np.ndarray:
-        """`rows` plus the indexed artworks closest to the profile's last TERM_SEARCH_PROFILE
-        artworks that the query does not skip, each once (sorted)."""
+        """`rows` plus the indexed artworks that the query does not skip among: the TERM_FETCH
+        closest (match vectors) to each of the profile's last TERM_SEARCH_PROFILE artworks (the
+        nearest-purchase term), to the profile's mean match vector (the mean term), and the
+        TERM_FETCH best sellers (the popularity term); each once (sorted)."""
         candidates = [rows]
-        indexed = profile[profile < self.indexed]
-        recent = indexed[max(0, indexed.size - TERM_SEARCH_PROFILE) :]
         fetch = min(self.indexed, TERM_FETCH + excluded.size)
-        for row in recent:
-            match = np.ascontiguousarray(self.match_columns[:, row])
-            closest, _ = self.match_searcher.search(match, fetch)
+        queries = []
+        if self.terms.nearest:
+            indexed = profile[profile < self.indexed]
+            recent = indexed[max(0, indexed.size - TERM_SEARCH_PROFILE) :]
+            queries += list(self.match_columns[:, recent].T)
+        if self.terms.mean:
+            queries.append(self.match_columns[:, profile].mean(axis=1))
+        for match in queries:
+            closest, _ = self.match_searcher.search(np.ascontiguousarray(match), fetch)
             candidates.append(closest[~self._skipped(closest, excluded, available_only, rule)])
+        if self.terms.popularity:
+            best = self._best_selling_indexed(fetch)
+            candidates.append(best[~self._skipped(best, excluded, available_only, rule)])
         return np.unique(np.concatenate(candidates))
+
+    def _best_selling_indexed(self, n: int) -> np.ndarray:
+        """The n indexed artworks still for sale with the most sales (ties: lower row; a sold
+        original never returns), recomputed only after purchases were applied."""
+        cached = self._best_sellers
+        if cached is None or cached[0] != self._purchases_applied or cached[1].size < n:
+            keys = np.where(self.sold[: self.indexed], -np.inf, self.sales[: self.indexed])
+            rows, _ = top_k(keys, max(n, TERM_FETCH))
+            cached = self._best_sellers = (self._purchases_applied, rows)
+        return cached[1][:n]
+
+    def _term_scores(self, profile: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """[rows.size]: the profile terms' weighted sum for one query."""
+        total = np.zeros(rows.size, np.float32)
+        if self.terms.uses_profile:
+            match = self.match_columns.T[profile]  # [p, m]
+            similarity = match @ self.match_columns[:, rows]  # [p, n]
+            if self.terms.nearest:
+                total += self.terms.nearest * similarity.max(axis=0)
+            if self.terms.mean:
+                total += self.terms.mean * similarity.mean(axis=0)
+        if self.terms.popularity:
+            total += self.popularity[rows]
+        return total
 
     def closest_in_profile(
         self, rows: np.ndarray, profile: np.ndarray

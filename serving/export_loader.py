@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
@@ -138,8 +145,19 @@ class TrainingManifest(_Strict):
 
 
 class NearestPurchaseManifest(_Strict):
-    weight: float = Field(gt=0.0, allow_inf_nan=False)
+    """The profile terms' weights (training/nearest_purchase.py); exports written before the
+    mean and popularity terms have only `weight`."""
+
+    weight: float = Field(ge=0.0, allow_inf_nan=False)
+    mean_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    popularity_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     dim: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> NearestPurchaseManifest:
+        if not (self.weight > 0 or self.mean_weight > 0 or self.popularity_weight > 0):
+            raise ValueError("every weight is 0: the export should have no terms (null)")
+        return self
 
 
 class FileEntry(_Strict):
@@ -380,12 +398,24 @@ def _load_nearest_purchase(
         match_vectors = np.load(path / files[1], allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ExportError(f"{path}: bad nearest-purchase term: {error}") from None
-    said = (described.weight, described.dim, manifest.catalogue.feature_dim)
-    found = (nearest.weight, nearest.dim, nearest.feature_dim)
+    said = (
+        described.weight,
+        described.mean_weight,
+        described.popularity_weight,
+        described.dim,
+        manifest.catalogue.feature_dim,
+    )
+    found = (
+        nearest.weight,
+        nearest.mean_weight,
+        nearest.popularity_weight,
+        nearest.dim,
+        nearest.feature_dim,
+    )
     if said != found:
         raise ExportError(
-            f"{path}: {MANIFEST} nearest_purchase (weight, dim, feature_dim) is {said}, "
-            f"{files[0]} has {found}"
+            f"{path}: {MANIFEST} nearest_purchase (weight, mean_weight, popularity_weight, "
+            f"dim, feature_dim) is {said}, {files[0]} has {found}"
         )
     expected = (manifest.catalogue.items, nearest.dim)
     if match_vectors.dtype != np.float32 or match_vectors.shape != expected:

@@ -14,7 +14,9 @@ from training.sampling import POLICIES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 LOSSES = ("softmax", "bpr")
-SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall")
+# the profile terms' weight grids (training/calibration.py)
+TERM_GRIDS = ("nearest_purchase_weights", "profile_mean_weights", "popularity_weights")
+SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall", "auc_recall")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,12 @@ class TrainConfig:
     # that scores best on the validation (none: no such term); training/nearest_purchase.py
     nearest_purchase_weights: tuple[float, ...] = ()
     nearest_purchase_dim: int = 128
+    # the profile's mean look (VisRank-mean's view) and past sales: + w x the candidate's mean
+    # cosine to the profile's artworks, + w x log(1 + its sales); every combination of the three
+    # grids is tried and the best by `calibration_metric` kept; training/nearest_purchase.py
+    profile_mean_weights: tuple[float, ...] = ()
+    popularity_weights: tuple[float, ...] = ()
+    calibration_metric: str = "auc_recall"
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
     temperature: float = 0.05
@@ -75,7 +83,7 @@ class TrainConfig:
         object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
         object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
         object.__setattr__(self, "user_hidden", tuple(int(u) for u in self.user_hidden))
-        for name in ("artist_prior_weights", "nearest_purchase_weights"):
+        for name in TERM_GRIDS + ("artist_prior_weights",):
             object.__setattr__(self, name, tuple(float(w) for w in getattr(self, name)))
         checks = {
             "loss": (self.loss in LOSSES, f"one of {LOSSES}"),
@@ -94,9 +102,16 @@ class TrainConfig:
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
             "export_k": (self.export_k >= 1, ">= 1"),
             "uniform_negatives": (self.uniform_negatives >= 0, ">= 0"),
-            "nearest_purchase_weights": (
-                all(math.isfinite(w) and w >= 0 for w in self.nearest_purchase_weights),
-                "finite weights >= 0",
+            **{
+                name: (
+                    all(math.isfinite(w) and w >= 0 for w in getattr(self, name)),
+                    "finite weights >= 0",
+                )
+                for name in TERM_GRIDS
+            },
+            "calibration_metric": (
+                self.calibration_metric in SELECTION_METRICS,
+                f"one of {SELECTION_METRICS}",
             ),
             "nearest_purchase_dim": (self.nearest_purchase_dim >= 1, ">= 1"),
             "scann_leaves_to_search_share": (
@@ -130,7 +145,8 @@ class TrainConfig:
             list(self.user_hidden),
         )
         values["artist_prior_weights"] = list(self.artist_prior_weights)
-        values["nearest_purchase_weights"] = list(self.nearest_purchase_weights)
+        for name in TERM_GRIDS:
+            values[name] = list(getattr(self, name))
         return values
 
 

@@ -17,10 +17,11 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
   customer profiles and sold artworks)
 - towers.json, model/towers.*: the towers' configs and weights (`load_towers(export_dir)`), for
   the service and for anyone rebuilding the Keras layers
-- model/nearest_purchase.npz, catalogue/match_vectors.npy: the run's calibrated nearest-purchase
-  term (training/nearest_purchase.py) and each catalogue artwork's match vector, when the run
-  has the term with a weight above 0 (manifest "nearest_purchase": {"weight", "dim"}, else
-  null). The retrieval/ SavedModel ranks by the towers alone; the service adds the term.
+- model/nearest_purchase.npz, catalogue/match_vectors.npy: the run's calibrated profile terms
+  (training/nearest_purchase.py) and each catalogue artwork's match vector, when the run has a
+  term with a weight above 0 (manifest "nearest_purchase": {"weight", "mean_weight",
+  "popularity_weight", "dim"}, else null). The retrieval/ SavedModel ranks by the towers alone;
+  the service adds the terms.
 - manifest.json (format 3): version, run, config, data fingerprint, training metrics, the
                catalogue's size, and
   - "index": the search: "kind" ("brute_force" or "scann"), its ScaNN parameters, "settings"
@@ -270,7 +271,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
             f"{dataset.path} has {dataset.features.shape[1]}-d"
         )
     nearest = load_if_present(run_dir / MODEL_DIR)
-    if nearest is not None and nearest.weight == 0:
+    if nearest is not None and not nearest.weights.any:
         nearest = None  # calibrated to 0: validation said the towers alone rank better
     encoder = ProfileEncoder(item_tower, user_tower)
     ids = dataset.item_ids.astype(str)
@@ -287,7 +288,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     searcher = ScannSearcher(vectors, settings) if settings.uses_scann(len(vectors)) else None
     match_vectors = nearest.vectors(dataset.features) if nearest is not None else None
     match_searcher = None
-    if searcher is not None and match_vectors is not None:
+    if searcher is not None and nearest is not None and nearest.weights.uses_profile:
         match_searcher = ScannSearcher(match_vectors, replace(settings, prior_slot=False))
     profiles = _recall_profiles(dataset, config.seed)
     recall, serving_recall = _recalls(index, encoder, dataset, vectors, profiles, searcher)
@@ -361,7 +362,14 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
                 "recall_queries": len(profiles),
             },
             "nearest_purchase": (
-                None if nearest is None else {"weight": nearest.weight, "dim": nearest.dim}
+                None
+                if nearest is None
+                else {
+                    "weight": nearest.weight,
+                    "mean_weight": nearest.mean_weight,
+                    "popularity_weight": nearest.popularity_weight,
+                    "dim": nearest.dim,
+                }
             ),
             "uses_ids": item_tower.uses_ids,
             "tensorflow": tf.__version__,

@@ -1,22 +1,28 @@
-"""The nearest-purchase term: how close a candidate looks to the customer's closest past purchase.
+"""The profile terms added to the towers' scores: the nearest purchase, the profile's mean
+look, and the artwork's sales.
 
 The user tower pools a profile into one vector, so a customer who bought from three unrelated
 styles gets a vector between them, and an artwork just like one of the three can rank below
 artworks like none of them. The paper's own baseline, VisRank with max pooling, scores each
 candidate by its best-matching purchase instead, and on the real UGallery sales it beats the
-pooled towers on R@20. This term adds that view back:
+pooled towers on R@20. VisRank with mean pooling, the profile's average look, has the best AUC
+of the baselines on the marketplace, and past sales carry an appeal that pixels do not show.
+These terms add those views back:
 
-    score(profile, item) = user(profile) . item + w * max over p in profile of cos(m_p, m_item)
+    score(profile, item) = user(profile) . item
+                           + w_max  * max over p in profile of cos(m_p, m_item)
+                           + w_mean * mean over p in profile of cos(m_p, m_item)
+                           + w_pop  * log(1 + sales of item so far)
 
 where m is the artwork's match vector: its features z-scored and projected onto their top
 principal components (`nearest_purchase_dim`, 128 by default: on UGallery's validation the term
 with 128 components did as well as with all 2,048 dimensions, at a 16th of the serving cost),
-L2-normalised.
-w is chosen after training on the validation split among `nearest_purchase_weights` (w = 0 is
-always a candidate, so the term is used only where validation says it helps).
+L2-normalised. The weights are chosen together after training on the validation split
+(training/train.py), each among its configured grid, which always includes 0: a term is used only
+where validation says it helps.
 
 Saved as `nearest_purchase.npz` (plain arrays, loaded with allow_pickle=False) in a run's
-`model/` and in an export; the service adds the same term (serving/catalogue.py).
+`model/` and in an export; the service adds the same terms (serving/catalogue.py).
 """
 
 from __future__ import annotations
@@ -32,7 +38,25 @@ from training.atomic import write_bytes_atomic
 from training.data.features import CHUNK_ROWS, zscore_stats
 
 FILE_NAME = "nearest_purchase.npz"
+OPTIONAL_WEIGHTS = ("mean_weight", "popularity_weight")
 PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
+
+
+@dataclass(frozen=True)
+class TermWeights:
+    """w_max, w_mean and w_pop of the module docstring's formula."""
+
+    nearest: float = 0.0
+    mean: float = 0.0
+    popularity: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        return self.nearest > 0 or self.mean > 0 or self.popularity > 0
+
+    @property
+    def uses_profile(self) -> bool:
+        return self.nearest > 0 or self.mean > 0
 
 
 @dataclass(frozen=True)
@@ -40,7 +64,9 @@ class NearestPurchase:
     mean: np.ndarray  # [feature_dim] float64
     scale: np.ndarray  # [feature_dim] float64: 1 / std
     projection: np.ndarray  # [feature_dim, dim] float32, orthonormal columns
-    weight: float
+    weight: float  # w_max: the nearest purchase
+    mean_weight: float = 0.0  # w_mean: the profile's mean match vector
+    popularity_weight: float = 0.0  # w_pop: log(1 + the artwork's sales)
 
     @classmethod
     def fit(cls, features: np.ndarray, dim: int = 128, *, seed: int = 0) -> NearestPurchase:
@@ -58,6 +84,18 @@ class NearestPurchase:
 
     def with_weight(self, weight: float) -> NearestPurchase:
         return replace(self, weight=float(weight))
+
+    def with_weights(self, weights: TermWeights) -> NearestPurchase:
+        return replace(
+            self,
+            weight=float(weights.nearest),
+            mean_weight=float(weights.mean),
+            popularity_weight=float(weights.popularity),
+        )
+
+    @property
+    def weights(self) -> TermWeights:
+        return TermWeights(self.weight, self.mean_weight, self.popularity_weight)
 
     @property
     def feature_dim(self) -> int:
@@ -92,6 +130,8 @@ class NearestPurchase:
             "scale": self.scale,
             "projection": self.projection,
             "weight": np.float64(self.weight),
+            "mean_weight": np.float64(self.mean_weight),
+            "popularity_weight": np.float64(self.popularity_weight),
         }
         write_bytes_atomic(path, _npz_bytes(arrays))
         return path
@@ -103,6 +143,8 @@ class NearestPurchase:
         try:
             with np.load(path, allow_pickle=False) as saved:
                 arrays = {key: saved[key] for key in ("mean", "scale", "projection", "weight")}
+                for key in OPTIONAL_WEIGHTS:  # absent in files written before these terms
+                    arrays[key] = saved[key] if key in saved.files else np.float64(0.0)
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(f"{path}: not a nearest-purchase file ({error})") from error
         mean, scale, projection = arrays["mean"], arrays["scale"], arrays["projection"]
@@ -113,7 +155,7 @@ class NearestPurchase:
             or scale.shape != (d,)
             or projection.ndim != 2
             or projection.shape[0] != d
-            or weight.shape != ()
+            or any(arrays[key].shape != () for key in ("weight", *OPTIONAL_WEIGHTS))
         ):
             raise ValueError(
                 f"{path}: inconsistent shapes mean {mean.shape}, scale {scale.shape}, "
@@ -122,13 +164,16 @@ class NearestPurchase:
         for name, array in arrays.items():
             if array.dtype.kind != "f" or not np.isfinite(array).all():
                 raise ValueError(f"{path}: {name} is not all finite floats")
-        if float(weight) < 0:
-            raise ValueError(f"{path}: weight {float(weight)} is negative")
+        for key in ("weight", *OPTIONAL_WEIGHTS):
+            if float(arrays[key]) < 0:
+                raise ValueError(f"{path}: {key} {float(arrays[key])} is negative")
         return cls(
             mean.astype(np.float64),
             scale.astype(np.float64),
             projection.astype(np.float32),
             float(weight),
+            float(arrays["mean_weight"]),
+            float(arrays["popularity_weight"]),
         )
 
 
@@ -141,6 +186,26 @@ def max_similarity(
     distinct, position = np.unique(stacked, return_inverse=True)
     similarity = match_vectors[candidates] @ match_vectors[distinct].T  # [n_cand, n_distinct]
     return closest_per_profile(similarity.T, position, [len(p) for p in profiles])
+
+
+def mean_similarity(
+    match_vectors: np.ndarray, profiles: Sequence[np.ndarray], candidates: np.ndarray
+) -> np.ndarray:
+    """[B, n_candidates]: for each profile, the mean cosine of each candidate to its artworks
+    (the candidate's match vector times the profile's mean match vector)."""
+    means = profile_means(match_vectors, profiles)
+    return means @ match_vectors[candidates].T
+
+
+def profile_means(match_vectors: np.ndarray, profiles: Sequence[np.ndarray]) -> np.ndarray:
+    """[B, dim]: each profile's mean match vector (not renormalised: its dot product with a
+    match vector is the mean cosine)."""
+    return np.stack([match_vectors[np.asarray(p, np.int64)].mean(axis=0) for p in profiles])
+
+
+def sales_bonus(sales: np.ndarray) -> np.ndarray:
+    """log(1 + sales): what the popularity weight multiplies."""
+    return np.log1p(np.asarray(sales, np.float64))
 
 
 def closest_per_profile(

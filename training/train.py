@@ -31,25 +31,21 @@ import yaml
 from tqdm import tqdm
 
 from training.atomic import write_text_atomic
+from training.calibration import calibrate_artist_prior, calibrate_terms, uses_terms, validate
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.data.features import zscore_stats
 from training.data.history import (
     artist_index,
-    artist_sell_through,
     visual_clusters,
 )
 from training.distributed import Workers
 from training.evaluation.protocols import Case
-from training.evaluation.ranking import rank_cases
-from training.evaluation.report import summary_rows
 from training.evaluation.splits import training_split
-from training.nearest_purchase import NearestPurchase
 from training.sampling import Examples, SamplingContext, sample_examples
 from training.trained_towers import (
     MODEL_DIR,
     MODEL_PREFIX,
-    TowerRecommender,
     load_towers,
     save_towers,
 )
@@ -118,22 +114,6 @@ def _batches(
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         batches = batches.with_options(options)
     return batches, len(starts)
-
-
-def validate(item_tower, user_tower, dataset: Dataset, cases) -> dict:
-    return _validation_figures(
-        TowerRecommender("validation", item_tower, user_tower, dataset), dataset, cases
-    )
-
-
-def _validation_figures(recommender, dataset: Dataset, cases) -> dict:
-    ranked = rank_cases(recommender, cases, dataset.n_items)
-    (row,) = summary_rows("validation", cases, ranked, ["all"])
-    figures = {k: v for k, v in row.items() if k in ("auc", "r@20", "r@100", "ndcg@20")}
-    # the selection metric of `curator.yaml`: R@20 alone moves by noise on a few hundred
-    # validation tests (docs/training.md); with R@100 beside it, more hits decide
-    figures["mean_recall"] = round((figures["r@20"] + figures["r@100"]) / 2, 6)
-    return figures
 
 
 @dataclass(frozen=True)
@@ -415,9 +395,15 @@ def _finish(
         )
     save_towers(run_dir, item_tower, user_tower, MODEL_PREFIX)
     nearest = {}
-    if config.nearest_purchase_weights:
-        nearest = calibrate_nearest_purchase(
-            item_tower, user_tower, dataset, data.validation_cases, config, run_dir / MODEL_DIR
+    if uses_terms(config):
+        nearest = calibrate_terms(
+            item_tower,
+            user_tower,
+            dataset,
+            data.fit_purchases,
+            data.validation_cases,
+            config,
+            run_dir / MODEL_DIR,
         )
     summary = {
         "best_epoch": best["epoch"],
@@ -439,54 +425,3 @@ def _finish(
     return TrainResult(
         run_dir, best["epoch"], summary["best_validation"], len(history), summary["seconds"]
     )
-
-
-def calibrate_artist_prior(
-    item_tower, user_tower, dataset: Dataset, fit_purchases, validation_cases, config
-) -> dict:
-    """Adds w x each artist's centred log sell-through rate (from the fitted purchases) to its
-    learned bias, for the w of `config.artist_prior_weights` that scores best on the validation
-    (the tower is left with that w). In-batch softmax leaves these biases near zero: an artist's
-    sales put its artworks among the positives and the in-batch negatives alike."""
-    prior = artist_sell_through(dataset.items, fit_purchases, item_tower.artist_vocabulary)
-    learned = item_tower.id_bias("artist_id")
-    scores = []
-    for weight in config.artist_prior_weights:
-        item_tower.set_id_bias("artist_id", learned + weight * prior)
-        scores.append(
-            {"weight": weight, **validate(item_tower, user_tower, dataset, validation_cases)}
-        )
-    chosen = max(scores, key=lambda row: row[config.selection_metric])
-    item_tower.set_id_bias("artist_id", learned + chosen["weight"] * prior)
-    return {
-        "weight": chosen["weight"],
-        "validation": {k: v for k, v in chosen.items() if k != "weight"},
-        "grid": scores,
-    }
-
-
-def calibrate_nearest_purchase(
-    item_tower, user_tower, dataset: Dataset, validation_cases, config, model_dir: Path
-) -> dict:
-    """Fits the nearest-purchase term's projection on the catalogue's features, picks its
-    weight among `config.nearest_purchase_weights` on the validation (by the selection metric)
-    and saves it in `model_dir` (training/nearest_purchase.py)."""
-    term = NearestPurchase.fit(dataset.features, config.nearest_purchase_dim, seed=config.seed)
-    recommender = TowerRecommender("validation", item_tower, user_tower, dataset, term)
-    scores = [
-        {
-            "weight": weight,
-            **_validation_figures(
-                recommender.with_nearest_weight(weight), dataset, validation_cases
-            ),
-        }
-        for weight in config.nearest_purchase_weights
-    ]
-    chosen = max(scores, key=lambda row: row[config.selection_metric])
-    term.with_weight(chosen["weight"]).save(model_dir)
-    return {
-        "weight": chosen["weight"],
-        "dim": term.dim,
-        "validation": {k: v for k, v in chosen.items() if k != "weight"},
-        "grid": scores,
-    }

@@ -6,6 +6,7 @@ import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -14,8 +15,16 @@ from towers.item_tower import ItemTower, item_inputs
 from towers.user_tower import UserTower
 from training.atomic import write_text_atomic
 from training.data.dataset import Dataset
+from training.evaluation.baselines import PopularRecommender
 from training.evaluation.interface import QueryBatch
-from training.nearest_purchase import NearestPurchase, load_if_present, max_similarity
+from training.nearest_purchase import (
+    NearestPurchase,
+    TermWeights,
+    load_if_present,
+    max_similarity,
+    mean_similarity,
+    sales_bonus,
+)
 
 ITEM_CHUNK = 8_192
 MODEL_DIR = "model"  # a run's final model: weights and, if calibrated, the nearest-purchase term
@@ -49,9 +58,16 @@ def pad_profiles(profiles: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return rows, mask
 
 
+class SalesSoFar(Protocol):
+    """Purchases of each candidate strictly before each query's time (the `popular` baseline)."""
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray: ...
+
+
 class TowerRecommender:
     """Scores with trained towers: item vectors once per catalogue, user vectors per batch;
-    plus the run's nearest-purchase term where it has one with a weight above 0."""
+    plus the run's profile terms (training/nearest_purchase.py) where their weights are above 0.
+    The popularity term needs `sales`, each candidate's purchases before the query."""
 
     def __init__(
         self,
@@ -60,23 +76,28 @@ class TowerRecommender:
         user_tower: UserTower,
         dataset: Dataset,
         nearest: NearestPurchase | None = None,
+        sales: SalesSoFar | None = None,
     ):
-        self.name, self.user_tower = name, user_tower
+        self.name, self.user_tower, self.sales = name, user_tower, sales
         self.item_vectors = embed_items(
             item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
         )
         self.match_vectors = None
-        self.nearest_weight = 0.0
+        self.weights = TermWeights()
         if nearest is not None:
             self.match_vectors = nearest.vectors(dataset.features)
-            self.nearest_weight = nearest.weight
+            self.weights = nearest.weights
+        if self.weights.popularity > 0 and sales is None:
+            raise ValueError(f"{name}: a popularity weight needs the sales log")
 
-    def with_nearest_weight(self, weight: float) -> TowerRecommender:
-        """The same scores with another nearest-purchase weight (the calibration's grid)."""
-        if self.match_vectors is None:
-            raise ValueError("this recommender has no nearest-purchase term")
+    def with_weights(self, weights: TermWeights) -> TowerRecommender:
+        """The same scores with other term weights (the calibration's grid)."""
+        if self.match_vectors is None and weights.uses_profile:
+            raise ValueError("this recommender has no match vectors")
+        if self.sales is None and weights.popularity > 0:
+            raise ValueError("this recommender has no sales log")
         other = copy.copy(self)
-        other.nearest_weight = float(weight)
+        other.weights = weights
         return other
 
     def user_vectors(self, profiles: list[np.ndarray]) -> np.ndarray:
@@ -84,14 +105,37 @@ class TowerRecommender:
         vectors = self.item_vectors[rows]  # [batch, max_profile, dim]
         return self.user_tower((tf.constant(vectors), tf.constant(mask))).numpy()
 
-    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+    def components(
+        self, batch: QueryBatch, candidates: np.ndarray, weights: TermWeights | None = None
+    ) -> dict[str, np.ndarray]:
+        """[B, n_candidates] each: "towers", and the terms that `weights` (default: this
+        recommender's) use: "nearest", "mean", "popularity" (unweighted)."""
+        weights = weights or self.weights
         users = self.user_vectors(batch.profiles)  # [batch, dim]
-        scores = users @ self.item_vectors[candidates].T  # [batch, n_candidates]
-        if self.nearest_weight > 0:
-            scores += self.nearest_weight * max_similarity(
-                self.match_vectors, batch.profiles, candidates
-            )
-        return scores
+        parts = {"towers": users @ self.item_vectors[candidates].T}
+        if weights.nearest > 0:
+            parts["nearest"] = max_similarity(self.match_vectors, batch.profiles, candidates)
+        if weights.mean > 0:
+            parts["mean"] = mean_similarity(self.match_vectors, batch.profiles, candidates)
+        if weights.popularity > 0:
+            parts["popularity"] = sales_bonus(self.sales.score(batch, candidates))
+        return parts
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        return combine(self.components(batch, candidates), self.weights)
+
+
+def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:
+    """The towers' scores plus each term times its weight (`components`' parts)."""
+    scores = parts["towers"].copy()
+    for name, weight in (
+        ("nearest", weights.nearest),
+        ("mean", weights.mean),
+        ("popularity", weights.popularity),
+    ):
+        if weight > 0:
+            scores += weight * parts[name]
+    return scores
 
 
 def save_towers(run_dir: Path, item_tower: ItemTower, user_tower: UserTower, prefix: str) -> None:
@@ -128,7 +172,9 @@ def load_towers(run_dir: Path | str, prefix: str = MODEL_PREFIX) -> tuple[ItemTo
 
 
 def load_run_recommender(run_dir: Path | str, dataset: Dataset) -> TowerRecommender:
-    """A finished run's final model: its towers and, if calibrated, its nearest-purchase term."""
+    """A finished run's final model: its towers and, if calibrated, its profile terms (the
+    popularity term counts `dataset`'s purchases before each query, as `popular` does)."""
     item_tower, user_tower = load_towers(run_dir)
     nearest = load_if_present(Path(run_dir) / MODEL_DIR)
-    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, dataset, nearest)
+    sales = PopularRecommender.from_dataset(dataset)
+    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, dataset, nearest, sales)

@@ -15,7 +15,7 @@ from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
 from training.index import IndexConfig, neighbour_recall
-from training.nearest_purchase import NearestPurchase
+from training.nearest_purchase import NearestPurchase, TermWeights
 
 N_ITEMS, DIM, FEATURES = 500, 8, 6
 
@@ -259,13 +259,15 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
     assert set(result.rows[:3]) == {4000, 4001, 4002}  # added live: searched exactly
 
 
-def random_term(weight: float) -> NearestPurchase:
+def random_term(weight: float, mean: float = 0.0, popularity: float = 0.0) -> NearestPurchase:
     features = np.random.default_rng(11).normal(size=(200, FEATURES))
-    return NearestPurchase.fit(features, dim=4).with_weight(weight)
+    return NearestPurchase.fit(features, dim=4).with_weights(TermWeights(weight, mean, popularity))
 
 
-def test_the_nearest_purchase_term_is_added_as_numpy_computes_it():
-    catalogue = make_catalogue(nearest=random_term(0.8))
+@pytest.mark.parametrize("weights", [(0.8, 0.0, 0.0), (0.0, 1.5, 0.0), (0.5, 1.0, 2.0)])
+def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
+    nearest, mean, popularity = weights
+    catalogue = make_catalogue(nearest=random_term(*weights))
     rng = np.random.default_rng(4)
     profiles = [rng.choice(N_ITEMS, size, replace=False) for size in (1, 4, 2, 9)]
     queries = catalogue.user_vectors(profiles)
@@ -276,10 +278,18 @@ def test_the_nearest_purchase_term_is_added_as_numpy_computes_it():
     size = catalogue.size
     vectors, sold = catalogue.vectors[:size], catalogue.sold[:size]
     match = catalogue.model.match_vectors
+    sales = np.bincount(catalogue.model.purchases["item"], minlength=size)
+    assert sales.sum() == 125 and sales.max() == 1  # 125 artworks sold once, the rest never
     for query, profile, only, result in zip(
         queries, profiles, [True, False, True, False], results, strict=True
     ):
-        scores = vectors @ query + 0.8 * np.max(match[profile] @ match.T, axis=0)
+        similarity = match[profile] @ match.T  # [p, size]
+        scores = (
+            vectors @ query
+            + nearest * similarity.max(axis=0)
+            + mean * similarity.mean(axis=0)
+            + popularity * np.log1p(sales)
+        )
         keep = np.ones(size, bool)
         keep[profile] = False
         if only:
@@ -320,19 +330,20 @@ def test_artworks_added_live_get_match_vectors_from_their_features():
     assert result.rows[0] == [row for row in closest if row != N_ITEMS][0]
 
 
-def scann_and_exact_top_10(weight: float):
+def scann_and_exact_top_10(weight: float, mean: float = 0.0, popularity: float = 0.0):
     """Served scores of the top 10 with ScaNN (searching half the leaves, so that its own
     misses are rare) and exactly, on 4,000 clustered artworks whose small vectors let a term
     of weight 3 outweigh the query."""
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(40, 16))
     vectors = 0.1 * (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16)))
-    term = random_term(weight)
+    term = random_term(weight, mean, popularity)
     index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
     approximate = make_catalogue(4000, 16, vectors.astype(np.float32), index, term)
     exact_index = IndexConfig(k=20, scann_min_items=10**6)
     exact = make_catalogue(4000, 16, vectors.astype(np.float32), exact_index, term)
-    assert approximate.searcher is not None and approximate.match_searcher is not None
+    assert approximate.searcher is not None
+    assert (approximate.match_searcher is not None) == term.weights.uses_profile
     assert exact.searcher is None
     profiles = [rng.choice(4000, 3, replace=False) for _ in range(40)]
     queries = approximate.user_vectors(profiles)
@@ -342,12 +353,19 @@ def scann_and_exact_top_10(weight: float):
     return np.array([r.scores for r in found]), np.array([r.scores for r in truth])
 
 
-@pytest.mark.parametrize("weight", [0.5, 3.0])
-def test_scann_candidates_are_re_ranked_with_the_term(weight):
-    """Above the ScaNN threshold the term's candidates come from a second search (the artworks
-    closest to each profile artwork), so the served top 10 matches exact search even where the
-    term outweighs the query."""
-    assert neighbour_recall(*scann_and_exact_top_10(weight)) >= 0.97
+@pytest.mark.parametrize(
+    "weights", [(0.5, 0, 0), (3.0, 0, 0), (0, 3.0, 0), (0, 0, 5.0), (1.0, 1.0, 0.5)]
+)
+def test_scann_candidates_are_re_ranked_with_the_terms(weights):
+    """Above the ScaNN threshold the terms' candidates come from a second search (the artworks
+    closest to each profile artwork and to the profile's mean) and the best sellers, so the
+    served top 10 matches exact search even where the terms outweigh the query."""
+    assert neighbour_recall(*scann_and_exact_top_10(*weights)) >= 0.97
+
+
+def test_without_the_best_sellers_the_popularity_term_misses(monkeypatch):
+    monkeypatch.setattr(Catalogue, "_best_selling_indexed", lambda self, n: np.zeros(0, int))
+    assert neighbour_recall(*scann_and_exact_top_10(0.0, 0.0, 5.0)) < 0.8
 
 
 def test_without_the_term_search_the_query_candidates_miss(monkeypatch):

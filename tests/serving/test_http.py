@@ -78,7 +78,10 @@ def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dat
     profiles = [np.unique(items) for items in users]
     scores = recommender.score(
         QueryBatch(
-            np.arange(len(profiles)), users.index.to_numpy(), np.zeros(len(profiles)), profiles
+            np.arange(len(profiles)),
+            users.index.to_numpy(),
+            np.full(len(profiles), np.inf),
+            profiles,
         ),
         np.arange(dataset.n_items),
     )

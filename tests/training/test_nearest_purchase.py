@@ -1,14 +1,24 @@
-"""The nearest-purchase term: its arithmetic against numpy loops, its file, its calibration."""
+"""The profile terms: their arithmetic against numpy loops, their file, their calibration."""
 
 import json
 
 import numpy as np
 import pytest
 
+from training.calibration import validate_recommender
+from training.config import load_config
 from training.data.dataset import load_dataset
 from training.data.features import unit_rows, zscore
+from training.evaluation.baselines import PopularRecommender
 from training.evaluation.interface import QueryBatch
-from training.nearest_purchase import FILE_NAME, NearestPurchase, max_similarity
+from training.evaluation.splits import training_split
+from training.nearest_purchase import (
+    FILE_NAME,
+    NearestPurchase,
+    TermWeights,
+    max_similarity,
+    mean_similarity,
+)
 from training.trained_towers import TowerRecommender, load_run_recommender, load_towers
 
 
@@ -22,6 +32,17 @@ def test_max_similarity_equals_a_loop_over_profiles():
         [[max(vectors[p] @ vectors[c]) for c in candidates] for p in profiles]
     )  # fmt: skip
     np.testing.assert_allclose(max_similarity(vectors, profiles, candidates), expected, atol=1e-12)
+
+
+def test_mean_similarity_equals_a_loop_over_profiles():
+    rng = np.random.default_rng(4)
+    vectors = unit_rows(rng.normal(size=(50, 6)))
+    profiles = [rng.choice(50, size, replace=False) for size in (1, 4, 9)]
+    candidates = rng.choice(50, 20, replace=False)
+    expected = np.array(
+        [[np.mean(vectors[p] @ vectors[c]) for c in candidates] for p in profiles]
+    )  # fmt: skip
+    np.testing.assert_allclose(mean_similarity(vectors, profiles, candidates), expected, atol=1e-12)
 
 
 def test_with_every_component_the_match_vectors_keep_the_z_scored_cosines():
@@ -43,11 +64,11 @@ def test_fewer_components_than_asked_when_the_data_has_fewer():
 
 def test_the_saved_term_loads_back_and_a_damaged_one_is_refused(tmp_path):
     features = np.random.default_rng(3).normal(size=(40, 6))
-    term = NearestPurchase.fit(features, dim=4).with_weight(1.5)
+    term = NearestPurchase.fit(features, dim=4).with_weights(TermWeights(1.5, 2.0, 0.03))
     path = term.save(tmp_path)
     assert path.name == FILE_NAME
     loaded = NearestPurchase.load(path)
-    assert loaded.weight == 1.5
+    assert loaded.weights == TermWeights(1.5, 2.0, 0.03)
     np.testing.assert_array_equal(loaded.vectors(features), term.vectors(features))
 
     def saved(**arrays):
@@ -62,32 +83,65 @@ def test_the_saved_term_loads_back_and_a_damaged_one_is_refused(tmp_path):
         NearestPurchase.load(saved(projection=term.projection * np.nan))
     with pytest.raises(ValueError, match="inconsistent shapes"):
         NearestPurchase.load(saved(scale=term.scale[:3]))
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match="weight -1.0 is negative"):
         NearestPurchase.load(saved(weight=-1.0))
+    with pytest.raises(ValueError, match="popularity_weight -0.5 is negative"):
+        NearestPurchase.load(saved(popularity_weight=-0.5))
+    with pytest.raises(ValueError, match="mean_weight is not all finite"):
+        NearestPurchase.load(saved(mean_weight=np.inf))
+    # a file written before the mean and popularity terms: those weights are 0
+    assert NearestPurchase.load(saved()).weights == TermWeights(1.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="expected \\[n, 6\\]"):
         term.vectors(np.zeros((2, 5)))
 
 
-def test_the_run_keeps_the_weight_that_validates_best_and_evaluation_scores_with_it(
+def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with_them(
     trained_run, small_marketplace
 ):
     summary = json.loads((trained_run / "summary.json").read_text())
-    grid = summary["nearest_purchase"]["grid"]
-    assert [row["weight"] for row in grid] == [0.0, 0.5, 1.0, 2.0, 3.0]
-    best = max(grid, key=lambda row: row["mean_recall"])  # curator.yaml selects by it
-    assert summary["nearest_purchase"]["weight"] == best["weight"]
-    assert summary["best_validation"] == summary["nearest_purchase"]["validation"]
+    terms = summary["nearest_purchase"]
+    grid = terms["grid"]
+    config = load_config("curator")
+    assert len(grid) == (
+        len(config.nearest_purchase_weights)
+        * len(config.profile_mean_weights)
+        * len(config.popularity_weights)
+    )
+    assert (grid[0]["nearest"], grid[0]["mean"], grid[0]["popularity"]) == (0, 0, 0)
+    best = max(grid, key=lambda row: row["auc_recall"])  # curator.yaml calibrates by it
+    chosen = TermWeights(terms["weight"], terms["mean_weight"], terms["popularity_weight"])
+    assert chosen == TermWeights(best["nearest"], best["mean"], best["popularity"])
+    assert summary["best_validation"] == terms["validation"]
     saved = NearestPurchase.load(trained_run / "model" / FILE_NAME)
-    assert saved.weight == best["weight"]
+    assert saved.weights == chosen
 
     dataset = load_dataset(small_marketplace)
+    # the calibration's fast re-ranking gives the figures a full evaluation of the same
+    # weights gives (the fitted purchases counted for the popularity term, as there)
+    fit, cases = training_split(dataset)
+    towers = load_towers(trained_run)
+    sales = PopularRecommender.from_purchases(fit, dataset.n_items)
+    plain = TowerRecommender("v", *towers, dataset, saved, sales)
+    for row in (grid[0], best, grid[-1]):
+        weights = TermWeights(row["nearest"], row["mean"], row["popularity"])
+        figures = validate_recommender(plain.with_weights(weights), dataset, cases)
+        assert figures == {
+            k: v for k, v in row.items() if k not in ("nearest", "mean", "popularity")
+        }
+
     recommender = load_run_recommender(trained_run, dataset)
-    assert recommender.nearest_weight == best["weight"]
-    towers_only = TowerRecommender("t", *load_towers(trained_run), dataset)
+    assert recommender.weights == chosen
+    towers_only = TowerRecommender("t", *towers, dataset)
     profiles = [np.array([0, 5, 9]), np.array([3])]
-    batch = QueryBatch(np.arange(2), np.array(["a", "b"]), np.zeros(2), profiles)
+    batch = QueryBatch(np.arange(2), np.array(["a", "b"]), np.full(2, np.inf), profiles)
     candidates = np.arange(dataset.n_items)
-    expected = towers_only.score(batch, candidates) + best["weight"] * max_similarity(
-        saved.vectors(dataset.features), profiles, candidates
+    match = saved.vectors(dataset.features)
+    counts = np.bincount(dataset.purchases["item"], minlength=dataset.n_items)
+    expected = (
+        towers_only.score(batch, candidates)
+        + chosen.nearest * max_similarity(match, profiles, candidates)
+        + chosen.mean
+        * np.stack([[np.mean(match[p] @ match[c]) for c in candidates] for p in profiles])
+        + chosen.popularity * np.log1p(counts)[None, :]
     )
     np.testing.assert_allclose(recommender.score(batch, candidates), expected, atol=1e-5)

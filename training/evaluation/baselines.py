@@ -55,10 +55,14 @@ class PopularRecommender:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> PopularRecommender:
-        purchases = dataset.purchases
-        times = purchases["timestamp"].to_numpy()
+        return cls.from_purchases(dataset.purchases, dataset.n_items)
+
+    @classmethod
+    def from_purchases(cls, purchases, n_items: int) -> PopularRecommender:
+        """From a purchase log (columns "item", catalogue rows, and "timestamp")."""
+        times = purchases["timestamp"].to_numpy(dtype=np.float64)
         times = np.where(np.isfinite(times), times, -np.inf)  # untimed: before every query
-        return cls(purchases["item"].to_numpy(), times, dataset.n_items)
+        return cls(purchases["item"].to_numpy(), times, n_items)
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
         scores = np.empty((len(batch), candidates.size))
