@@ -93,7 +93,9 @@ def curator_service(
     CURATOR_<NAME>."""
     port, on_wait = settings.pop("port", None), settings.pop("on_wait", lambda: None)
     env = {f"CURATOR_{key.upper()}": str(value) for key, value in settings.items()}
+    # absolute: the service runs from the repository (REPO), not from the caller's directory
     if database is not None:
-        env["CURATOR_DATABASE_URL"] = f"sqlite:///{database}"
-    command = [sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir)]
+        env["CURATOR_DATABASE_URL"] = f"sqlite:///{Path(database).resolve()}"
+    model = str(Path(model_dir).resolve())
+    command = [sys.executable, "-m", "training.cli", "serve", "--model", model]
     return ServiceProcess(command, log, env, port=port, on_wait=on_wait)

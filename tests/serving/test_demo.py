@@ -9,13 +9,16 @@ from serving.process import REPO, free_port
 
 
 def test_demo_shows_every_example_and_the_docs_address(tiny_export, tmp_path):
+    assert tmp_path.resolve() != REPO
     root = tmp_path / "exports"
     shutil.copytree(tiny_export, root / "1")
     port = free_port()
+    # run from the exports' own directory with a relative path, as `make run` does from a
+    # checkout: the service it starts must find the same directory
     done = subprocess.run(
-        [sys.executable, "-m", "training.cli", "demo", "--model", str(root), "--port", str(port),
+        [sys.executable, "-m", "training.cli", "demo", "--model", "exports", "--port", str(port),
          "--no-keep-serving"],
-        cwd=REPO,
+        cwd=tmp_path,
         env={**os.environ, "CURATOR_DATABASE_URL": f"sqlite:///{tmp_path / 'live.db'}"},
         capture_output=True,
         text=True,
