@@ -125,16 +125,32 @@ class TowerRecommender:
         return combine(self.components(batch, candidates), self.weights)
 
 
+TERMS = ("nearest", "mean", "popularity")  # TermWeights' fields, in the order they are added
+
+
 def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:
     """The towers' scores plus each term times its weight (`components`' parts)."""
     scores = parts["towers"].copy()
-    for name, weight in (
-        ("nearest", weights.nearest),
-        ("mean", weights.mean),
-        ("popularity", weights.popularity),
-    ):
+    for name in TERMS:
+        weight = getattr(weights, name)
         if weight > 0:
             scores += weight * parts[name]
+    return scores
+
+
+def combine_grid(parts: dict[str, np.ndarray], grid: Sequence[TermWeights]) -> np.ndarray:
+    """[len(grid), *towers' shape]: `combine(parts, w)` for every w of `grid` at once, with the
+    same arithmetic to the bit (a float weight times a float32 term is a float32 product, as a
+    Python float's is; adding a 0 product changes nothing)."""
+    towers = parts["towers"]
+    scores = np.repeat(towers[None], len(grid), axis=0)
+    for name in TERMS:
+        weights = np.array([getattr(w, name) for w in grid])
+        if not weights.any():
+            continue
+        term = parts[name]
+        weights = weights.astype(term.dtype if term.dtype == np.float32 else np.float64)
+        scores += weights.reshape(-1, *([1] * term.ndim)) * term[None]
     return scores
 
 

@@ -19,7 +19,13 @@ from training.nearest_purchase import (
     max_similarity,
     mean_similarity,
 )
-from training.trained_towers import TowerRecommender, load_run_recommender, load_towers
+from training.trained_towers import (
+    TowerRecommender,
+    combine,
+    combine_grid,
+    load_run_recommender,
+    load_towers,
+)
 
 
 def test_max_similarity_equals_a_loop_over_profiles():
@@ -43,6 +49,20 @@ def test_mean_similarity_equals_a_loop_over_profiles():
         [[np.mean(vectors[p] @ vectors[c]) for c in candidates] for p in profiles]
     )  # fmt: skip
     np.testing.assert_allclose(mean_similarity(vectors, profiles, candidates), expected, atol=1e-12)
+
+
+def test_combine_grid_gives_combine_to_the_bit():
+    rng = np.random.default_rng(5)
+    parts = {
+        "towers": rng.normal(size=(3, 40)).astype(np.float32),
+        "nearest": rng.uniform(-1, 1, (3, 40)).astype(np.float32),
+        "mean": rng.uniform(-1, 1, (3, 40)).astype(np.float32),
+        "popularity": np.log1p(rng.integers(0, 9, (3, 40))).astype(np.float64),
+    }
+    grid = [TermWeights(*w) for w in [(0, 0, 0), (0.5, 0, 0.03), (0, 3, 0.1), (5, 0.5, 0.01)]]
+    together = combine_grid(parts, grid)
+    for row, weights in zip(together, grid, strict=True):
+        np.testing.assert_array_equal(row, combine(parts, weights))
 
 
 def test_with_every_component_the_match_vectors_keep_the_z_scored_cosines():

@@ -44,11 +44,13 @@ def rank_one(
 def truth_ranks(
     scores: np.ndarray, truth_positions: np.ndarray, tiebreak: np.ndarray
 ) -> np.ndarray:
-    """[n_truth] 0-based ranks of the ground truth among `scores` (ties: `tiebreak` ascending)."""
-    truth_scores = scores[truth_positions][:, None]  # [n_truth, 1]
-    truth_ties = tiebreak[truth_positions][:, None]
-    ranks = np.count_nonzero(scores[None, :] > truth_scores, axis=1) + np.count_nonzero(
-        (scores[None, :] == truth_scores) & (tiebreak[None, :] < truth_ties), axis=1
+    """[..., n_truth] 0-based ranks of the ground truth among `scores` [..., n_candidates] (ties:
+    `tiebreak` [n_candidates] ascending); leading axes are independent rankings."""
+    truth_scores = scores[..., truth_positions][..., :, None]  # [..., n_truth, 1]
+    truth_ties = tiebreak[truth_positions][:, None]  # [n_truth, 1]
+    every = scores[..., None, :]  # [..., 1, n_candidates]
+    ranks = np.count_nonzero(every > truth_scores, axis=-1) + np.count_nonzero(
+        (every == truth_scores) & (tiebreak < truth_ties), axis=-1
     )
     return ranks.astype(np.int64)
 
