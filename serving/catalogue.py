@@ -20,7 +20,7 @@ from serving.export_loader import ServingModel
 from serving.store import Changes, FavouriteEvent, NewItem, Purchase
 from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
-from training.nearest_purchase import TermWeights, closest_per_profile
+from training.nearest_purchase import TermWeights, closest_per_profile, profile_means
 from training.topk import crowd, merge_top_k, top_k, top_k_rows
 from training.trained_towers import pad_profiles
 
@@ -370,7 +370,7 @@ class Catalogue:
             if self.terms.nearest:
                 scores += self.terms.nearest * self._closest_purchase(profiles, size)
             if self.terms.mean:
-                means = np.stack([self.match_columns[:, p].mean(axis=1) for p in profiles])
+                means = profile_means(self.match_columns.T, profiles)  # [b, m]
                 scores += self.terms.mean * (means @ self.match_columns[:, :size])
             if self.terms.popularity:
                 scores += self.popularity[:size]
@@ -473,7 +473,7 @@ class Catalogue:
             recent = indexed[max(0, indexed.size - TERM_SEARCH_PROFILE) :]
             queries += list(self.match_columns[:, recent].T)
         if self.terms.mean:
-            queries.append(self.match_columns[:, profile].mean(axis=1))
+            queries.append(profile_means(self.match_columns.T, [profile])[0])
         for match in queries:
             closest, _ = self.match_searcher.search(np.ascontiguousarray(match), fetch)
             candidates.append(closest[~self._skipped(closest, excluded, available_only, rule)])

@@ -130,18 +130,14 @@ TERMS = ("nearest", "mean", "popularity")  # TermWeights' fields, in the order t
 
 def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:
     """The towers' scores plus each term times its weight (`components`' parts)."""
-    scores = parts["towers"].copy()
-    for name in TERMS:
-        weight = getattr(weights, name)
-        if weight > 0:
-            scores += weight * parts[name]
-    return scores
+    return combine_grid(parts, [weights])[0]
 
 
 def combine_grid(parts: dict[str, np.ndarray], grid: Sequence[TermWeights]) -> np.ndarray:
-    """[len(grid), *towers' shape]: `combine(parts, w)` for every w of `grid` at once, with the
-    same arithmetic to the bit (a float weight times a float32 term is a float32 product, as a
-    Python float's is; adding a 0 product changes nothing)."""
+    """[len(grid), *towers' shape]: the towers' scores plus each term times its weight, for every
+    weighting of `grid` at once (the calibration's grid; `combine` is one row). A weighting's row
+    does not depend on the others: a float32 term is multiplied by float32 weights, and a
+    weight of 0 adds a zero product, which changes nothing."""
     towers = parts["towers"]
     scores = np.repeat(towers[None], len(grid), axis=0)
     for name in TERMS:
