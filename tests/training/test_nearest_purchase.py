@@ -165,3 +165,27 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
         + chosen.popularity * np.log1p(counts)[None, :]
     )
     np.testing.assert_allclose(recommender.score(batch, candidates), expected, atol=1e-5)
+
+
+def test_the_projection_is_fitted_once_for_every_trial_on_one_dataset(
+    trained_run, small_marketplace, tmp_path, monkeypatch
+):
+    import training.calibration as calibration
+
+    fits = []
+    original = NearestPurchase.fit
+    monkeypatch.setattr(calibration, "_last_fit", None)
+    monkeypatch.setattr(
+        NearestPurchase, "fit", staticmethod(lambda *a, **k: fits.append(1) or original(*a, **k))
+    )
+    dataset = load_dataset(small_marketplace)
+    fit, cases = training_split(dataset)
+    config = load_config("curator")
+    for trial in range(2):  # as the search's trials do: the same dataset object
+        out = tmp_path / str(trial)
+        out.mkdir()
+        calibration.calibrate_terms(*load_towers(trained_run), dataset, fit, cases, config, out)
+    assert len(fits) == 1
+    other = load_dataset(small_marketplace)  # another array: fitted again
+    calibration.calibrate_terms(*load_towers(trained_run), other, fit, cases, config, tmp_path)
+    assert len(fits) == 2
