@@ -521,3 +521,27 @@ def test_own_writes_coming_back_through_the_feed_change_nothing_and_duplicates_c
     reader.apply_changes(changes)  # another replica
     assert writer.sales[print_row] == reader.sales[print_row] == before + 2
     assert not store.changes_since(changes.cursor)  # the cursor reads each row once
+
+
+def test_purchases_recorded_live_raise_the_popularity_term_at_once():
+    catalogue = make_catalogue(nearest=random_term(0.0, 0.0, 2.0))
+    print_row = int(
+        np.flatnonzero(
+            ~catalogue.one_of_a_kind[: catalogue.size] & (catalogue.sales[: catalogue.size] == 0)
+        )[0]
+    )
+    item_id = catalogue.item_ids[print_row]
+    profile = np.array([0])
+    query = catalogue.user_vectors([profile])
+
+    def score_of_print():
+        (ranked,) = catalogue.top_k(
+            query, catalogue.size, exclude=[profile], available_only=[False], profiles=[profile]
+        )
+        return ranked.scores[list(ranked.rows).index(print_row)]
+
+    before = score_of_print()
+    purchases = [Purchase("fan", item_id, 5000.0 + n) for n in range(3)]
+    catalogue.add_purchases(purchases, live_store())
+    assert catalogue.sales[print_row] == 3
+    np.testing.assert_allclose(score_of_print() - before, 2.0 * np.log1p(3), rtol=1e-5)
