@@ -23,9 +23,7 @@ from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.data.history import artist_sell_through
 from training.evaluation.baselines import PopularRecommender
-from training.evaluation.metrics import auc, ndcg_at_k, recall_at_k
 from training.evaluation.ranking import (
-    RankedCase,
     batches,
     case_tiebreak,
     rank_cases,
@@ -35,26 +33,53 @@ from training.nearest_purchase import NearestPurchase, TermWeights
 from training.trained_towers import TERMS, TowerRecommender, combine_grid
 
 FIGURES = ("auc", "r@20", "r@100", "ndcg@20")  # validation_figures' order
-NO_TOP = np.zeros(0, np.int64)  # calibration needs the ranks of the truth, not the top lists
 
 
 def validation_figures(cases, ranked) -> dict:
     """AUC, R@20, R@100, nDCG@20 over every validation test (the means `curator evaluate`'s
-    "all" rows give; only these four, as the grid scores them for 144 weightings), and the two
+    "all" rows give; only these four, as the grid scores them for every weighting), and the two
     combined metrics: `mean_recall` = (R@20 + R@100) / 2 and `auc_recall` = AUC +
     mean_recall / 2."""
-    per_test = np.array(
-        [
-            (
-                auc(r.ranks, r.n_candidates),
-                recall_at_k(r.ranks, 20),
-                recall_at_k(r.ranks, 100),
-                ndcg_at_k(r.ranks, 20),
-            )
-            for r in ranked
-        ]
-    )
-    means = np.nanmean(per_test, axis=0)
+    grid = GridFigures(1)
+    for r in ranked:
+        grid.add(np.asarray(r.ranks)[None], r.n_candidates)
+    return grid.figures()[0]
+
+
+class GridFigures:
+    """`validation_figures` for many rankings of the same tests at once: `add` takes one test's
+    ground-truth ranks under every weighting of a grid, [n_rankings, n_truth], and each metric
+    is computed for all rankings in one array operation (the same arithmetic as
+    training/evaluation/metrics.py, tested equal)."""
+
+    def __init__(self, n_rankings: int):
+        self.n_rankings = n_rankings
+        self.per_test: list[np.ndarray] = []  # [n_rankings, len(FIGURES)] per test
+
+    def add(self, ranks: np.ndarray, n_candidates: int) -> None:
+        ranks = np.sort(np.asarray(ranks, np.int64), axis=1)  # [n_rankings, n_truth]
+        n_relevant = ranks.shape[1]
+        n_negative = n_candidates - n_relevant
+        figures = np.full((self.n_rankings, len(FIGURES)), np.nan)
+        if n_relevant and n_negative:
+            below = n_candidates - 1 - ranks
+            relevant_below = n_relevant - 1 - np.arange(n_relevant)
+            figures[:, 0] = np.mean((below - relevant_below) / n_negative, axis=1)
+        if n_relevant:
+            figures[:, 1] = np.count_nonzero(ranks < 20, axis=1) / n_relevant
+            figures[:, 2] = np.count_nonzero(ranks < 100, axis=1) / n_relevant
+            gains = np.where(ranks < 20, 1.0 / np.log2(ranks + 2.0), 0.0)
+            ideal = np.sum(1.0 / np.log2(np.arange(min(n_relevant, 20)) + 2.0))
+            figures[:, 3] = gains.sum(axis=1) / ideal
+        self.per_test.append(figures)
+
+    def figures(self) -> list[dict]:
+        """Per ranking, the figures `validation_figures` gives."""
+        means = np.nanmean(np.stack(self.per_test), axis=0)  # [n_rankings, len(FIGURES)]
+        return [_with_combined(row) for row in means]
+
+
+def _with_combined(means: np.ndarray) -> dict:
     figures = {name: round(float(v), 6) for name, v in zip(FIGURES, means, strict=True)}
     # the selection metric of `curator.yaml`: R@20 alone moves by noise on a few hundred
     # validation tests (docs/training.md); with R@100 beside it, more hits decide
@@ -147,7 +172,7 @@ def calibrate_terms(
     recommender = TowerRecommender("validation", item_tower, user_tower, dataset, term, sales)
     grid = term_grid(config)
     every = TermWeights(*(max(getattr(w, f) for w in grid) for f in TERMS))
-    ranks: list[list[RankedCase]] = [[] for _ in grid]
+    figures = GridFigures(len(grid))
     for scored in batches(validation_cases, dataset.n_items):
         parts = recommender.components(scored.query, scored.union, every)
         for i, (case, candidates, positions) in enumerate(
@@ -156,12 +181,11 @@ def calibrate_terms(
             own = {name: part[i][positions] for name, part in parts.items()}
             scores = np.asarray(combine_grid(own, grid), np.float64)  # [len(grid), n]
             truth = np.searchsorted(candidates, case.ground_truth)
-            found = truth_ranks(scores, truth, case_tiebreak(case, candidates.size))
-            for ranked, row in zip(ranks, found, strict=True):
-                ranked.append(RankedCase(row, candidates.size, NO_TOP))
+            figures.add(
+                truth_ranks(scores, truth, case_tiebreak(case, candidates.size)), candidates.size
+            )
     rows = [
-        {**asdict(weights), **validation_figures(validation_cases, ranked)}
-        for weights, ranked in zip(grid, ranks, strict=True)
+        {**asdict(weights), **row} for weights, row in zip(grid, figures.figures(), strict=True)
     ]
     best = max(range(len(rows)), key=lambda i: (rows[i][config.calibration_metric], -i))
     chosen = grid[best]

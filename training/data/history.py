@@ -44,8 +44,8 @@ def paper_split(purchases: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def artist_index(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(codes [n_items] int64, artist_ids): code -1 where an item has no artist."""
-    artists = items["artist_id"].replace("", np.nan)
-    codes, uniques = pd.factorize(artists)
+    artists = items["artist_id"].astype(str).to_numpy()
+    codes, uniques = pd.factorize(np.where(artists == "", None, artists), use_na_sentinel=True)
     return codes.astype(np.int64), np.asarray(uniques, dtype=str)
 
 
