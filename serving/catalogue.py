@@ -18,6 +18,7 @@ import numpy as np
 from serving.errors import Conflict, RequestError, UnknownItems
 from serving.export_loader import ServingModel
 from serving.store import Changes, FavouriteEvent, NewItem, Purchase
+from training.copurchase import profile_scores
 from training.data.columns import format_seconds
 from training.index import IndexConfig, ScannSearcher
 from training.nearest_purchase import TermWeights, closest_per_profile, profile_means
@@ -107,6 +108,10 @@ class Catalogue:
             self.match_searcher = serialized or ScannSearcher(
                 model.match_vectors, replace(self.index, prior_slot=False)
             )
+        # the co-purchase term (training/copurchase.py) over the exported artworks' rows
+        self.copurchase = None
+        if model.copurchase is not None and self.terms.copurchase:
+            self.copurchase = model.copurchase.on_catalogue(self.item_ids)
         self.one_of_a_kind = np.zeros(capacity, bool)
         self.one_of_a_kind[:n] = model.items["one_of_a_kind"].to_numpy()
         self.upload_time = np.zeros(capacity)
@@ -374,6 +379,14 @@ class Catalogue:
                 scores += self.terms.mean * (means @ self.match_columns[:, :size])
             if self.terms.popularity:
                 scores += self.popularity[:size]
+            if self.terms.copurchase:
+                bought = self._copurchase_scores(profiles).tocoo()
+                keep = bought.col < size
+                np.add.at(
+                    scores,
+                    (bought.row[keep], bought.col[keep]),
+                    self.terms.copurchase * bought.data[keep],
+                )
         only = np.asarray(available_only, bool)
         if only.any():
             scores[only] += self.sold_penalty[:size]
@@ -421,11 +434,13 @@ class Catalogue:
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
             if with_terms:
+                bought = self._copurchase_scores([profiles[i]]) if self.terms.copurchase else None
                 rows = self._with_term_candidates(
-                    rows, profiles[i], excluded, available_only[i], rule
+                    rows, profiles[i], excluded, available_only[i], rule, bought
                 )
-                scores = query @ self.columns[:, rows] + self._term_scores(profiles[i], rows)
-                live_scores = live_scores + self._term_scores(profiles[i], live_rows)
+                terms = self._term_scores(profiles[i], rows, bought)
+                scores = query @ self.columns[:, rows] + terms
+                live_scores = live_scores + self._term_scores(profiles[i], live_rows, bought)
             parts = [(rows, scores), (live_rows, live_scores)]
             if per_artist is None:
                 results.append(Ranked(*merge_top_k(parts, k)))
@@ -460,11 +475,14 @@ class Catalogue:
         rows = np.flatnonzero(~self._skipped(np.arange(indexed), excluded, available_only, rule))
         return rows, query @ self.columns[:, rows]
 
-    def _with_term_candidates(self, rows, profile, excluded, available_only, rule) -> np.ndarray:
+    def _with_term_candidates(
+        self, rows, profile, excluded, available_only, rule, bought=None
+    ) -> np.ndarray:
         """`rows` plus the indexed artworks that the query does not skip among: the TERM_FETCH
         closest (match vectors) to each of the profile's last TERM_SEARCH_PROFILE artworks (the
-        nearest-purchase term), to the profile's mean match vector (the mean term), and the
-        TERM_FETCH best sellers (the popularity term); each once (sorted)."""
+        nearest-purchase term), to the profile's mean match vector (the mean term), the
+        TERM_FETCH best sellers (the popularity term) and the TERM_FETCH highest of `bought`
+        (the co-purchase term's [1, n] row); each once (sorted)."""
         candidates = [rows]
         fetch = min(self.indexed, TERM_FETCH + excluded.size)
         queries = []
@@ -480,6 +498,10 @@ class Catalogue:
         if self.terms.popularity:
             best = self._best_selling_indexed(fetch)
             candidates.append(best[~self._skipped(best, excluded, available_only, rule)])
+        if bought is not None and bought.nnz:
+            order = np.argsort(-bought.data, kind="stable")[:fetch]
+            best = bought.indices[order].astype(np.int64)
+            candidates.append(best[~self._skipped(best, excluded, available_only, rule)])
         return np.unique(np.concatenate(candidates))
 
     def _best_selling_indexed(self, n: int) -> np.ndarray:
@@ -492,8 +514,14 @@ class Catalogue:
             cached = self._best_sellers = (self._purchases_applied, rows)
         return cached[1][:n]
 
-    def _term_scores(self, profile: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """[rows.size]: the profile terms' weighted sum for one query."""
+    def _copurchase_scores(self, profiles: Sequence[np.ndarray]):
+        """[b, n_exported] sparse: the co-purchase term per profile (its exported artworks)."""
+        exported = self.copurchase.shape[0]
+        return profile_scores(self.copurchase, [p[p < exported] for p in profiles])
+
+    def _term_scores(self, profile: np.ndarray, rows: np.ndarray, bought=None) -> np.ndarray:
+        """[rows.size]: the profile terms' weighted sum for one query (`bought`: its
+        co-purchase row from `_copurchase_scores`, where that term has a weight)."""
         total = np.zeros(rows.size, np.float32)
         if self.terms.uses_profile:
             match = self.match_columns.T[profile]  # [p, m]
@@ -504,6 +532,10 @@ class Catalogue:
                 total += self.terms.mean * similarity.mean(axis=0)
         if self.terms.popularity:
             total += self.popularity[rows]
+        if bought is not None:
+            exported = rows < bought.shape[1]
+            values = bought[:, rows[exported]].toarray()[0]
+            total[exported] += self.terms.copurchase * values
         return total
 
     def closest_in_profile(

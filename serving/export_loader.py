@@ -32,6 +32,8 @@ from pydantic import (
 
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
+from training.copurchase import FILE_NAME as COPURCHASE_FILE
+from training.copurchase import CoPurchase
 from training.data.dataset import load_items_table, load_purchases_table
 from training.export import (
     FORMAT_VERSION,
@@ -80,6 +82,8 @@ class ServingModel:
     # the service's ScaNN searchers as the export serialized them (None: built at load)
     searcher: ScannSearcher | None = None
     match_searcher: ScannSearcher | None = None
+    # the co-purchase term's matrix (training/copurchase.py), when its weight is above 0
+    copurchase: CoPurchase | None = None
 
     @property
     def version(self) -> int:
@@ -151,11 +155,13 @@ class NearestPurchaseManifest(_Strict):
     weight: float = Field(ge=0.0, allow_inf_nan=False)
     mean_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     popularity_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    copurchase_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     dim: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _some_weight(self) -> NearestPurchaseManifest:
-        if not (self.weight > 0 or self.mean_weight > 0 or self.popularity_weight > 0):
+        weights = (self.weight, self.mean_weight, self.popularity_weight, self.copurchase_weight)
+        if not any(w > 0 for w in weights):
             raise ValueError("every weight is 0: the export should have no terms (null)")
         return self
 
@@ -346,6 +352,7 @@ def _load(path: Path) -> ServingModel:
             f"the item vectors have {apart}"
         )
     nearest, match_vectors = _load_nearest_purchase(path, manifest)
+    copurchase = _load_copurchase(path, manifest)
     items["artist_id"] = items["artist_id"].fillna("").astype(str)
     searcher = _load_searcher(path, manifest, SEARCHER_DIR, index, len(vectors))
     match_searcher = None
@@ -356,7 +363,7 @@ def _load(path: Path) -> ServingModel:
         )
     return ServingModel(
         path, as_written, item_tower, kernel, items, vectors, purchases, index,
-        nearest, match_vectors, searcher, match_searcher,
+        nearest, match_vectors, searcher, match_searcher, copurchase,
     )  # fmt: skip
 
 
@@ -402,6 +409,7 @@ def _load_nearest_purchase(
         described.weight,
         described.mean_weight,
         described.popularity_weight,
+        described.copurchase_weight,
         described.dim,
         manifest.catalogue.feature_dim,
     )
@@ -409,13 +417,14 @@ def _load_nearest_purchase(
         nearest.weight,
         nearest.mean_weight,
         nearest.popularity_weight,
+        nearest.copurchase_weight,
         nearest.dim,
         nearest.feature_dim,
     )
     if said != found:
         raise ExportError(
             f"{path}: {MANIFEST} nearest_purchase (weight, mean_weight, popularity_weight, "
-            f"dim, feature_dim) is {said}, {files[0]} has {found}"
+            f"copurchase_weight, dim, feature_dim) is {said}, {files[0]} has {found}"
         )
     expected = (manifest.catalogue.items, nearest.dim)
     if match_vectors.dtype != np.float32 or match_vectors.shape != expected:
@@ -426,3 +435,20 @@ def _load_nearest_purchase(
     if not np.isfinite(match_vectors).all():
         raise ExportError(f"{path}: {files[1]} has non-finite values")
     return nearest, match_vectors
+
+
+def _load_copurchase(path: Path, manifest: Manifest) -> CoPurchase | None:
+    """The co-purchase matrix, present exactly when the manifest gives it a weight above 0."""
+    name = f"{MODEL_DIR}/{COPURCHASE_FILE}"
+    described = manifest.nearest_purchase
+    wanted = described is not None and described.copurchase_weight > 0
+    if not wanted:
+        if name in manifest.files:
+            raise ExportError(f"{path}: {name} present but {MANIFEST} gives it no weight")
+        return None
+    if name not in manifest.files:
+        raise ExportError(f"{path}: {MANIFEST} gives a co-purchase weight but lacks {name}")
+    try:
+        return CoPurchase.load(path / name)
+    except ValueError as error:
+        raise ExportError(f"{path}: bad co-purchase term: {error}") from None

@@ -6,8 +6,10 @@ Two calibrations run on the selected epoch's towers, in this order:
   centred log sell-through rate, w chosen by `selection_metric`;
 - the profile terms (`nearest_purchase_weights`, `profile_mean_weights`, `popularity_weights`;
   training/nearest_purchase.py): every combination of the three grids is scored on the
-  validation, and the best by `calibration_metric` is kept. The towers' scores and each term are
-  computed once per batch of validation tests; a combination only re-ranks them.
+  validation, and the best by `calibration_metric` is kept; then, with those profile weights,
+  every combination of the popularity and co-purchase grids (`copurchase_weights`;
+  training/copurchase.py). The towers' scores and each term are computed once per batch of
+  validation tests; a combination only re-ranks them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from training.config import TrainConfig
+from training.copurchase import FILE_NAME as COPURCHASE_FILE
+from training.copurchase import CoPurchase
 from training.data.dataset import Dataset
 from training.data.history import artist_sell_through
 from training.evaluation.baselines import PopularRecommender
@@ -140,7 +144,8 @@ def _fitted_term(dataset: Dataset, dim: int, seed: int) -> NearestPurchase:
 
 
 def term_grid(config: TrainConfig) -> list[TermWeights]:
-    """Every combination of the three grids (a grid left empty is 0), all-zero first."""
+    """Every combination of the three profile terms' grids (a grid left empty is 0), all-zero
+    first; the co-purchase weight 0 (it is chosen afterwards: `sales_grid`)."""
     grids = [
         config.nearest_purchase_weights or (0.0,),
         config.profile_mean_weights or (0.0,),
@@ -150,8 +155,22 @@ def term_grid(config: TrainConfig) -> list[TermWeights]:
     return sorted(combos, key=lambda w: (w.any, w.nearest, w.mean, w.popularity))
 
 
+def sales_grid(config: TrainConfig, chosen: TermWeights) -> list[TermWeights]:
+    """The second stage: `chosen`'s profile weights with every combination of the popularity
+    and co-purchase grids (both about what sold, so chosen together), except those the first
+    stage scored (co-purchase 0)."""
+    return [
+        TermWeights(chosen.nearest, chosen.mean, popularity, copurchase)
+        for popularity in config.popularity_weights or (0.0,)
+        for copurchase in config.copurchase_weights
+        if copurchase > 0
+    ]
+
+
 def uses_terms(config: TrainConfig) -> bool:
-    return any(weights.any for weights in term_grid(config))
+    return any(weights.any for weights in term_grid(config)) or any(
+        w > 0 for w in config.copurchase_weights
+    )
 
 
 def calibrate_terms(
@@ -163,17 +182,58 @@ def calibrate_terms(
     config: TrainConfig,
     model_dir: Path,
 ) -> dict:
-    """Fits the match vectors' projection on the catalogue's features, picks the profile terms'
-    weights among `term_grid(config)` on the validation by `config.calibration_metric` (ties: the
-    earlier in the grid, all-zero first) and saves them in `model_dir`. The popularity term counts
-    the fitted purchases before each validation test, so a held-out purchase never counts."""
+    """Fits the match vectors' projection on the catalogue's features and the co-purchase
+    matrix on the fitted purchases, picks the terms' weights on the validation by
+    `config.calibration_metric` in two stages (ties: the earlier in the grid, all-zero first):
+    the three profile terms' grid (`term_grid`), then popularity with co-purchase (`sales_grid`),
+    and saves them in `model_dir` (copurchase.npz only when its weight is above 0). The
+    popularity term counts the fitted purchases before each validation test, so a held-out
+    purchase never counts."""
     term = _fitted_term(dataset, config.nearest_purchase_dim, config.seed)
     sales = PopularRecommender.from_purchases(fit_purchases, dataset.n_items)
-    recommender = TowerRecommender("validation", item_tower, user_tower, dataset, term, sales)
+    copurchase = None
+    if any(w > 0 for w in config.copurchase_weights):
+        copurchase = CoPurchase.fit(fit_purchases, dataset.item_ids)
+    recommender = TowerRecommender(
+        "validation", item_tower, user_tower, dataset, term, sales, copurchase
+    )
     grid = term_grid(config)
+    rows = _grid_figures(recommender, dataset, validation_cases, grid)
+    best = _best(rows, config.calibration_metric)
+    if copurchase is not None:
+        second = sales_grid(config, grid[best])
+        rows += _grid_figures(recommender, dataset, validation_cases, second)
+        grid += second
+        best = _best(rows, config.calibration_metric)
+    chosen = grid[best]
+    term.with_weights(chosen).save(model_dir)
+    stale = model_dir / COPURCHASE_FILE
+    if chosen.copurchase > 0:
+        copurchase.save(model_dir)
+    elif stale.exists():  # an earlier calibration's, in a resumed run
+        stale.unlink()
+    return {
+        "weight": chosen.nearest,
+        "mean_weight": chosen.mean,
+        "popularity_weight": chosen.popularity,
+        "copurchase_weight": chosen.copurchase,
+        "dim": term.dim,
+        "metric": config.calibration_metric,
+        "validation": {k: v for k, v in rows[best].items() if k not in asdict(chosen)},
+        "grid": rows,
+    }
+
+
+def _best(rows: list[dict], metric: str) -> int:
+    return max(range(len(rows)), key=lambda i: (rows[i][metric], -i))
+
+
+def _grid_figures(recommender, dataset: Dataset, cases, grid: list[TermWeights]) -> list[dict]:
+    """Per weighting of `grid`, its weights and validation figures: the towers and each term
+    are computed once per batch of tests, a weighting only re-ranks them."""
     every = TermWeights(*(max(getattr(w, f) for w in grid) for f in TERMS))
     figures = GridFigures(len(grid))
-    for scored in batches(validation_cases, dataset.n_items):
+    for scored in batches(cases, dataset.n_items):
         parts = recommender.components(scored.query, scored.union, every)
         for i, (case, candidates, positions) in enumerate(
             zip(scored.cases, scored.candidates, scored.positions(), strict=True)
@@ -181,21 +241,8 @@ def calibrate_terms(
             own = {name: part[i][positions] for name, part in parts.items()}
             scores = np.asarray(combine_grid(own, grid), np.float64)  # [len(grid), n]
             truth = np.searchsorted(candidates, case.ground_truth)
-            figures.add(
-                truth_ranks(scores, truth, case_tiebreak(case, candidates.size)), candidates.size
-            )
-    rows = [
+            tiebreak = case_tiebreak(case, candidates.size)
+            figures.add(truth_ranks(scores, truth, tiebreak), candidates.size)
+    return [
         {**asdict(weights), **row} for weights, row in zip(grid, figures.figures(), strict=True)
     ]
-    best = max(range(len(rows)), key=lambda i: (rows[i][config.calibration_metric], -i))
-    chosen = grid[best]
-    term.with_weights(chosen).save(model_dir)
-    return {
-        "weight": chosen.nearest,
-        "mean_weight": chosen.mean,
-        "popularity_weight": chosen.popularity,
-        "dim": term.dim,
-        "metric": config.calibration_metric,
-        "validation": {k: v for k, v in rows[best].items() if k not in asdict(chosen)},
-        "grid": rows,
-    }

@@ -15,7 +15,12 @@ from training.sampling import POLICIES
 CONFIG_DIR = Path(__file__).parent / "configs"
 LOSSES = ("softmax", "bpr")
 # the profile terms' weight grids (training/calibration.py)
-TERM_GRIDS = ("nearest_purchase_weights", "profile_mean_weights", "popularity_weights")
+TERM_GRIDS = (
+    "nearest_purchase_weights",
+    "profile_mean_weights",
+    "popularity_weights",
+    "copurchase_weights",
+)
 SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall", "auc_recall")
 
 
@@ -44,6 +49,10 @@ class TrainConfig:
     # grids is tried and the best by `calibration_metric` kept; training/nearest_purchase.py
     profile_mean_weights: tuple[float, ...] = ()
     popularity_weights: tuple[float, ...] = ()
+    # what customers who bought the profile's artworks also bought (training/copurchase.py):
+    # + w x the normalised item-kNN score, chosen with the popularity weight once the three
+    # profile terms are (training/calibration.py)
+    copurchase_weights: tuple[float, ...] = ()
     calibration_metric: str = "auc_recall"
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples

@@ -20,8 +20,10 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
 - model/nearest_purchase.npz, catalogue/match_vectors.npy: the run's calibrated profile terms
   (training/nearest_purchase.py) and each catalogue artwork's match vector, when the run has a
   term with a weight above 0 (manifest "nearest_purchase": {"weight", "mean_weight",
-  "popularity_weight", "dim"}, else null). The retrieval/ SavedModel ranks by the towers alone;
-  the service adds the terms.
+  "popularity_weight", "copurchase_weight", "dim"}, else null). The retrieval/ SavedModel ranks
+  by the towers alone; the service adds the terms.
+- model/copurchase.npz: the co-purchase matrix (training/copurchase.py), when its weight is
+  above 0.
 - manifest.json (format 3): version, run, config, data fingerprint, training metrics, the
                catalogue's size, and
   - "index": the search: "kind" ("brute_force" or "scann"), its ScaNN parameters, "settings"
@@ -52,6 +54,8 @@ from towers.item_tower import ItemTower, item_inputs
 from towers.profile_encoder import ProfileEncoder
 from training.atomic import atomic_directory
 from training.config import TrainConfig
+from training.copurchase import FILE_NAME as COPURCHASE
+from training.copurchase import load_if_present as load_copurchase
 from training.data.dataset import Dataset, format_time
 from training.index import (
     IndexConfig,
@@ -273,6 +277,11 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     nearest = load_if_present(run_dir / MODEL_DIR)
     if nearest is not None and not nearest.weights.any:
         nearest = None  # calibrated to 0: validation said the towers alone rank better
+    copurchase = None
+    if nearest is not None and nearest.copurchase_weight > 0:
+        copurchase = load_copurchase(run_dir / MODEL_DIR)
+        if copurchase is None:
+            raise ValueError(f"{run_dir / MODEL_DIR}: a co-purchase weight but no {COPURCHASE}")
     encoder = ProfileEncoder(item_tower, user_tower)
     ids = dataset.item_ids.astype(str)
     progress(f"embedding {dataset.n_items:,} artworks")
@@ -328,6 +337,8 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
         if nearest is not None:
             nearest.save(tmp / MODEL_DIR)
+        if copurchase is not None:
+            copurchase.save(tmp / MODEL_DIR)
             np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
         if searcher is not None:
             searcher.save(tmp / SEARCHER_DIR)
@@ -368,6 +379,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
                     "weight": nearest.weight,
                     "mean_weight": nearest.mean_weight,
                     "popularity_weight": nearest.popularity_weight,
+                    "copurchase_weight": nearest.copurchase_weight,
                     "dim": nearest.dim,
                 }
             ),

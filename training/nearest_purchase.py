@@ -13,6 +13,7 @@ These terms add those views back:
                            + w_max  * max over p in profile of cos(m_p, m_item)
                            + w_mean * mean over p in profile of cos(m_p, m_item)
                            + w_pop  * log(1 + sales of item so far)
+                           + w_co   * copurchase(profile, item)  (training/copurchase.py)
 
 where m is the artwork's match vector: its features z-scored and projected onto their top
 principal components (`nearest_purchase_dim`, 128 by default: on UGallery's validation the term
@@ -38,21 +39,23 @@ from training.atomic import write_bytes_atomic
 from training.data.features import CHUNK_ROWS, zscore_stats
 
 FILE_NAME = "nearest_purchase.npz"
-OPTIONAL_WEIGHTS = ("mean_weight", "popularity_weight")
+OPTIONAL_WEIGHTS = ("mean_weight", "popularity_weight", "copurchase_weight")
 PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
 
 
 @dataclass(frozen=True)
 class TermWeights:
-    """w_max, w_mean and w_pop of the module docstring's formula."""
+    """w_max, w_mean and w_pop of the module docstring's formula, and w_co of the co-purchase
+    term (training/copurchase.py)."""
 
     nearest: float = 0.0
     mean: float = 0.0
     popularity: float = 0.0
+    copurchase: float = 0.0
 
     @property
     def any(self) -> bool:
-        return self.nearest > 0 or self.mean > 0 or self.popularity > 0
+        return self.nearest > 0 or self.mean > 0 or self.popularity > 0 or self.copurchase > 0
 
     @property
     def uses_profile(self) -> bool:
@@ -67,6 +70,7 @@ class NearestPurchase:
     weight: float  # w_max: the nearest purchase
     mean_weight: float = 0.0  # w_mean: the profile's mean match vector
     popularity_weight: float = 0.0  # w_pop: log(1 + the artwork's sales)
+    copurchase_weight: float = 0.0  # w_co: training/copurchase.py's term
 
     @classmethod
     def fit(cls, features: np.ndarray, dim: int = 128, *, seed: int = 0) -> NearestPurchase:
@@ -91,11 +95,14 @@ class NearestPurchase:
             weight=float(weights.nearest),
             mean_weight=float(weights.mean),
             popularity_weight=float(weights.popularity),
+            copurchase_weight=float(weights.copurchase),
         )
 
     @property
     def weights(self) -> TermWeights:
-        return TermWeights(self.weight, self.mean_weight, self.popularity_weight)
+        return TermWeights(
+            self.weight, self.mean_weight, self.popularity_weight, self.copurchase_weight
+        )
 
     @property
     def feature_dim(self) -> int:
@@ -132,6 +139,7 @@ class NearestPurchase:
             "weight": np.float64(self.weight),
             "mean_weight": np.float64(self.mean_weight),
             "popularity_weight": np.float64(self.popularity_weight),
+            "copurchase_weight": np.float64(self.copurchase_weight),
         }
         write_bytes_atomic(path, _npz_bytes(arrays))
         return path
@@ -174,6 +182,7 @@ class NearestPurchase:
             float(weight),
             float(arrays["mean_weight"]),
             float(arrays["popularity_weight"]),
+            float(arrays["copurchase_weight"]),
         )
 
 

@@ -14,6 +14,8 @@ import tensorflow as tf
 from towers.item_tower import ItemTower, item_inputs
 from towers.user_tower import UserTower
 from training.atomic import write_text_atomic
+from training.copurchase import CoPurchase, profile_scores
+from training.copurchase import load_if_present as load_copurchase
 from training.data.dataset import Dataset
 from training.evaluation.baselines import PopularRecommender
 from training.evaluation.interface import QueryBatch
@@ -77,8 +79,12 @@ class TowerRecommender:
         dataset: Dataset,
         nearest: NearestPurchase | None = None,
         sales: SalesSoFar | None = None,
+        copurchase: CoPurchase | None = None,
     ):
         self.name, self.user_tower, self.sales = name, user_tower, sales
+        self.copurchase = None  # W over the dataset's rows (training/copurchase.py)
+        if copurchase is not None:
+            self.copurchase = copurchase.on_catalogue(dataset.item_ids)
         self.item_vectors = embed_items(
             item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
         )
@@ -89,6 +95,8 @@ class TowerRecommender:
             self.weights = nearest.weights
         if self.weights.popularity > 0 and sales is None:
             raise ValueError(f"{name}: a popularity weight needs the sales log")
+        if self.weights.copurchase > 0 and copurchase is None:
+            raise ValueError(f"{name}: a co-purchase weight needs the co-purchase matrix")
 
     def with_weights(self, weights: TermWeights) -> TowerRecommender:
         """The same scores with other term weights (the calibration's grid)."""
@@ -96,6 +104,8 @@ class TowerRecommender:
             raise ValueError("this recommender has no match vectors")
         if self.sales is None and weights.popularity > 0:
             raise ValueError("this recommender has no sales log")
+        if self.copurchase is None and weights.copurchase > 0:
+            raise ValueError("this recommender has no co-purchase matrix")
         other = copy.copy(self)
         other.weights = weights
         return other
@@ -109,7 +119,7 @@ class TowerRecommender:
         self, batch: QueryBatch, candidates: np.ndarray, weights: TermWeights | None = None
     ) -> dict[str, np.ndarray]:
         """[B, n_candidates] each: "towers", and the terms that `weights` (default: this
-        recommender's) use: "nearest", "mean", "popularity" (unweighted)."""
+        recommender's) use: "nearest", "mean", "popularity", "copurchase" (unweighted)."""
         weights = weights or self.weights
         users = self.user_vectors(batch.profiles)  # [batch, dim]
         parts = {"towers": users @ self.item_vectors[candidates].T}
@@ -119,13 +129,17 @@ class TowerRecommender:
             parts["mean"] = mean_similarity(self.match_vectors, batch.profiles, candidates)
         if weights.popularity > 0:
             parts["popularity"] = sales_bonus(self.sales.score(batch, candidates))
+        if weights.copurchase > 0:
+            scores = profile_scores(self.copurchase, batch.profiles)
+            parts["copurchase"] = scores[:, candidates].toarray()
         return parts
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
         return combine(self.components(batch, candidates), self.weights)
 
 
-TERMS = ("nearest", "mean", "popularity")  # TermWeights' fields, in the order they are added
+# TermWeights' fields, in the order they are added
+TERMS = ("nearest", "mean", "popularity", "copurchase")
 
 
 def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:
@@ -185,8 +199,11 @@ def load_towers(run_dir: Path | str, prefix: str = MODEL_PREFIX) -> tuple[ItemTo
 
 def load_run_recommender(run_dir: Path | str, dataset: Dataset) -> TowerRecommender:
     """A finished run's final model: its towers and, if calibrated, its profile terms (the
-    popularity term counts `dataset`'s purchases before each query, as `popular` does)."""
+    popularity term counts `dataset`'s purchases before each query, as `popular` does; the
+    co-purchase matrix is the run's, fitted on its training split)."""
     item_tower, user_tower = load_towers(run_dir)
     nearest = load_if_present(Path(run_dir) / MODEL_DIR)
+    copurchase = load_copurchase(Path(run_dir) / MODEL_DIR)
     sales = PopularRecommender.from_dataset(dataset)
-    return TowerRecommender(Path(run_dir).name, item_tower, user_tower, dataset, nearest, sales)
+    name = Path(run_dir).name
+    return TowerRecommender(name, item_tower, user_tower, dataset, nearest, sales, copurchase)

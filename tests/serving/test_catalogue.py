@@ -14,6 +14,7 @@ from serving.store import NewItem, Purchase, Store
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
+from training.copurchase import CoPurchase
 from training.index import IndexConfig, neighbour_recall
 from training.nearest_purchase import NearestPurchase, TermWeights
 
@@ -25,9 +26,12 @@ def live_store() -> Store:
     return Store("sqlite://")
 
 
-def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None, nearest=None):
+def make_catalogue(
+    n_items=N_ITEMS, dim=DIM, vectors=None, index=None, nearest=None, copurchase=None
+):
     """A catalogue of random vectors; with `nearest` (a NearestPurchase over FEATURES-d
-    features), random features give the match vectors."""
+    features), random features give the match vectors; `copurchase`: the co-purchase term's
+    matrix."""
     rng = np.random.default_rng(7)
     item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(dim,))
     item_tower(tf.zeros([1, FEATURES]))
@@ -71,6 +75,7 @@ def make_catalogue(n_items=N_ITEMS, dim=DIM, vectors=None, index=None, nearest=N
         IndexConfig(),
         nearest,
         None if nearest is None else nearest.vectors(rng.normal(size=(n_items, FEATURES))),
+        copurchase=copurchase,
     )
     return Catalogue(model, index)
 
@@ -259,17 +264,48 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
     assert set(result.rows[:3]) == {4000, 4001, 4002}  # added live: searched exactly
 
 
-def random_term(weight: float, mean: float = 0.0, popularity: float = 0.0) -> NearestPurchase:
+def random_term(
+    weight: float, mean: float = 0.0, popularity: float = 0.0, copurchase: float = 0.0
+) -> NearestPurchase:
     features = np.random.default_rng(11).normal(size=(200, FEATURES))
-    return NearestPurchase.fit(features, dim=4).with_weights(TermWeights(weight, mean, popularity))
+    weights = TermWeights(weight, mean, popularity, copurchase)
+    return NearestPurchase.fit(features, dim=4).with_weights(weights)
 
 
-@pytest.mark.parametrize("weights", [(0.8, 0.0, 0.0), (0.0, 1.5, 0.0), (0.5, 1.0, 2.0)])
+def random_copurchase(n_items: int) -> CoPurchase:
+    """Item-kNN over 300 customers who bought 4 each of the first 150 artworks (every
+    neighbour kept, so that the reference below needs no cut)."""
+    rng = np.random.default_rng(12)
+    items = np.concatenate([rng.choice(150, 4, replace=False) for _ in range(300)])
+    purchases = pd.DataFrame({"user_id": np.repeat(np.arange(300), 4), "item": items})
+    ids = np.array([f"i{n}" for n in range(n_items)])
+    return CoPurchase.fit(purchases, ids, neighbours=None)
+
+
+def reference_copurchase(n_items: int, profile: np.ndarray) -> np.ndarray:
+    """[n_items]: training/copurchase.py's term by hand, from the same purchases."""
+    rng = np.random.default_rng(12)
+    bought = np.zeros((300, n_items))
+    for customer in range(300):
+        bought[customer, rng.choice(150, 4, replace=False)] = 1
+    counts = bought.sum(axis=0)
+    scale = 1 / np.sqrt(np.maximum(counts, 1))
+    similarity = (bought.T @ bought) * scale[:, None] * scale[None, :]
+    np.fill_diagonal(similarity, 0)
+    summed = similarity[profile].sum(axis=0)
+    return summed / summed.max() if summed.max() > 0 else summed
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [(0.8, 0.0, 0.0, 0.0), (0.0, 1.5, 0.0, 0.0), (0.5, 1.0, 2.0, 0.0), (0.0, 0.5, 0.1, 2.0)],
+)
 def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
-    nearest, mean, popularity = weights
-    catalogue = make_catalogue(nearest=random_term(*weights))
+    nearest, mean, popularity, copurchase = weights
+    catalogue = make_catalogue(nearest=random_term(*weights), copurchase=random_copurchase(N_ITEMS))
     rng = np.random.default_rng(4)
     profiles = [rng.choice(N_ITEMS, size, replace=False) for size in (1, 4, 2, 9)]
+    profiles[0] = np.array([3])  # among the co-purchased artworks
     queries = catalogue.user_vectors(profiles)
     exclude = [p for p in profiles]
     results = catalogue.top_k(
@@ -289,6 +325,7 @@ def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
             + nearest * similarity.max(axis=0)
             + mean * similarity.mean(axis=0)
             + popularity * np.log1p(sales)
+            + copurchase * reference_copurchase(size, profile)
         )
         keep = np.ones(size, bool)
         keep[profile] = False
@@ -330,22 +367,26 @@ def test_artworks_added_live_get_match_vectors_from_their_features():
     assert result.rows[0] == [row for row in closest if row != N_ITEMS][0]
 
 
-def scann_and_exact_top_10(weight: float, mean: float = 0.0, popularity: float = 0.0):
+def scann_and_exact_top_10(
+    weight: float, mean: float = 0.0, popularity: float = 0.0, copurchase: float = 0.0
+):
     """Served scores of the top 10 with ScaNN (searching half the leaves, so that its own
     misses are rare) and exactly, on 4,000 clustered artworks whose small vectors let a term
     of weight 3 outweigh the query."""
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(40, 16))
     vectors = 0.1 * (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16)))
-    term = random_term(weight, mean, popularity)
+    term = random_term(weight, mean, popularity, copurchase)
+    bought = random_copurchase(4000)
     index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
-    approximate = make_catalogue(4000, 16, vectors.astype(np.float32), index, term)
+    approximate = make_catalogue(4000, 16, vectors.astype(np.float32), index, term, bought)
     exact_index = IndexConfig(k=20, scann_min_items=10**6)
-    exact = make_catalogue(4000, 16, vectors.astype(np.float32), exact_index, term)
+    exact = make_catalogue(4000, 16, vectors.astype(np.float32), exact_index, term, bought)
     assert approximate.searcher is not None
     assert (approximate.match_searcher is not None) == term.weights.uses_profile
     assert exact.searcher is None
     profiles = [rng.choice(4000, 3, replace=False) for _ in range(40)]
+    profiles[::2] = [rng.choice(150, 3, replace=False) for _ in range(20)]  # co-purchased ones
     queries = approximate.user_vectors(profiles)
     args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles)
     found = approximate.top_k(queries, 10, **args)
@@ -354,7 +395,8 @@ def scann_and_exact_top_10(weight: float, mean: float = 0.0, popularity: float =
 
 
 @pytest.mark.parametrize(
-    "weights", [(0.5, 0, 0), (3.0, 0, 0), (0, 3.0, 0), (0, 0, 5.0), (1.0, 1.0, 0.5)]
+    "weights",
+    [(0.5, 0, 0), (3.0, 0, 0), (0, 3.0, 0), (0, 0, 5.0), (1.0, 1.0, 0.5), (0, 0.5, 0, 3.0)],
 )
 def test_scann_candidates_are_re_ranked_with_the_terms(weights):
     """Above the ScaNN threshold the terms' candidates come from a second search (the artworks
@@ -545,3 +587,13 @@ def test_purchases_recorded_live_raise_the_popularity_term_at_once():
     catalogue.add_purchases(purchases, live_store())
     assert catalogue.sales[print_row] == 3
     np.testing.assert_allclose(score_of_print() - before, 2.0 * np.log1p(3), rtol=1e-5)
+
+
+def test_without_the_co_purchased_candidates_the_co_purchase_term_misses(monkeypatch):
+    original = Catalogue._with_term_candidates
+
+    def without(self, rows, profile, excluded, available_only, rule, bought=None):
+        return original(self, rows, profile, excluded, available_only, rule, None)
+
+    monkeypatch.setattr(Catalogue, "_with_term_candidates", without)
+    assert neighbour_recall(*scann_and_exact_top_10(0.0, 0.0, 0.0, 3.0)) < 0.8

@@ -26,9 +26,7 @@ def test_grid_figures_equal_the_metric_functions_for_every_ranking():
         n_candidates = int(rng.integers(1, 400))
         n_truth = int(rng.integers(1, min(n_candidates, 5) + 1))
         # distinct ranks per ranking, as a ranking gives; small ones so that hits happen
-        ranks = np.stack(
-            [rng.permutation(n_candidates)[:n_truth] % 150 for _ in range(n_rankings)]
-        )
+        ranks = np.stack([rng.permutation(n_candidates)[:n_truth] % 150 for _ in range(n_rankings)])
         tests.append((ranks, n_candidates))
     tests.append((np.arange(3)[None].repeat(n_rankings, 0), 3))  # no negative: AUC undefined
     grid = GridFigures(n_rankings)

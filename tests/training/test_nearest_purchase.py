@@ -7,6 +7,8 @@ import pytest
 
 from training.calibration import validate_recommender
 from training.config import load_config
+from training.copurchase import FILE_NAME as COPURCHASE_FILE
+from training.copurchase import CoPurchase, profile_scores
 from training.data.dataset import load_dataset
 from training.data.features import unit_rows, zscore
 from training.evaluation.baselines import PopularRecommender
@@ -20,6 +22,7 @@ from training.nearest_purchase import (
     mean_similarity,
 )
 from training.trained_towers import (
+    TERMS,
     TowerRecommender,
     combine,
     combine_grid,
@@ -122,15 +125,30 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     terms = summary["nearest_purchase"]
     grid = terms["grid"]
     config = load_config("curator")
-    assert len(grid) == (
+    first = (
         len(config.nearest_purchase_weights)
         * len(config.profile_mean_weights)
         * len(config.popularity_weights)
     )
+    second = len(config.popularity_weights) * (len(config.copurchase_weights) - 1)
+    assert len(grid) == first + second
     assert (grid[0]["nearest"], grid[0]["mean"], grid[0]["popularity"]) == (0, 0, 0)
+    assert all(row["copurchase"] == 0 for row in grid[:first])
+    # the second stage keeps the first stage's best profile weights
+    first_best = max(grid[:first], key=lambda row: row["auc_recall"])
+    assert all(row["copurchase"] > 0 for row in grid[first:])
+    assert {(row["nearest"], row["mean"]) for row in grid[first:]} == {
+        (first_best["nearest"], first_best["mean"])
+    }
     best = max(grid, key=lambda row: row["auc_recall"])  # curator.yaml calibrates by it
-    chosen = TermWeights(terms["weight"], terms["mean_weight"], terms["popularity_weight"])
-    assert chosen == TermWeights(best["nearest"], best["mean"], best["popularity"])
+    chosen = TermWeights(
+        terms["weight"],
+        terms["mean_weight"],
+        terms["popularity_weight"],
+        terms["copurchase_weight"],
+    )
+    assert chosen == TermWeights(*(best[name] for name in TERMS))
+    assert (trained_run / "model" / COPURCHASE_FILE).exists() == (chosen.copurchase > 0)
     assert summary["best_validation"] == terms["validation"]
     saved = NearestPurchase.load(trained_run / "model" / FILE_NAME)
     assert saved.weights == chosen
@@ -141,13 +159,12 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     fit, cases = training_split(dataset)
     towers = load_towers(trained_run)
     sales = PopularRecommender.from_purchases(fit, dataset.n_items)
-    plain = TowerRecommender("v", *towers, dataset, saved, sales)
-    for row in (grid[0], best, grid[-1]):
-        weights = TermWeights(row["nearest"], row["mean"], row["popularity"])
+    bought = CoPurchase.fit(fit, dataset.item_ids)
+    plain = TowerRecommender("v", *towers, dataset, saved, sales, bought)
+    for row in (grid[0], best, grid[first - 1], grid[-1]):
+        weights = TermWeights(*(row[name] for name in TERMS))
         figures = validate_recommender(plain.with_weights(weights), dataset, cases)
-        assert figures == {
-            k: v for k, v in row.items() if k not in ("nearest", "mean", "popularity")
-        }
+        assert figures == {k: v for k, v in row.items() if k not in TERMS}
 
     recommender = load_run_recommender(trained_run, dataset)
     assert recommender.weights == chosen
@@ -163,6 +180,8 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
         + chosen.mean
         * np.stack([[np.mean(match[p] @ match[c]) for c in candidates] for p in profiles])
         + chosen.popularity * np.log1p(counts)[None, :]
+        + chosen.copurchase
+        * profile_scores(bought.on_catalogue(dataset.item_ids), profiles).toarray()
     )
     np.testing.assert_allclose(recommender.score(batch, candidates), expected, atol=1e-5)
 

@@ -1,0 +1,108 @@
+"""The co-purchase term: fitted as item-kNN by hand, saved and loaded safely, remapped."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from training.copurchase import FILE_NAME, CoPurchase, profile_scores
+
+# customers 0-2 bought rows 0/1/2 of a 5-artwork catalogue in these combinations; row 3 once
+PURCHASES = pd.DataFrame(
+    {"user_id": ["a", "a", "b", "b", "b", "c", "c"], "item": [0, 1, 0, 1, 2, 1, 3]}
+)
+IDS = np.array(["x0", "x1", "x2", "x3", "x4"])
+
+
+def hand_cosine() -> np.ndarray:
+    """[5, 5] cosine of the buyer sets, diagonal 0 (computed by hand from PURCHASES)."""
+    buyers = {0: {"a", "b"}, 1: {"a", "b", "c"}, 2: {"b"}, 3: {"c"}, 4: set()}
+    similarity = np.zeros((5, 5))
+    for i in range(5):
+        for j in range(5):
+            if i != j and buyers[i] and buyers[j]:
+                shared = len(buyers[i] & buyers[j])
+                similarity[i, j] = shared / np.sqrt(len(buyers[i]) * len(buyers[j]))
+    return similarity
+
+
+def test_fit_is_item_knn_over_the_buyers_and_scores_are_normalised_sums():
+    term = CoPurchase.fit(PURCHASES, IDS, neighbours=None)
+    assert list(term.item_ids) == ["x0", "x1", "x2", "x3"]  # x4 never sold: no row
+    on_catalogue = term.on_catalogue(IDS).toarray()
+    np.testing.assert_allclose(on_catalogue, hand_cosine(), rtol=1e-6)
+    profiles = [np.array([0]), np.array([2, 3]), np.array([4])]
+    scores = profile_scores(term.on_catalogue(IDS), profiles).toarray()
+    for profile, row in zip(profiles, scores, strict=True):
+        summed = hand_cosine()[profile].sum(axis=0)
+        expected = summed / summed.max() if summed.max() > 0 else summed
+        np.testing.assert_allclose(row, expected, rtol=1e-6)
+    assert scores[0].max() == pytest.approx(1.0) and not scores[2].any()
+
+
+def test_neighbours_keep_each_rows_largest():
+    term = CoPurchase.fit(PURCHASES, IDS, neighbours=1)
+    dense = term.on_catalogue(IDS).toarray()
+    assert (np.count_nonzero(dense, axis=1) <= 1).all()
+    np.testing.assert_allclose(dense.max(axis=1), hand_cosine().max(axis=1), rtol=1e-6)
+
+
+def test_another_catalogue_order_and_missing_artworks():
+    term = CoPurchase.fit(PURCHASES, IDS, neighbours=None)
+    other = np.array(["x3", "new", "x1", "x0"])  # x2 gone, rows reordered, one unknown
+    mapped = term.on_catalogue(other).toarray()
+    full = hand_cosine()
+    where = {"x3": 3, "x1": 1, "x0": 0}
+    for i, a in enumerate(other):
+        for j, b in enumerate(other):
+            expected = full[where[a], where[b]] if a in where and b in where else 0.0
+            assert mapped[i, j] == pytest.approx(expected, rel=1e-6)
+    assert term.on_catalogue(np.array([], str)).shape == (0, 0)
+
+
+def test_round_trip_and_bad_files_are_refused(tmp_path):
+    term = CoPurchase.fit(PURCHASES, IDS, neighbours=None)
+    path = term.save(tmp_path)
+    assert path.name == FILE_NAME
+    loaded = CoPurchase.load(path)
+    np.testing.assert_array_equal(loaded.item_ids, term.item_ids)
+    assert (loaded.weights != term.weights).nnz == 0
+
+    def write(**arrays):
+        saved = dict(
+            item_ids=term.item_ids,
+            indptr=term.weights.indptr.astype(np.int64),
+            indices=term.weights.indices.astype(np.int64),
+            data=term.weights.data,
+        )
+        saved.update(arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **saved)
+        bad = tmp_path / "bad.npz"
+        bad.write_bytes(buffer.getvalue())
+        return bad
+
+    data = term.weights.data.copy()
+    cases = {
+        "nan": write(data=np.where(np.arange(data.size) == 0, np.nan, data)),
+        "negative": write(data=-data),
+        "index out of range": write(indices=term.weights.indices + 10),
+        "short indptr": write(indptr=term.weights.indptr[:-1]),
+        "duplicate ids": write(item_ids=np.array(["x0", "x0", "x2", "x3"])),
+        "object ids": write(item_ids=np.array(["x0", 1, "x2", "x3"], dtype=object)),
+    }
+    for name, bad in cases.items():
+        with pytest.raises(ValueError, match="bad.npz"):
+            CoPurchase.load(bad)
+        assert name
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a co-purchase file"):
+        CoPurchase.load(tmp_path / "junk.npz")
+
+
+def test_profile_scores_of_profiles_with_nothing_co_purchased_are_zero():
+    weights = sp.csr_matrix((3, 3), dtype=np.float32)
+    scores = profile_scores(weights, [np.array([0, 1]), np.array([], np.int64)])
+    assert scores.shape == (2, 3) and scores.nnz == 0
