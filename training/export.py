@@ -337,9 +337,9 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
         if nearest is not None:
             nearest.save(tmp / MODEL_DIR)
+            np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
         if copurchase is not None:
             copurchase.save(tmp / MODEL_DIR)
-            np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
         if searcher is not None:
             searcher.save(tmp / SEARCHER_DIR)
         if match_searcher is not None:
