@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from training.atomic import write_bytes_atomic
-from training.evaluation.learned_baselines import interactions, knn_weights
+from training.evaluation.learned_baselines import interactions, knn_weights, profile_indicators
 
 FILE_NAME = "copurchase.npz"
 NEIGHBOURS = 50  # per artwork: on an Amazon-like synthetic 50 and 200 validated alike
@@ -118,16 +118,11 @@ class CoPurchase:
 def profile_scores(weights: sp.csr_matrix, profiles: Sequence[np.ndarray]) -> sp.csr_matrix:
     """[B, n] sparse: per profile (rows of `weights`' catalogue), the term of the module
     docstring for every artwork (the summed rows, each divided by its largest value)."""
-    rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(profiles)])
-    columns = np.concatenate([np.asarray(p, np.int64) for p in profiles])
-    queries = sp.csr_matrix(
-        (np.ones(columns.size, np.float32), (rows, columns)),
-        shape=(len(profiles), weights.shape[0]),
-    )
+    queries = profile_indicators(profiles, weights.shape[0], np.float32)
     summed = (queries @ weights).tocsr()
     summed.sum_duplicates()
     largest = summed.max(axis=1).toarray().ravel()  # [B]; 0 where nothing co-sold
-    scale = np.where(largest > 0, 1.0 / np.where(largest > 0, largest, 1.0), 0.0)
+    scale = np.divide(1.0, largest, out=np.zeros_like(largest), where=largest > 0)
     return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ summed)
 
 

@@ -86,17 +86,17 @@ def test_round_trip_and_bad_files_are_refused(tmp_path):
 
     data = term.weights.data.copy()
     cases = {
-        "nan": write(data=np.where(np.arange(data.size) == 0, np.nan, data)),
-        "negative": write(data=-data),
-        "index out of range": write(indices=term.weights.indices + 10),
-        "short indptr": write(indptr=term.weights.indptr[:-1]),
-        "duplicate ids": write(item_ids=np.array(["x0", "x0", "x2", "x3"])),
-        "object ids": write(item_ids=np.array(["x0", 1, "x2", "x3"], dtype=object)),
+        "nan": lambda: write(data=np.where(np.arange(data.size) == 0, np.nan, data)),
+        "negative": lambda: write(data=-data),
+        "index out of range": lambda: write(indices=term.weights.indices + 10),
+        "short indptr": lambda: write(indptr=term.weights.indptr[:-1]),
+        "duplicate ids": lambda: write(item_ids=np.array(["x0", "x0", "x2", "x3"])),
+        "object ids": lambda: write(item_ids=np.array(["x0", 1, "x2", "x3"], dtype=object)),
     }
-    for name, bad in cases.items():
+    # each bad file is written just before it is loaded (they share one path)
+    for make in cases.values():
         with pytest.raises(ValueError, match="bad.npz"):
-            CoPurchase.load(bad)
-        assert name
+            CoPurchase.load(make())
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a co-purchase file"):
         CoPurchase.load(tmp_path / "junk.npz")

@@ -61,20 +61,23 @@ class ItemToItemRecommender:
         known = columns >= 0
         if not known.any():
             return scores
-        query_rows, query_columns = [], []
-        for row, profile in enumerate(batch.profiles):
-            fitted = self.positions(profile)
-            fitted = fitted[fitted >= 0]
-            query_rows.append(np.full(fitted.size, row))
-            query_columns.append(fitted)
-        query_columns = np.concatenate(query_columns)
-        queries = sp.csr_matrix(
-            (np.ones(query_columns.size), (np.concatenate(query_rows), query_columns)),
-            shape=(len(batch), self.items.size),
-        )  # [B, n_fit] binary profiles
+        fitted = [self.positions(profile) for profile in batch.profiles]
+        queries = profile_indicators([f[f >= 0] for f in fitted], self.items.size)
         summed = (queries @ self.weights).toarray()  # [B, n_fit]
         scores[:, known] = summed[:, columns[known]]
         return scores
+
+
+def profile_indicators(
+    profiles: Sequence[np.ndarray], width: int, dtype=np.float64
+) -> sp.csr_matrix:
+    """[B, width] sparse: row b has 1 at each column of `profiles[b]` (an artwork listed twice
+    counts twice), so that `indicators @ W` sums W's rows over each profile."""
+    rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(profiles)])
+    columns = np.concatenate([np.asarray(p, np.int64) for p in profiles])
+    return sp.csr_matrix(
+        (np.ones(columns.size, dtype), (rows, columns)), shape=(len(profiles), width)
+    )
 
 
 def interactions(purchases: pd.DataFrame) -> tuple[sp.csr_matrix, np.ndarray]:
