@@ -74,11 +74,14 @@ class Catalogue:
         n, dim = model.vectors.shape
         self.index = index or model.index
         self.indexed = n  # rows 0..indexed-1 are in the ScaNN searcher, if any
-        same_index = index is None or index == model.index  # the export's own searchers fit
+        # the export's own searchers fit if built with this index, and still hold the export's
+        # rows only (another catalogue may have added its live artworks to them)
+        same_index = index is None or index == model.index
         self.searcher = None
         if self.index.uses_scann(n):
             serialized = model.searcher if same_index else None
-            self.searcher = serialized or ScannSearcher(model.vectors, self.index)
+            fresh = serialized is not None and serialized.size == n
+            self.searcher = serialized if fresh else ScannSearcher(model.vectors, self.index)
         self.item_ids: list[str] = list(model.items["item_id"].astype(str))
         self.artist_ids: list[str] = list(model.items["artist_id"])
         self.artist_code_of: dict[str, int] = {}  # "" (no artist) has none: code -1
@@ -105,8 +108,11 @@ class Catalogue:
             and model.match_vectors is not None
         ):
             serialized = model.match_searcher if same_index else None
-            self.match_searcher = serialized or ScannSearcher(
-                model.match_vectors, replace(self.index, prior_slot=False)
+            fresh = serialized is not None and serialized.size == n
+            self.match_searcher = (
+                serialized
+                if fresh
+                else ScannSearcher(model.match_vectors, replace(self.index, prior_slot=False))
             )
         # the co-purchase term (training/copurchase.py) over the exported artworks' rows
         self.copurchase = None
@@ -120,7 +126,8 @@ class Catalogue:
         self.sold_penalty = np.zeros(capacity, np.float32)  # -inf where sold: added to scores
         self.sales = np.zeros(capacity, np.int64)
         self.popularity = np.zeros(capacity, np.float32)  # w_pop x log(1 + sales): the term
-        self._best_sellers: tuple[int, np.ndarray] | None = None  # (purchases seen, rows)
+        # ((purchases applied, rows indexed) when computed, rows)
+        self._best_sellers: tuple[tuple[int, int], np.ndarray] | None = None
         self._purchases_applied = 0
         self.artist_codes = np.full(capacity, -1, np.int64)
         self.artist_codes[:n] = [self._artist_code(a) for a in self.artist_ids]
@@ -258,6 +265,18 @@ class Catalogue:
             self.item_ids.append(item.item_id)
             self.artist_ids.append(item.artist_id)
         self.size = end  # published last: readers never see a half-written row
+        self._index_rows(start, end)
+
+    def _index_rows(self, start: int, end: int) -> None:
+        """Rows start..end-1, just published, join the ScaNN searchers (the terms' first);
+        `indexed` moves last, so a reader searches them either exactly or through ScaNN."""
+        if self.searcher is None or start != self.indexed:
+            return
+        rows = np.arange(start, end)
+        if self.match_searcher is not None:
+            self.match_searcher.add(self.match_columns[:, start:end].T, rows)
+        self.searcher.add(self.vectors[start:end], rows)
+        self.indexed = end
 
     def _artist_code(self, artist_id: str) -> int:
         if not artist_id:
@@ -419,24 +438,28 @@ class Catalogue:
         merged with exact scores of the artworks added since the export. With profile terms,
         the candidates are RERANK_FETCH more by the query plus the terms' own (`_with_term_
         candidates`), all scored exactly with the terms."""
-        size, indexed = self.size, self.indexed
+        indexed = self.indexed  # read first: rows past it are searched exactly (size >= it)
+        size = self.size
         live_rows = np.arange(indexed, size)
         live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
         with_terms = profiles is not None
         extra = max(RERANK_FETCH, 4 * k) if with_terms else 64
+        excludes = [excluded[excluded < size] for excluded in exclude]
+        fetch = min(indexed, k + max(excluded.size for excluded in excludes) + extra)
+        first_round = self.searcher.search_batched(queries, fetch)  # one ScaNN call for all
         results = []
         for i, query in enumerate(queries):
-            excluded, rule = exclude[i][exclude[i] < size], rules[i]
+            excluded, rule = excludes[i], rules[i]
             per_artist = rule.max_per_artist if rule is not None else None
             rows, scores = self._indexed_candidates(
-                query, k, excluded, available_only[i], rule, k + excluded.size + extra
+                query, k, excluded, available_only[i], rule, indexed, first_round[i]
             )
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
             if with_terms:
                 bought = self._copurchase_scores([profiles[i]]) if self.terms.copurchase else None
                 rows = self._with_term_candidates(
-                    rows, profiles[i], excluded, available_only[i], rule, bought
+                    rows, profiles[i], excluded, available_only[i], rule, indexed, bought
                 )
                 terms = self._term_scores(profiles[i], rows, bought)
                 scores = query @ self.columns[:, rows] + terms
@@ -450,19 +473,20 @@ class Catalogue:
             results.append(Ranked(merged_rows[chosen], merged_scores[chosen]))
         return results
 
-    def _indexed_candidates(self, query, k, excluded, available_only, rule, fetch):
-        """(rows, scores) of indexed artworks the query may get, best first from ScaNN, enough
-        for k of them to survive its filters and crowding: the fetch grows 4x at a time; when
-        the leaves searched hold no more (a narrow filter, a long crowding tail), or the query
-        allows only some artists, every indexed artwork it may get is scored exactly."""
-        indexed = self.indexed
+    def _indexed_candidates(self, query, k, excluded, available_only, rule, indexed, found):
+        """(rows, scores) of the first `indexed` artworks that the query may get, best first
+        from ScaNN, enough for k of them to survive its filters and crowding. `found`: the
+        batch's first search for it; then the fetch grows 4x at a time; when the leaves
+        searched hold no more (a narrow filter, a long crowding tail), or the query allows only
+        some artists, every indexed artwork it may get is scored exactly. (Rows added to the
+        searcher after `indexed` was read are left to the caller's exact search.)"""
         per_artist = rule.max_per_artist if rule is not None else None
         exact = rule is not None and rule.allowed is not None
-        fetch = min(indexed, fetch)
+        fetch = found[0].size
         while not exact:
-            rows, scores = self.searcher.search(query, fetch)
+            rows, scores = found
             returned = rows.size
-            keep = ~self._skipped(rows, excluded, available_only, rule)
+            keep = ~self._skipped(rows, excluded, available_only, rule) & (rows < indexed)
             rows, scores = rows[keep], scores[keep]
             if per_artist is None:
                 found = rows.size
@@ -472,46 +496,48 @@ class Catalogue:
                 return rows, scores
             exact = returned < fetch or fetch >= indexed
             fetch = min(indexed, fetch * 4)
+            if not exact:
+                found = self.searcher.search(query, fetch)
         rows = np.flatnonzero(~self._skipped(np.arange(indexed), excluded, available_only, rule))
         return rows, query @ self.columns[:, rows]
 
     def _with_term_candidates(
-        self, rows, profile, excluded, available_only, rule, bought=None
+        self, rows, profile, excluded, available_only, rule, indexed, bought=None
     ) -> np.ndarray:
-        """`rows` plus the indexed artworks that the query does not skip among: the TERM_FETCH
-        closest (match vectors) to each of the profile's last TERM_SEARCH_PROFILE artworks (the
-        nearest-purchase term), to the profile's mean match vector (the mean term), the
-        TERM_FETCH best sellers (the popularity term) and the TERM_FETCH highest of `bought`
-        (the co-purchase term's [1, n] row); each once (sorted)."""
+        """`rows` plus the first `indexed` artworks that the query does not skip among: the
+        TERM_FETCH closest (match vectors) to each of the profile's last TERM_SEARCH_PROFILE
+        artworks (the nearest-purchase term), to the profile's mean match vector (the mean
+        term), the TERM_FETCH best sellers (the popularity term) and the TERM_FETCH highest of
+        `bought` (the co-purchase term's [1, n] row); each once (sorted)."""
         candidates = [rows]
-        fetch = min(self.indexed, TERM_FETCH + excluded.size)
+        fetch = min(indexed, TERM_FETCH + excluded.size)
         queries = []
         if self.terms.nearest:
-            indexed = profile[profile < self.indexed]
-            recent = indexed[max(0, indexed.size - TERM_SEARCH_PROFILE) :]
+            searched = profile[profile < indexed]
+            recent = searched[max(0, searched.size - TERM_SEARCH_PROFILE) :]
             queries += list(self.match_columns[:, recent].T)
         if self.terms.mean:
             queries.append(profile_means(self.match_columns.T, [profile])[0])
-        for match in queries:
-            closest, _ = self.match_searcher.search(np.ascontiguousarray(match), fetch)
-            candidates.append(closest[~self._skipped(closest, excluded, available_only, rule)])
+        if queries:
+            for closest, _ in self.match_searcher.search_batched(np.stack(queries), fetch):
+                candidates.append(closest)
         if self.terms.popularity:
-            best = self._best_selling_indexed(fetch)
-            candidates.append(best[~self._skipped(best, excluded, available_only, rule)])
+            candidates.append(self._best_selling_indexed(fetch))
         if bought is not None and bought.nnz:
             order = np.argsort(-bought.data, kind="stable")[:fetch]
-            best = bought.indices[order].astype(np.int64)
-            candidates.append(best[~self._skipped(best, excluded, available_only, rule)])
-        return np.unique(np.concatenate(candidates))
+            candidates.append(bought.indices[order].astype(np.int64))
+        found = np.unique(np.concatenate(candidates))
+        found = found[found < indexed]
+        return found[~self._skipped(found, excluded, available_only, rule)]
 
     def _best_selling_indexed(self, n: int) -> np.ndarray:
         """The n indexed artworks still for sale with the most sales (ties: lower row; a sold
         original never returns), recomputed only after purchases were applied."""
-        cached = self._best_sellers
-        if cached is None or cached[0] != self._purchases_applied or cached[1].size < n:
-            keys = np.where(self.sold[: self.indexed], -np.inf, self.sales[: self.indexed])
+        cached, key = self._best_sellers, (self._purchases_applied, self.indexed)
+        if cached is None or cached[0] != key or cached[1].size < n:
+            keys = np.where(self.sold[: key[1]], -np.inf, self.sales[: key[1]])
             rows, _ = top_k(keys, max(n, TERM_FETCH))
-            cached = self._best_sellers = (self._purchases_applied, rows)
+            cached = self._best_sellers = (key, rows)
         return cached[1][:n]
 
     def _copurchase_scores(self, profiles: Sequence[np.ndarray]):

@@ -13,10 +13,14 @@ top 10, and one tree over everything reached recall@10 .90 searching 10% of its 
 such artworks are at most `MAX_PRIOR_SHARE` of the catalogue, they get a searcher of their own
 (ScaNN without a tree: asymmetric hashing over all of them, then exact re-ordering; exact in the
 TFRS layer) and the two results are merged by score.
+
+The service's `ScannSearcher` takes artworks added after the export (ScaNN's `upsert`): they
+join the tree, or the searcher apart when they have a prior and the export has one.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,11 +134,14 @@ class PriorSplitTopK(tf.keras.layers.Layer):
 class ScannSearcher:
     """ScaNN through its pybind API (numpy in, numpy out, no TensorFlow call per query) over
     `vectors` [n, dim], dot product, with the export's parameters; rows with a prior searched
-    apart (see the module doc). `search(query, k)` -> (rows, scores), best first."""
+    apart (see the module doc). `search_batched(queries, k)` -> one (rows, scores) per query,
+    best first; `add(vectors, rows)` puts more rows in (ScaNN's upsert). Searches and adds
+    take one lock: ScaNN does not promise that a search sees a concurrent upsert whole."""
 
     def __init__(self, vectors: np.ndarray, config: IndexConfig):
         vectors = np.ascontiguousarray(vectors, np.float32)
         self.config = config
+        self.lock = threading.Lock()
         self.tree_rows, self.apart_rows = config.split_rows(vectors)
         params = config.scann_parameters(self.tree_rows.size)
         tree = _pybind_builder(vectors[self.tree_rows], config.k).tree(
@@ -172,7 +179,7 @@ class ScannSearcher:
         if pickles:
             raise ValueError(f"{directory}: pickles are refused: {pickles}")
         searcher = cls.__new__(cls)
-        searcher.config = config
+        searcher.config, searcher.lock = config, threading.Lock()
         with np.load(directory / "rows.npz", allow_pickle=False) as rows:
             searcher.tree_rows, searcher.apart_rows = rows["tree"], rows["apart"]
         searcher.tree = scann_ops_pybind.load_searcher(str(directory / "tree"))
@@ -183,21 +190,59 @@ class ScannSearcher:
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the (approximately) best k, best first; ties: lower row first."""
+        return self.search_batched(query[None, :], k)[0]
+
+    def search_batched(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` of every row of `queries` [b, dim], one ScaNN call per part for them all."""
+        queries = np.ascontiguousarray(queries, np.float32)
         reorder = max(k, self.config.reorder)
-        found, scores = self.tree.search(
-            query,
-            final_num_neighbors=min(k, self.tree_rows.size),
-            pre_reorder_num_neighbors=reorder,
-        )
-        parts = [(self.tree_rows[found], scores)]
-        if self.apart is not None:
-            found, apart_scores = self.apart.search(
-                query,
-                final_num_neighbors=min(k, self.apart_rows.size),
-                pre_reorder_num_neighbors=reorder,
-            )
-            parts.append((self.apart_rows[found], apart_scores))
-        return merge_top_k(parts, k)
+        with self.lock:
+            parts = [_batched(self.tree, self.tree_rows, queries, k, reorder)]
+            if self.apart is not None:
+                parts.append(_batched(self.apart, self.apart_rows, queries, k, reorder))
+        return [merge_top_k([part[i] for part in parts], k) for i in range(len(queries))]
+
+    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        """Rows `rows` with `vectors` [n, dim] become searchable: a row with a prior goes to
+        the searcher apart if there is one, every other to the tree."""
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        rows = np.asarray(rows, np.int64)
+        to_apart = np.zeros(rows.size, bool)
+        if self.apart is not None and self.config.prior_slot:
+            to_apart = vectors[:, -1] > 0
+        to_tree = ~to_apart
+        with self.lock:
+            if to_tree.any():
+                self.tree_rows = _upserted(
+                    self.tree, self.tree_rows, vectors[to_tree], rows[to_tree]
+                )
+            if to_apart.any():
+                self.apart_rows = _upserted(
+                    self.apart, self.apart_rows, vectors[to_apart], rows[to_apart]
+                )
+
+
+def _batched(searcher, rows: np.ndarray, queries: np.ndarray, k: int, reorder: int) -> list:
+    """(rows, scores) per query of one ScaNN searcher over `rows`; its padding (fewer found
+    than asked: NaN scores) dropped."""
+    found, scores = searcher.search_batched(
+        queries, final_num_neighbors=min(k, rows.size), pre_reorder_num_neighbors=reorder
+    )
+    results = []
+    for positions, values in zip(found, scores, strict=True):
+        real = ~np.isnan(values)
+        results.append((rows[positions[real]], values[real]))
+    return results
+
+
+def _upserted(searcher, rows: np.ndarray, vectors: np.ndarray, new_rows: np.ndarray):
+    """`rows` (ScaNN's datapoint i is row rows[i]) after inserting `vectors` as `new_rows`.
+    Through the pybind searcher: the wrapper's `upsert` needs docids, which ScaNN serializes as
+    a pickle; without them, upsert takes None for "a new datapoint" and returns where it went."""
+    positions = np.asarray(searcher.searcher.upsert([None] * len(new_rows), vectors, 256))
+    grown = np.concatenate([rows, np.full(max(0, positions.max() + 1 - rows.size), -1)])
+    grown[positions] = new_rows
+    return grown
 
 
 def searcher_recall(

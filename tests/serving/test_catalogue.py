@@ -1,5 +1,6 @@
 """The service's ranking against a brute-force numpy reference on random data."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower
 from training.copurchase import CoPurchase
-from training.index import IndexConfig, neighbour_recall
+from training.index import IndexConfig, ScannSearcher, neighbour_recall
 from training.nearest_purchase import NearestPurchase, TermWeights
 
 N_ITEMS, DIM, FEATURES = 500, 8, 6
@@ -261,7 +262,79 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
     (result,) = approximate.top_k(
         queries[:1], 5, exclude=[np.array([], int)], available_only=[True]
     )
-    assert set(result.rows[:3]) == {4000, 4001, 4002}  # added live: searched exactly
+    assert set(result.rows[:3]) == {4000, 4001, 4002}
+    assert approximate.indexed == approximate.searcher.size == 4003  # added live: in ScaNN
+
+
+def clustered(rng, centres, n: int) -> np.ndarray:
+    return (centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, 16))).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("term", [None, (0.5, 0.5, 1.0)])
+def test_artworks_added_live_join_the_scann_searchers_and_match_exact_search(term):
+    """1,000 artworks added to a 3,000-artwork ScaNN catalogue go into its searchers (not a
+    side list): the served top 10, some of it new artworks, then some of them sold, equals
+    the same catalogue searched with numpy."""
+    rng = np.random.default_rng(31)
+    centres = rng.normal(size=(40, 16))
+    vectors = clustered(rng, centres, 3_000)
+    nearest = random_term(*term) if term else None
+    approximate, exact = (
+        make_catalogue(3_000, 16, vectors, index, nearest)
+        for index in (
+            # every leaf, every candidate re-scored: ScaNN configured exact, so that any
+            # difference is the plumbing's (rows, filters, merging), not ScaNN's recall
+            IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=1.0, reorder=4_000),
+            IndexConfig(k=20, scann_min_items=10**6),
+        )
+    )
+    features = rng.normal(size=(1_000, FEATURES)).astype(np.float32)
+    new = [NewItem(f"n{n}", f"a{n % 5}", True, 1.0, features[n]) for n in range(1_000)]
+    added = clustered(rng, centres, 1_000)  # from the same distribution
+    for catalogue in (approximate, exact):
+        for start in range(0, 1_000, 250):  # four uploads
+            part = slice(start, start + 250)
+            catalogue.add_items(new[part], added[part], live_store())
+    assert approximate.indexed == approximate.size == approximate.searcher.size == 4_000
+    if term:
+        assert approximate.match_searcher.size == 4_000
+    sold = [Purchase("buyer", f"n{n}", 2.0) for n in range(0, 1_000, 3)]
+    for catalogue in (approximate, exact):
+        catalogue.add_purchases(sold, live_store())
+    profiles = [rng.choice(4_000, 3, replace=False) for _ in range(40)]
+    queries = approximate.user_vectors(profiles)
+    args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles)
+    found = approximate.top_k(queries, 10, **args)
+    truth = exact.top_k(queries, 10, **args)
+    new_rows = np.concatenate([r.rows for r in found])
+    assert (new_rows >= 3_000).sum() >= 10  # the added artworks are in the answers
+    assert not approximate.sold[new_rows].any()
+    for result, profile in zip(found, profiles, strict=True):
+        assert result.rows.size == 10 and not np.isin(result.rows, profile).any()
+    recall = neighbour_recall(
+        np.array([r.scores for r in found]), np.array([r.scores for r in truth])
+    )
+    assert recall == 1.0
+
+
+def test_a_searcher_another_catalogue_added_to_is_not_reused():
+    """The export's searcher serves the first catalogue built from the model; once that one
+    added artworks to it, a catalogue built from the same model builds its own."""
+    rng = np.random.default_rng(32)
+    vectors = clustered(rng, rng.normal(size=(20, 16)), 2_000)
+    index = IndexConfig(k=20, scann_min_items=1000)
+    model = make_catalogue(2_000, 16, vectors).model
+    model = replace(model, index=index, searcher=ScannSearcher(vectors, index))
+    first = Catalogue(model)
+    assert first.searcher is model.searcher
+    new = [NewItem("fresh", "a1", True, 1.0, np.zeros(FEATURES, np.float32))]
+    first.add_items(new, vectors[:1], live_store())
+    second = Catalogue(model)
+    assert second.searcher is not model.searcher and second.searcher.size == 2_000
+    (result,) = second.top_k(vectors[:1], 5, exclude=[np.array([], int)], available_only=[False])
+    assert result.rows.max() < 2_000
 
 
 def random_term(
@@ -592,8 +665,8 @@ def test_purchases_recorded_live_raise_the_popularity_term_at_once():
 def test_without_the_co_purchased_candidates_the_co_purchase_term_misses(monkeypatch):
     original = Catalogue._with_term_candidates
 
-    def without(self, rows, profile, excluded, available_only, rule, bought=None):
-        return original(self, rows, profile, excluded, available_only, rule, None)
+    def without(self, rows, profile, excluded, available_only, rule, indexed, bought=None):
+        return original(self, rows, profile, excluded, available_only, rule, indexed, None)
 
     monkeypatch.setattr(Catalogue, "_with_term_candidates", without)
     assert neighbour_recall(*scann_and_exact_top_10(0.0, 0.0, 0.0, 3.0)) < 0.8

@@ -297,3 +297,71 @@ def test_top_k_rows_answers_every_row_as_top_k_does(k, n):
             want_rows, want_scores = top_k(row, k)
             np.testing.assert_array_equal(rows, want_rows)
             np.testing.assert_array_equal(found, want_scores)
+
+
+def test_batched_search_equals_brute_force_when_configured_exact():
+    """One ScaNN call for a batch of queries, merged per query with the searcher apart: with
+    every leaf searched and every candidate re-scored it is numpy's brute force."""
+    rng = np.random.default_rng(21)
+    vectors = with_prior(marketplace_like_vectors(3_000, 16, rng), 0.03, rng)
+    exact = IndexConfig(
+        k=10, scann_min_items=1, leaves_to_search_share=1.0, reorder=3_000, prior_slot=True
+    )
+    searcher = ScannSearcher(vectors, exact)
+    assert searcher.apart is not None
+    queries = profile_queries(vectors, rng, 20)
+    want_scores, want_rows = exact_top_k(queries, vectors, 15)
+    batched = searcher.search_batched(queries, 15)
+    assert len(batched) == 20
+    for query, (rows, scores), want in zip(queries, batched, want_scores, strict=True):
+        np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
+    # the default settings: approximate, batched or not
+    searcher = ScannSearcher(vectors, IndexConfig(k=10, scann_min_items=1, prior_slot=True))
+    found = np.stack([scores for _, scores in searcher.search_batched(queries, 15)])
+    assert neighbour_recall(found, want_scores) >= 0.9
+
+
+def test_batched_search_drops_the_padding_when_the_leaves_hold_fewer_than_k():
+    rng = np.random.default_rng(22)
+    vectors = marketplace_like_vectors(3_000, 16, rng)
+    # 8 leaves of about 55 searched, 2,000 asked: ScaNN pads the answer with NaN scores
+    narrow = IndexConfig(k=10, scann_min_items=1, leaves_to_search_share=0.0, reorder=2_000)
+    searcher = ScannSearcher(vectors, narrow)
+    answers = searcher.search_batched(vectors[:5], 2_000)
+    for query, (rows, scores) in zip(vectors[:5], answers, strict=True):
+        assert 0 < rows.size < 2_000 and np.isfinite(scores).all()
+        assert rows.size == np.unique(rows).size
+        np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_added_rows_are_searched_as_if_built_with_them(saved, tmp_path):
+    """Rows added after the build (ScaNN's upsert, no docids) come back under their own row
+    numbers; with every leaf searched and every candidate re-scored, the searcher equals brute
+    force over old and new rows; rows with a prior go to the searcher apart."""
+    rng = np.random.default_rng(23)
+    vectors = with_prior(unit_rows(rng.normal(size=(3_000, 16))), 0.03, rng)
+    exact = IndexConfig(
+        k=10, scann_min_items=1, leaves_to_search_share=1.0, reorder=4_000, prior_slot=True
+    )
+    searcher = ScannSearcher(vectors[:2_500], exact)
+    if saved:
+        searcher.save(tmp_path)
+        searcher = ScannSearcher.load(tmp_path, exact)
+    apart_before = searcher.apart_rows.size
+    searcher.add(vectors[2_500:2_800], np.arange(2_500, 2_800))
+    searcher.add(vectors[2_800:], np.arange(2_800, 3_000))
+    assert searcher.size == 3_000
+    assert searcher.apart_rows.size - apart_before == (vectors[2_500:, -1] > 0).sum()
+    assert np.array_equal(np.sort(np.concatenate([searcher.tree_rows, searcher.apart_rows])),
+                          np.arange(3_000))  # fmt: skip
+    queries = profile_queries(vectors, rng, 30)
+    queries[:10, :-1] = vectors[2_500:2_510, :-1]  # customers whose best match was added
+    want_scores, want_rows = exact_top_k(queries, vectors, 10)
+    assert np.isin(want_rows, np.arange(2_500, 3_000)).any()
+    for query, (rows, scores), want in zip(
+        queries, searcher.search_batched(queries, 10), want_scores, strict=True
+    ):
+        np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
