@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(service.reload)  # fails the start-up on a broken export
+        if service.catalogue is None:  # `curator serve` loads it before uvicorn starts
+            await asyncio.to_thread(service.reload)  # fails the start-up on a broken export
         # TensorFlow leaves millions of long-lived objects; without this, every full garbage
         # collection walks them all and stalls requests for tens of milliseconds
         gc.collect()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from serving.errors import Conflict, RequestError, UnknownItems
 from serving.export_loader import ServingModel
@@ -82,17 +83,22 @@ class Catalogue:
             serialized = model.searcher if same_index else None
             fresh = serialized is not None and serialized.size == n
             self.searcher = serialized if fresh else ScannSearcher(model.vectors, self.index)
-        self.item_ids: list[str] = list(model.items["item_id"].astype(str))
-        self.artist_ids: list[str] = list(model.items["artist_id"])
+        self.item_ids: list[str] = model.items["item_id"].astype(str).tolist()
+        self.artist_ids: list[str] = model.items["artist_id"].tolist()
         self.artist_code_of: dict[str, int] = {}  # "" (no artist) has none: code -1
-        self.row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        self.row_of = dict(zip(self.item_ids, range(n), strict=True))
         capacity = max(16, n + n // 4)
-        self.vectors = np.zeros((capacity, dim), np.float32)
-        self.vectors[:n] = model.vectors
-        # the same vectors, one column per artwork: scoring reads them in memory order
-        # (1.5-2x faster than multiplying by the transposed view)
-        self.columns = np.zeros((dim, capacity), np.float32)
-        self.columns[:, :n] = model.vectors.T
+        # the export's own array while no artwork is added (no copy: at 1M artworks, 0.8 GB);
+        # the first upload moves the rows to a grown one, so the export's are never written
+        self.vectors = np.ascontiguousarray(model.vectors, np.float32)
+        # exact search: the same vectors, one column per artwork, so that scoring the whole
+        # catalogue reads them in memory order (1.5-2x faster than the transposed view). With
+        # ScaNN only candidates are scored exactly, from their rows: no copy (at 1M artworks
+        # it took 2 s of the start and 1 GB)
+        self.columns = None
+        if self.searcher is None:
+            self.columns = np.zeros((dim, capacity), np.float32)
+            self.columns[:, :n] = model.vectors.T
         # the profile terms (training/nearest_purchase.py): match vectors, as columns
         self.terms = model.nearest.weights if model.nearest is not None else TermWeights()
         self.match_columns = None
@@ -130,7 +136,7 @@ class Catalogue:
         self._best_sellers: tuple[tuple[int, int], np.ndarray] | None = None
         self._purchases_applied = 0
         self.artist_codes = np.full(capacity, -1, np.int64)
-        self.artist_codes[:n] = [self._artist_code(a) for a in self.artist_ids]
+        self.artist_codes[:n] = self._artist_codes(model.items["artist_id"])
         self.size = n
         self.profiles: dict[str, list[int]] = {}
         self.favourites: dict[str, list[int]] = {}  # rows, in the order added
@@ -239,10 +245,12 @@ class Catalogue:
 
     def _apply_items(self, items: Sequence[NewItem], vectors: np.ndarray) -> None:
         start, end = self.size, self.size + len(items)
-        if end > self.vectors.shape[0]:
-            capacity = max(end, 2 * self.vectors.shape[0])
-            self.vectors = _grown(self.vectors, capacity)
-            self.columns = _grown_columns(self.columns, capacity)
+        if end > self.vectors.shape[0]:  # the export's own array at first
+            self.vectors = _grown(self.vectors, end + end // 4)
+        if end > self.one_of_a_kind.shape[0]:
+            capacity = max(end, 2 * self.one_of_a_kind.shape[0])
+            if self.columns is not None:
+                self.columns = _grown_columns(self.columns, capacity)
             if self.match_columns is not None:
                 self.match_columns = _grown_columns(self.match_columns, capacity)
             self.one_of_a_kind = _grown(self.one_of_a_kind, capacity)
@@ -253,7 +261,8 @@ class Catalogue:
             self.popularity = _grown(self.popularity, capacity)
             self.artist_codes = _grown(self.artist_codes, capacity)
         self.vectors[start:end] = vectors
-        self.columns[:, start:end] = vectors.T
+        if self.columns is not None:
+            self.columns[:, start:end] = vectors.T
         if self.match_columns is not None:
             features = np.stack([item.features for item in items]).astype(np.float32)
             self.match_columns[:, start:end] = self.model.match(features).T
@@ -277,6 +286,15 @@ class Catalogue:
             self.match_searcher.add(self.match_columns[:, start:end].T, rows)
         self.searcher.add(self.vectors[start:end], rows)
         self.indexed = end
+
+    def _artist_codes(self, artist_ids: pd.Series) -> np.ndarray:
+        """The export's artists' codes in order of first appearance ("": -1), in one pass."""
+        codes, artists = pd.factorize(artist_ids, sort=False)
+        named = artists != ""
+        self.artist_code_of = {a: n for n, a in enumerate(artists[named])}
+        remap = np.full(len(artists) + 1, -1, np.int64)  # codes of -1 (none) stay -1
+        remap[np.flatnonzero(named)] = np.arange(named.sum())
+        return remap[codes]
 
     def _artist_code(self, artist_id: str) -> int:
         if not artist_id:
@@ -441,7 +459,7 @@ class Catalogue:
         indexed = self.indexed  # read first: rows past it are searched exactly (size >= it)
         size = self.size
         live_rows = np.arange(indexed, size)
-        live = queries @ self.columns[:, indexed:size]  # [b, size - indexed]
+        live = queries @ self.vectors[indexed:size].T  # [b, size - indexed]
         with_terms = profiles is not None
         extra = max(RERANK_FETCH, 4 * k) if with_terms else 64
         excludes = [excluded[excluded < size] for excluded in exclude]
@@ -462,7 +480,7 @@ class Catalogue:
                     rows, profiles[i], excluded, available_only[i], rule, indexed, bought
                 )
                 terms = self._term_scores(profiles[i], rows, bought)
-                scores = query @ self.columns[:, rows] + terms
+                scores = self.vectors[rows] @ query + terms
                 live_scores = live_scores + self._term_scores(profiles[i], live_rows, bought)
             parts = [(rows, scores), (live_rows, live_scores)]
             if per_artist is None:
@@ -499,7 +517,7 @@ class Catalogue:
             if not exact:
                 found = self.searcher.search(query, fetch)
         rows = np.flatnonzero(~self._skipped(np.arange(indexed), excluded, available_only, rule))
-        return rows, query @ self.columns[:, rows]
+        return rows, self.vectors[rows] @ query
 
     def _with_term_candidates(
         self, rows, profile, excluded, available_only, rule, indexed, bought=None

@@ -406,15 +406,17 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
-    from serving.export_loader import load_serving_model, newest_version
     from serving.settings import Settings
 
     given = {"model_dir": model, "host": host, "port": port, "image_extractor": image_extractor}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    # clear errors before uvicorn starts: the export, and an extractor that fits it
-    served = load_serving_model(newest_version(settings.model_dir))
     app = create_app(settings)
-    extractor = app.state.service.extractor
+    # clear errors before uvicorn starts: the export (loaded once, here: the app's start-up
+    # then finds it loaded), and an extractor that fits it
+    service = app.state.service
+    service.reload()
+    served = service.current().model
+    extractor = service.extractor
     if extractor is not None and extractor.dim != served.feature_dim:
         raise ValueError(
             f"--image-extractor {settings.image_extractor}: gives {extractor.dim}-d features "

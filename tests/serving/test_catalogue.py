@@ -670,3 +670,37 @@ def test_without_the_co_purchased_candidates_the_co_purchase_term_misses(monkeyp
 
     monkeypatch.setattr(Catalogue, "_with_term_candidates", without)
     assert neighbour_recall(*scann_and_exact_top_10(0.0, 0.0, 0.0, 3.0)) < 0.8
+
+
+def test_export_artist_codes_follow_first_appearance_and_leave_no_artist_unlimited():
+    model = make_catalogue(200).model
+    items = model.items.copy()
+    items["artist_id"] = [["b", "", "a", "b", "c", ""][n % 6] for n in range(200)]
+    catalogue = Catalogue(replace(model, items=items))
+    assert catalogue.artist_code_of == {"b": 0, "a": 1, "c": 2}
+    np.testing.assert_array_equal(
+        catalogue.artist_codes[:6], [0, -1, 1, 0, 2, -1]
+    )  # the same codes one by one would give
+    catalogue.add_items(
+        [NewItem("new", "c", True, 1.0, np.zeros(FEATURES, np.float32))],
+        np.zeros((1, catalogue.vectors.shape[1])),
+        live_store(),
+    )
+    assert catalogue.artist_codes[200] == 2
+    result = catalogue.popular(20, exclude=np.array([], int), available_only=False,
+                               rule=catalogue.artist_rule(None, [], 1))  # fmt: skip
+    artists = [catalogue.artist_ids[row] for row in result.rows]
+    assert artists.count("") == 20 - 3  # at most one per artist; no artist: not limited
+
+
+def test_the_exports_vectors_are_shared_until_an_upload_and_never_written():
+    catalogue = make_catalogue(200)
+    exported = catalogue.model.vectors
+    before = exported.copy()
+    assert catalogue.vectors is exported  # no copy at load
+    new = [NewItem(f"n{n}", "a1", True, 1.0, np.zeros(FEATURES, np.float32)) for n in range(3)]
+    catalogue.add_items(new, np.ones((3, exported.shape[1]), np.float32), live_store())
+    assert catalogue.vectors is not exported and catalogue.vectors.shape[0] >= 203
+    np.testing.assert_array_equal(exported, before)
+    np.testing.assert_array_equal(catalogue.vectors[:200], before)
+    np.testing.assert_array_equal(catalogue.vectors[200:203], 1.0)
