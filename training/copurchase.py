@@ -8,7 +8,7 @@ towers learn that only through id embeddings; this term adds it directly, as ite
                                 over the catalogue)
 
 W is the cosine similarity between two artworks' buyer sets in the fitted purchases (each row
-keeping its `neighbours` largest; training/evaluation/learned_baselines.py's `knn_weights`),
+keeping its `neighbours` largest; training/item_item.py's `knn_weights`),
 and dividing by the profile's largest sum puts the term in [0, 1] whatever the profile's length,
 the scale of the other terms. An artwork that never sold, and a profile none of whose artworks
 sold with another, get 0: on one-of-a-kind catalogues validation keeps this term's weight at 0.
@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from training.atomic import write_bytes_atomic
-from training.evaluation.learned_baselines import interactions, knn_weights, profile_indicators
+from training.item_item import interactions, knn_weights, profile_indicators
 
 FILE_NAME = "copurchase.npz"
 NEIGHBOURS = 50  # per artwork: on an Amazon-like synthetic 50 and 200 validated alike

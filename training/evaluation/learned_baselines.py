@@ -31,6 +31,7 @@ from training.evaluation.interface import QueryBatch, Recommender
 from training.evaluation.protocols import Case
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
+from training.item_item import interactions, knn_weights, profile_indicators
 
 EASE_LAMBDAS = (1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 3000.0)
 EASE_DEFAULT_LAMBDA = 100.0
@@ -68,29 +69,6 @@ class ItemToItemRecommender:
         return scores
 
 
-def profile_indicators(
-    profiles: Sequence[np.ndarray], width: int, dtype=np.float64
-) -> sp.csr_matrix:
-    """[B, width] sparse: row b has 1 at each column of `profiles[b]` (an artwork listed twice
-    counts twice), so that `indicators @ W` sums W's rows over each profile."""
-    rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(profiles)])
-    columns = np.concatenate([np.asarray(p, np.int64) for p in profiles])
-    return sp.csr_matrix(
-        (np.ones(columns.size, dtype), (rows, columns)), shape=(len(profiles), width)
-    )
-
-
-def interactions(purchases: pd.DataFrame) -> tuple[sp.csr_matrix, np.ndarray]:
-    """(X [n_customers, n_fit] binary csr, items [n_fit] sorted catalogue rows bought)."""
-    items, columns = np.unique(purchases["item"].to_numpy(dtype=np.int64), return_inverse=True)
-    users = pd.factorize(purchases["user_id"])[0]
-    matrix = sp.csr_matrix(
-        (np.ones(columns.size), (users, columns)), shape=(users.max(initial=-1) + 1, items.size)
-    )
-    matrix.data[:] = 1.0  # a customer who bought an artwork twice counts once
-    return matrix, items
-
-
 def ease_weights(matrix: sp.csr_matrix, l2: float) -> sp.csr_matrix:
     """EASE^R's W [n_fit, n_fit] for X = `matrix` [n_customers, n_fit].
 
@@ -122,30 +100,6 @@ def ease_weights(matrix: sp.csr_matrix, l2: float) -> sp.csr_matrix:
     return sp.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(n, n)
     )
-
-
-def knn_weights(matrix: sp.csr_matrix, neighbours: int | None) -> sp.csr_matrix:
-    """Cosine similarity [n_fit, n_fit] of the columns of binary X = `matrix`, diagonal 0,
-    each row keeping its `neighbours` largest entries (ties: the lower column); None keeps all."""
-    if neighbours is not None and neighbours < 1:
-        raise ValueError(f"neighbours must be at least 1 or None, got {neighbours}")
-    counts = np.asarray(matrix.sum(axis=0)).ravel()  # [n_fit] buyers of each artwork
-    scale = sp.diags(1.0 / np.sqrt(np.maximum(counts, 1.0)))
-    similarity = (scale @ (matrix.T @ matrix) @ scale).tocsr()  # [n_fit, n_fit]
-    similarity.setdiag(0.0)
-    similarity.eliminate_zeros()
-    similarity.sort_indices()
-    if neighbours is None:
-        return similarity
-    keep = np.ones(similarity.nnz, dtype=bool)
-    for row in range(similarity.shape[0]):
-        start, end = similarity.indptr[row], similarity.indptr[row + 1]
-        if end - start > neighbours:
-            ranked = np.lexsort((similarity.indices[start:end], -similarity.data[start:end]))
-            keep[start + ranked[neighbours:]] = False
-    similarity.data[~keep] = 0.0
-    similarity.eliminate_zeros()
-    return similarity
 
 
 def validation_recall(recommender: Recommender, cases: Sequence[Case], n_items: int) -> float:

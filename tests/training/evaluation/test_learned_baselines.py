@@ -17,12 +17,11 @@ from training.evaluation.learned_baselines import (
     ease_weights,
     fit_ease,
     fit_item_knn,
-    interactions,
-    knn_weights,
     validation_recall,
 )
 from training.evaluation.splits import training_split
 from training.evaluation.vbpr import VBPRConfig, fit_vbpr
+from training.item_item import interactions, knn_weights
 
 LEARNED = ["ease", "item-knn", "vbpr"]
 
