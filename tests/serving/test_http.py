@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 
 from serving.process import curator_service
+from training.copurchase import FILE_NAME as COPURCHASE_FILE
+from training.copurchase import CoPurchase
 from training.data.dataset import load_dataset
 from training.evaluation.interface import QueryBatch
+from training.evaluation.splits import training_split
+from training.export import export_run
+from training.nearest_purchase import FILE_NAME as NEAREST_FILE
+from training.nearest_purchase import NearestPurchase, TermWeights
 from training.trained_towers import load_run_recommender
 
 KEY = {"X-API-Key": "test-key"}
@@ -72,9 +78,10 @@ def test_health_readiness_model_and_metrics(server):
     assert "curator_request_seconds_bucket" in metrics
 
 
-def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dataset):
-    recommender = load_run_recommender(trained_run, dataset)
-    users = dataset.purchases.groupby("user_id")["item"].apply(list).head(25)
+def assert_serves_the_evaluation_ranking(client, recommender, dataset, customers: int = 25):
+    """The top 20 served for real customers' profiles, scores and ids (where not tied), are
+    `recommender`'s (the evaluation's model row) over the whole catalogue."""
+    users = dataset.purchases.groupby("user_id")["item"].apply(list).head(customers)
     profiles = [np.unique(items) for items in users]
     scores = recommender.score(
         QueryBatch(
@@ -92,8 +99,8 @@ def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dat
             "exclude_purchased": False,
             "available_only": False,
         }
-        answer = server.client.post("/v1/recommendations", json=body).json()
-        assert answer["strategy"] == "model" and answer["model_version"] == 1
+        answer = client.post("/v1/recommendations", json=body).json()
+        assert answer["strategy"] == "model"
         want = np.argsort(-row_scores, kind="stable")[:20]
         got_scores = np.array([item["score"] for item in answer["items"]])
         np.testing.assert_allclose(got_scores, row_scores[want], rtol=1e-4, atol=1e-5)
@@ -101,6 +108,32 @@ def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dat
         distinct &= np.abs(np.diff(row_scores[want], prepend=np.inf)) > 1e-4
         got_ids = np.array([item["item_id"] for item in answer["items"]])
         assert (got_ids[distinct] == dataset.item_ids[want][distinct]).all()
+
+
+def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dataset):
+    assert server.client.get("/v1/model").json()["version"] == 1
+    assert_serves_the_evaluation_ranking(
+        server.client, load_run_recommender(trained_run, dataset), dataset
+    )
+
+
+def test_an_export_with_every_term_serves_what_the_evaluation_ranks(trained_run, dataset, tmp_path):
+    """The tiny run with all four calibrated terms above 0 (nearest purchase, profile mean,
+    popularity, co-purchases fitted as calibration fits them), exported and served by a real
+    uvicorn process: the answers are the evaluation's ranking with the same terms."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    term = NearestPurchase.load(run / "model" / NEAREST_FILE)
+    term.with_weights(TermWeights(0.5, 0.5, 0.1, 1.0)).save(run / "model")
+    CoPurchase.fit(training_split(dataset)[0], dataset.item_ids).save(run / "model")
+    export = export_run(run, dataset, tmp_path / "exports", progress=lambda _: None)
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["nearest_purchase"]["copurchase_weight"] == 1.0
+    assert f"model/{COPURCHASE_FILE}" in manifest["files"]
+    recommender = load_run_recommender(run, dataset)
+    assert recommender.weights == TermWeights(0.5, 0.5, 0.1, 1.0)
+    with curator_service(tmp_path / "exports", tmp_path / "live.db", tmp_path / "log") as served:
+        assert_serves_the_evaluation_ranking(served.client, recommender, dataset, customers=15)
 
 
 def test_a_known_customer_gets_unsold_artworks_they_did_not_buy(server, dataset):
