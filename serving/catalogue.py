@@ -282,9 +282,13 @@ class Catalogue:
         if self.searcher is None or start != self.indexed:
             return
         rows = np.arange(start, end)
-        if self.match_searcher is not None:
-            self.match_searcher.add(self.match_columns[:, start:end].T, rows)
-        self.searcher.add(self.vectors[start:end], rows)
+        try:
+            if self.match_searcher is not None:
+                self.match_searcher.add(self.match_columns[:, start:end].T, rows)
+            self.searcher.add(self.vectors[start:end], rows)
+        except Exception:  # the rows are published: they stay searched exactly, from now on
+            log.exception("artworks %d..%d not added to the ScaNN searchers", start, end - 1)
+            return
         self.indexed = end
 
     def _artist_codes(self, artist_ids: pd.Series) -> np.ndarray:
@@ -463,14 +467,14 @@ class Catalogue:
         with_terms = profiles is not None
         extra = max(RERANK_FETCH, 4 * k) if with_terms else 64
         excludes = [excluded[excluded < size] for excluded in exclude]
-        fetch = min(indexed, k + max(excluded.size for excluded in excludes) + extra)
+        fetch = min(indexed, k + max((e.size for e in excludes), default=0) + extra)
         first_round = self.searcher.search_batched(queries, fetch)  # one ScaNN call for all
         results = []
         for i, query in enumerate(queries):
             excluded, rule = excludes[i], rules[i]
             per_artist = rule.max_per_artist if rule is not None else None
             rows, scores = self._indexed_candidates(
-                query, k, excluded, available_only[i], rule, indexed, first_round[i]
+                query, k, excluded, available_only[i], rule, indexed, first_round[i], fetch
             )
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
@@ -491,26 +495,26 @@ class Catalogue:
             results.append(Ranked(merged_rows[chosen], merged_scores[chosen]))
         return results
 
-    def _indexed_candidates(self, query, k, excluded, available_only, rule, indexed, found):
+    def _indexed_candidates(self, query, k, excluded, available_only, rule, indexed, found, fetch):
         """(rows, scores) of the first `indexed` artworks that the query may get, best first
         from ScaNN, enough for k of them to survive its filters and crowding. `found`: the
-        batch's first search for it; then the fetch grows 4x at a time; when the leaves
-        searched hold no more (a narrow filter, a long crowding tail), or the query allows only
-        some artists, every indexed artwork it may get is scored exactly. (Rows added to the
-        searcher after `indexed` was read are left to the caller's exact search.)"""
+        batch's first search for it, `fetch` long; then the fetch grows 4x at a time; when the
+        leaves searched hold no more (a narrow filter, a long crowding tail, or no finite score
+        at all), or the query allows only some artists, every indexed artwork it may get is
+        scored exactly. (Rows added to the searcher after `indexed` was read are left to the
+        caller's exact search.)"""
         per_artist = rule.max_per_artist if rule is not None else None
         exact = rule is not None and rule.allowed is not None
-        fetch = found[0].size
         while not exact:
             rows, scores = found
             returned = rows.size
             keep = ~self._skipped(rows, excluded, available_only, rule) & (rows < indexed)
             rows, scores = rows[keep], scores[keep]
             if per_artist is None:
-                found = rows.size
+                kept = rows.size
             else:
-                found = crowd(self.artist_codes[rows], k, per_artist).size
-            if found >= k:
+                kept = crowd(self.artist_codes[rows], k, per_artist).size
+            if kept >= k:
                 return rows, scores
             exact = returned < fetch or fetch >= indexed
             fetch = min(indexed, fetch * 4)

@@ -339,14 +339,14 @@ def _load(path: Path) -> ServingModel:
             purchases = load_purchases_table(
                 catalogue / "purchases.csv", pd.Index(items["item_id"])
             )
-        except (OSError, ValueError) as error:  # DatasetError is a ValueError
+        except Exception as error:  # reported once the hashes are known to match
             parse_error = error
         hashing.result()
         try:
             if parse_error is not None:
                 raise parse_error
             vectors = vectors_read.result()
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # DatasetError is a ValueError
             raise ExportError(f"{path}: bad catalogue: {error}") from None
         # verified: the searcher loads in a worker thread while this one loads the towers
         searcher_read = pool.submit(

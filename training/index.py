@@ -35,6 +35,7 @@ MAX_PRIOR_SHARE = 0.2
 # Fewest leaves searched: a share of a small tree is too few (4,000 artworks: 63 leaves, 5% = 3,
 # recall@10 .94-1.0 from build to build, ScaNN's k-means not being deterministic).
 MIN_LEAVES_SEARCHED = 8
+UPSERT_CHUNK = 256  # rows added to a searcher per hold of its lock
 
 
 @dataclass(frozen=True)
@@ -210,16 +211,19 @@ class ScannSearcher:
         to_apart = np.zeros(rows.size, bool)
         if self.apart is not None and self.config.prior_slot:
             to_apart = vectors[:, -1] > 0
-        to_tree = ~to_apart
-        with self.lock:
-            if to_tree.any():
-                self.tree_rows = _upserted(
-                    self.tree, self.tree_rows, vectors[to_tree], rows[to_tree]
-                )
-            if to_apart.any():
-                self.apart_rows = _upserted(
-                    self.apart, self.apart_rows, vectors[to_apart], rows[to_apart]
-                )
+        # in chunks, the lock released between them: a search waits for one chunk at most
+        for start in range(0, rows.size, UPSERT_CHUNK):
+            part = slice(start, start + UPSERT_CHUNK)
+            tree, apart = ~to_apart[part], to_apart[part]
+            with self.lock:
+                if tree.any():
+                    self.tree_rows = _upserted(
+                        self.tree, self.tree_rows, vectors[part][tree], rows[part][tree]
+                    )
+                if apart.any():
+                    self.apart_rows = _upserted(
+                        self.apart, self.apart_rows, vectors[part][apart], rows[part][apart]
+                    )
 
 
 def _batched(searcher, rows: np.ndarray, queries: np.ndarray, k: int, reorder: int) -> list:
@@ -239,7 +243,7 @@ def _upserted(searcher, rows: np.ndarray, vectors: np.ndarray, new_rows: np.ndar
     """`rows` (ScaNN's datapoint i is row rows[i]) after inserting `vectors` as `new_rows`.
     Through the pybind searcher: the wrapper's `upsert` needs docids, which ScaNN serializes as
     a pickle; without them, upsert takes None for "a new datapoint" and returns where it went."""
-    positions = np.asarray(searcher.searcher.upsert([None] * len(new_rows), vectors, 256))
+    positions = np.asarray(searcher.searcher.upsert([None] * len(new_rows), vectors, len(new_rows)))
     grown = np.concatenate([rows, np.full(max(0, positions.max() + 1 - rows.size), -1)])
     grown[positions] = new_rows
     return grown

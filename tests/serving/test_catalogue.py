@@ -1,5 +1,6 @@
 """The service's ranking against a brute-force numpy reference on random data."""
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -704,3 +705,49 @@ def test_the_exports_vectors_are_shared_until_an_upload_and_never_written():
     np.testing.assert_array_equal(exported, before)
     np.testing.assert_array_equal(catalogue.vectors[:200], before)
     np.testing.assert_array_equal(catalogue.vectors[200:203], 1.0)
+
+
+def test_when_the_index_returns_nothing_the_search_ends_in_the_exact_one(monkeypatch):
+    """ScaNN drops what it cannot score (NaN) and the leaves searched may hold nothing the query
+    may get: an empty answer from the index ends in the exact search, not in searching again
+    for ever, and that gives the exact top k."""
+    rng = np.random.default_rng(33)
+    vectors = clustered(rng, rng.normal(size=(20, 16)), 2_000)
+    catalogue = make_catalogue(2_000, 16, vectors, IndexConfig(k=20, scann_min_items=1000))
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    monkeypatch.setattr(catalogue.searcher, "search_batched", lambda q, k: [empty] * len(q))
+    monkeypatch.setattr(catalogue.searcher, "search", lambda q, k: empty)
+    answers = []
+    query = vectors[:1] * 2
+    worker = threading.Thread(
+        target=lambda: answers.append(
+            catalogue.top_k(query, 5, exclude=[np.array([], int)], available_only=[False])
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert answers, "the search did not end"
+    want = reference_top_k(vectors, catalogue.sold[:2_000], query[0], 5, [], False)
+    np.testing.assert_array_equal(answers[0][0].rows, want[0])
+
+
+def test_artworks_the_searcher_refuses_are_searched_exactly(monkeypatch, caplog):
+    rng = np.random.default_rng(34)
+    centres = rng.normal(size=(20, 16))
+    catalogue = make_catalogue(
+        2_000, 16, clustered(rng, centres, 2_000), IndexConfig(k=20, scann_min_items=1000)
+    )
+
+    def refuse(vectors, rows):
+        raise RuntimeError("ScaNN refused")
+
+    monkeypatch.setattr(catalogue.searcher, "add", refuse)
+    query = clustered(rng, centres, 1)
+    added = np.tile(query * 10, (3, 1))  # far ahead of the rest
+    new = [NewItem(f"n{n}", "a1", True, 1.0, np.zeros(FEATURES, np.float32)) for n in range(3)]
+    catalogue.add_items(new, added, live_store())
+    assert "not added to the ScaNN searchers" in caplog.text
+    assert catalogue.size == 2_003 and catalogue.indexed == 2_000
+    (result,) = catalogue.top_k(query, 3, exclude=[np.array([], int)], available_only=[False])
+    assert set(result.rows) == {2_000, 2_001, 2_002}
