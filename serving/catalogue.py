@@ -75,14 +75,14 @@ class Catalogue:
         n, dim = model.vectors.shape
         self.index = index or model.index
         self.indexed = n  # rows 0..indexed-1 are in the ScaNN searcher, if any
-        # the export's own searchers fit if built with this index, and still hold the export's
-        # rows only (another catalogue may have added its live artworks to them)
+        # the export's own searchers fit if built with this index, and serve the first
+        # catalogue that claims them (it adds its live artworks to them)
         same_index = index is None or index == model.index
         self.searcher = None
         if self.index.uses_scann(n):
             serialized = model.searcher if same_index else None
-            fresh = serialized is not None and serialized.size == n
-            self.searcher = serialized if fresh else ScannSearcher(model.vectors, self.index)
+            owned = serialized is not None and serialized.claim()
+            self.searcher = serialized if owned else ScannSearcher(model.vectors, self.index)
         self.item_ids: list[str] = model.items["item_id"].astype(str).tolist()
         self.artist_ids: list[str] = model.items["artist_id"].tolist()
         self.artist_code_of: dict[str, int] = {}  # "" (no artist) has none: code -1
@@ -114,10 +114,10 @@ class Catalogue:
             and model.match_vectors is not None
         ):
             serialized = model.match_searcher if same_index else None
-            fresh = serialized is not None and serialized.size == n
+            owned = serialized is not None and serialized.claim()
             self.match_searcher = (
                 serialized
-                if fresh
+                if owned
                 else ScannSearcher(model.match_vectors, replace(self.index, prior_slot=False))
             )
         # the co-purchase term (training/copurchase.py) over the exported artworks' rows

@@ -143,6 +143,7 @@ class ScannSearcher:
         vectors = np.ascontiguousarray(vectors, np.float32)
         self.config = config
         self.lock = threading.Lock()
+        self.claimed = False
         self.tree_rows, self.apart_rows = config.split_rows(vectors)
         params = config.scann_parameters(self.tree_rows.size)
         tree = _pybind_builder(vectors[self.tree_rows], config.k).tree(
@@ -160,6 +161,13 @@ class ScannSearcher:
     @property
     def size(self) -> int:
         return self.tree_rows.size + self.apart_rows.size
+
+    def claim(self) -> bool:
+        """True for the first caller only: the one catalogue that may add rows to it (a
+        second catalogue over the same export builds its own)."""
+        with self.lock:
+            first, self.claimed = not self.claimed, True
+        return first
 
     def save(self, directory: Path) -> None:
         """ScaNN's own serialization (protobuf and .npy files, paths relative; no docids, so
@@ -180,7 +188,7 @@ class ScannSearcher:
         if pickles:
             raise ValueError(f"{directory}: pickles are refused: {pickles}")
         searcher = cls.__new__(cls)
-        searcher.config, searcher.lock = config, threading.Lock()
+        searcher.config, searcher.lock, searcher.claimed = config, threading.Lock(), False
         with np.load(directory / "rows.npz", allow_pickle=False) as rows:
             searcher.tree_rows, searcher.apart_rows = rows["tree"], rows["apart"]
         searcher.tree = scann_ops_pybind.load_searcher(str(directory / "tree"))

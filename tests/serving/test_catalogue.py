@@ -320,9 +320,9 @@ def test_artworks_added_live_join_the_scann_searchers_and_match_exact_search(ter
     assert recall == 1.0
 
 
-def test_a_searcher_another_catalogue_added_to_is_not_reused():
-    """The export's searcher serves the first catalogue built from the model; once that one
-    added artworks to it, a catalogue built from the same model builds its own."""
+def test_a_searcher_another_catalogue_claimed_is_not_reused():
+    """The export's searcher serves the first catalogue built from the model, which adds its
+    live artworks to it; a second catalogue from the same model builds its own."""
     rng = np.random.default_rng(32)
     vectors = clustered(rng, rng.normal(size=(20, 16)), 2_000)
     index = IndexConfig(k=20, scann_min_items=1000)
@@ -330,9 +330,10 @@ def test_a_searcher_another_catalogue_added_to_is_not_reused():
     model = replace(model, index=index, searcher=ScannSearcher(vectors, index))
     first = Catalogue(model)
     assert first.searcher is model.searcher
+    second = Catalogue(model)  # built before the first adds anything
     new = [NewItem("fresh", "a1", True, 1.0, np.zeros(FEATURES, np.float32))]
     first.add_items(new, vectors[:1], live_store())
-    second = Catalogue(model)
+    assert first.searcher.size == 2_001
     assert second.searcher is not model.searcher and second.searcher.size == 2_000
     (result,) = second.top_k(vectors[:1], 5, exclude=[np.array([], int)], available_only=[False])
     assert result.rows.max() < 2_000
