@@ -67,8 +67,9 @@ class ArtistRule:
 
 class Catalogue:
     """`index` (default: the export's settings). From `index.scann_min_items` artworks on, the
-    export's artworks are searched with ScaNN (over-fetching past exclusions and sold ones) and
-    the artworks added live exactly; below, everything is searched exactly."""
+    artworks are searched with ScaNN (over-fetching past exclusions and sold ones); those added
+    live join the searchers as they are added (`_index_rows`). Below, everything is searched
+    exactly."""
 
     def __init__(self, model: ServingModel, index: IndexConfig | None = None):
         self.model = model
@@ -457,7 +458,8 @@ class Catalogue:
     ) -> list[Ranked]:
         """ScaNN over the indexed artworks, fetching past the rows a query must skip (growing
         the fetch until k survive its filters and crowding, exact search if it comes to that),
-        merged with exact scores of the artworks added since the export. With profile terms,
+        merged with exact scores of any rows not yet in the searchers (an upload in flight, or
+        rows the searchers refused). With profile terms,
         the candidates are RERANK_FETCH more by the query plus the terms' own (`_with_term_
         candidates`), all scored exactly with the terms."""
         indexed = self.indexed  # read first: rows past it are searched exactly (size >= it)
