@@ -242,7 +242,10 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
     vectors = (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(
         np.float32
     )
-    approximate = make_catalogue(4000, 16, vectors, IndexConfig(k=20, scann_min_items=1000))
+    # a quarter of the leaves: ScaNN's k-means is not deterministic, and with the default 8 of
+    # 63 leaves one build in CI gave recall .936 (30 local builds: .98-1.0)
+    index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.25)
+    approximate = make_catalogue(4000, 16, vectors, index)
     assert approximate.searcher is not None
     queries = (centres[rng.integers(0, 40, 50)] + 0.3 * rng.normal(size=(50, 16))).astype(
         np.float32
