@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 @contextmanager
@@ -34,6 +37,13 @@ def atomic_directory(out: Path | str, *, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_npz_atomic(path: Path | str, arrays: dict[str, np.ndarray]) -> None:
+    """Write `arrays` as an uncompressed .npz to `path` atomically (write_bytes_atomic)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

@@ -20,7 +20,6 @@ the service do not change it).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.atomic import write_bytes_atomic
+from training.atomic import write_npz_atomic
 from training.item_item import interactions, knn_weights, profile_indicators
 
 FILE_NAME = "copurchase.npz"
@@ -72,15 +71,13 @@ class CoPurchase:
 
     def save(self, directory: Path | str) -> Path:
         path = Path(directory) / FILE_NAME
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            item_ids=self.item_ids.astype(str),
-            indptr=self.weights.indptr.astype(np.int64),
-            indices=self.weights.indices.astype(np.int64),
-            data=self.weights.data.astype(np.float32),
-        )
-        write_bytes_atomic(path, buffer.getvalue())
+        arrays = {
+            "item_ids": self.item_ids.astype(str),
+            "indptr": self.weights.indptr.astype(np.int64),
+            "indices": self.weights.indices.astype(np.int64),
+            "data": self.weights.data.astype(np.float32),
+        }
+        write_npz_atomic(path, arrays)
         return path
 
     @classmethod

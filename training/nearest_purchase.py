@@ -28,14 +28,13 @@ Saved as `nearest_purchase.npz` (plain arrays, loaded with allow_pickle=False) i
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from training.atomic import write_bytes_atomic
+from training.atomic import write_npz_atomic
 from training.data.features import CHUNK_ROWS, zscore_stats
 
 FILE_NAME = "nearest_purchase.npz"
@@ -141,7 +140,7 @@ class NearestPurchase:
             "popularity_weight": np.float64(self.popularity_weight),
             "copurchase_weight": np.float64(self.copurchase_weight),
         }
-        write_bytes_atomic(path, _npz_bytes(arrays))
+        write_npz_atomic(path, arrays)
         return path
 
     @classmethod
@@ -234,9 +233,3 @@ def closest_per_profile(
 def load_if_present(directory: Path | str) -> NearestPurchase | None:
     path = Path(directory) / FILE_NAME
     return NearestPurchase.load(path) if path.exists() else None
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
