@@ -243,7 +243,7 @@ def test_scann_path_skips_what_it_must_and_keeps_recall(catalogue):
         np.float32
     )
     # a quarter of the leaves: ScaNN's k-means is not deterministic, and with the default 8 of
-    # 63 leaves one build in CI gave recall .936 (30 local builds: .98-1.0)
+    # 63 leaves one build in CI gave recall .936 (15 local builds: .98-1.0)
     index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.25)
     approximate = make_catalogue(4000, 16, vectors, index)
     assert approximate.searcher is not None
