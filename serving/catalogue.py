@@ -417,8 +417,8 @@ class Catalogue:
             if self.terms.nearest:
                 scores += self.terms.nearest * self._closest_purchase(profiles, size)
             if self.terms.mean:
-                means = profile_means(self.match_columns.T, profiles)  # [b, m]
-                scores += self.terms.mean * (means @ self.match_columns[:, :size])
+                means = self.terms.mean * profile_means(self.match_columns.T, profiles)  # [b, m]
+                scores += means @ self.match_columns[:, :size]
             if self.terms.popularity:
                 scores += self.popularity[:size]
             if self.terms.copurchase:
@@ -430,28 +430,35 @@ class Catalogue:
                     self.terms.copurchase * bought.data[keep],
                 )
         only = np.asarray(available_only, bool)
-        if only.any():
+        if only.all():  # the usual case: in place, no copy of the rows
+            scores += self.sold_penalty[:size]
+        elif only.any():
             scores[only] += self.sold_penalty[:size]
         for row_scores, excluded, rule in zip(scores, exclude, rules, strict=True):
             row_scores[excluded[excluded < size]] = -np.inf
             if rule is not None and rule.filters:
                 row_scores[rule.refused(self.artist_codes[:size])] = -np.inf
         results = [Ranked(rows, found) for rows, found in top_k_rows(scores, k)]
-        for i, rule in enumerate(rules):
-            if rule is not None and rule.max_per_artist is not None:
-                results[i] = self._crowded_exact(scores[i], k, rule.max_per_artist)
+        crowded = [i for i, rule in enumerate(rules) if rule and rule.max_per_artist is not None]
+        if crowded:
+            fetch = min(size, max(4 * k, 64))
+            firsts = top_k_rows(scores[crowded], fetch)  # one pass for the batch's crowded rows
+            for i, first in zip(crowded, firsts, strict=True):
+                per_artist = rules[i].max_per_artist
+                results[i] = self._crowded_exact(scores[i], k, per_artist, fetch, first)
         return results
 
-    def _crowded_exact(self, scores: np.ndarray, k: int, per_artist: int) -> Ranked:
+    def _crowded_exact(self, scores, k: int, per_artist: int, fetch: int, first) -> Ranked:
         """The top k of `scores` [size] with at most `per_artist` of one artist: the best
-        candidates in growing windows until k are found or every finite score was seen."""
-        fetch = min(scores.size, max(4 * k, 64))
+        candidates in growing windows until k are found or every finite score was seen.
+        `first`: the first window, `top_k(scores, fetch)`."""
+        rows, found = first
         while True:
-            rows, found = top_k(scores, fetch)
             chosen = crowd(self.artist_codes[rows], k, per_artist)
             if chosen.size == k or rows.size < fetch or fetch == scores.size:
                 return Ranked(rows[chosen], found[chosen])
             fetch = min(scores.size, fetch * 4)
+            rows, found = top_k(scores, fetch)
 
     def _approximate_top_k(
         self, queries, k, exclude, available_only, profiles, rules
@@ -588,18 +595,24 @@ class Catalogue:
             total[exported] += self.terms.copurchase * values
         return total
 
-    def closest_in_profile(
-        self, rows: np.ndarray, profile: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(profile row, cosine) per artwork of `rows`: the profile artwork closest to it in
-        the towers' item space (the bias slot left out, as for similar artworks), the one that
-        contributes most to its score through the pooled profile. Ties: the earlier purchase."""
+    def closest_in_profiles(
+        self, shown: Sequence[np.ndarray], profiles: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, (profile row, cosine) for each artwork of its `shown` rows: the artwork of
+        its profile closest to it in the towers' item space (the bias slot left out, as for
+        similar artworks), the one that contributes most to its score through the pooled
+        profile. Ties: the earlier purchase. The batch's vectors are normalised together."""
         dims = self.vectors.shape[1] - (1 if self.model.item_tower.bias_slot else 0)
-        recommended = _unit(self.vectors[rows, :dims])
-        bought = _unit(self.vectors[profile, :dims])
-        similarity = recommended @ bought.T  # [n, p]
-        best = np.argmax(similarity, axis=1)
-        return profile[best], similarity[np.arange(len(rows)), best]
+        recommended = _unit(self.vectors[np.concatenate(shown), :dims])
+        bought = _unit(self.vectors[np.concatenate(profiles), :dims])
+        similarity = recommended @ bought.T  # [all shown, all profile artworks]
+        answers, row, column = [], 0, 0
+        for rows, profile in zip(shown, profiles, strict=True):
+            block = similarity[row : row + rows.size, column : column + profile.size]
+            best = np.argmax(block, axis=1)
+            answers.append((profile[best], block[np.arange(rows.size), best]))
+            row, column = row + rows.size, column + profile.size
+        return answers
 
     def _closest_purchase(self, profiles: Sequence[np.ndarray], size: int) -> np.ndarray:
         """[b, size]: each artwork's cosine to the closest artwork of each profile (match

@@ -164,13 +164,17 @@ class Service:
                     profiles=[queries[i].profile for i in modelled],
                     rules=[queries[i].rule for i in modelled],
                 )
-                for i, result in zip(modelled, ranked, strict=True):
-                    query = queries[i]
-                    because = None
-                    if query.explain:
-                        shown = result.rows[: query.k]
-                        because = catalogue.closest_in_profile(shown, query.profile)
-                    answers[i] = _recommendations(catalogue, "model", result, query.k, because)
+                explained = [n for n, i in enumerate(modelled) if queries[i].explain]
+                reasons = dict.fromkeys(range(len(modelled)))
+                if explained:
+                    shown = [ranked[n].rows[: queries[modelled[n]].k] for n in explained]
+                    profiles = [queries[modelled[n]].profile for n in explained]
+                    found = catalogue.closest_in_profiles(shown, profiles)
+                    reasons.update(zip(explained, found, strict=True))
+                for n, (i, result) in enumerate(zip(modelled, ranked, strict=True)):
+                    answers[i] = _recommendations(
+                        catalogue, "model", result, queries[i].k, reasons[n]
+                    )
             for i in set(mine) - set(modelled):
                 query = queries[i]
                 result = catalogue.popular(

@@ -591,16 +591,19 @@ def test_crowding_with_scann_keeps_the_limit_and_finds_the_exact_answer(limit):
 
 
 def test_because_names_the_closest_profile_artwork_as_numpy_computes_it(catalogue):
+    """A batch of queries with shown lists and profiles of different lengths (one artwork
+    shown, one profile of one artwork), each against numpy's cosines of its own pair."""
     rng = np.random.default_rng(2)
-    rows = rng.choice(N_ITEMS, 30, replace=False)
-    profile = rng.choice(N_ITEMS, 5, replace=False)
-    closest, similarity = catalogue.closest_in_profile(rows, profile)
+    shown = [rng.choice(N_ITEMS, n, replace=False) for n in (30, 1, 12, 20)]
+    profiles = [rng.choice(N_ITEMS, n, replace=False) for n in (5, 3, 1, 8)]
+    answers = catalogue.closest_in_profiles(shown, profiles)
     unit = catalogue.vectors[: catalogue.size]
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
-    cosines = unit[rows] @ unit[profile].T
-    np.testing.assert_array_equal(closest, profile[np.argmax(cosines, axis=1)])
-    np.testing.assert_allclose(similarity, cosines.max(axis=1), rtol=1e-5)
-    assert set(closest) <= set(profile)
+    for rows, profile, (closest, similarity) in zip(shown, profiles, answers, strict=True):
+        cosines = unit[rows] @ unit[profile].T
+        np.testing.assert_array_equal(closest, profile[np.argmax(cosines, axis=1)])
+        np.testing.assert_allclose(similarity, cosines.max(axis=1), rtol=1e-5)
+        assert set(closest) <= set(profile) and len(closest) == len(rows)
 
 
 def test_scann_with_few_leaves_searched_still_honours_narrow_filters():

@@ -280,9 +280,9 @@ def test_split_index_keeps_recall_where_priors_decide_the_top_10():
 
 @pytest.mark.parametrize(("k", "n"), [(1, 40), (5, 40), (37, 40), (40, 40), (1, 3000), (20, 3000)])
 def test_top_k_rows_answers_every_row_as_top_k_does(k, n):
-    """The sampled threshold against the per-row reference on random blocks with ties at the
-    k-th place, -inf (sold, excluded), rows holding +inf or NaN, and a row that is almost all
-    -inf (fewer than k finite scores)."""
+    """The group-maximum threshold against the per-row reference on random blocks with ties at
+    the k-th place, -inf (sold, excluded), rows holding +inf or NaN, rows whose group maxima
+    give no finite threshold, and a row that is almost all -inf (fewer than k finite scores)."""
     rng = np.random.default_rng(k + n)
     for _ in range(30):
         scores = rng.integers(0, 6, (12, n)).astype(np.float32)  # many ties
@@ -291,7 +291,8 @@ def test_top_k_rows_answers_every_row_as_top_k_does(k, n):
         scores[5, 2] = np.nan
         scores[8] = rng.normal(size=n)  # no ties
         scores[9, 3:] = -np.inf
-        scores[10, ::8] = np.nan  # the sample gives no threshold
+        scores[10, : (n // 32) * 32] = np.nan  # every group maximum is NaN: no threshold
+        scores[11, :k] = np.inf  # the k highest group maxima are +inf (not finite)
         batched = top_k_rows(scores, k)
         for row, (rows, found) in zip(scores, batched, strict=True):
             want_rows, want_scores = top_k(row, k)
