@@ -72,10 +72,10 @@ def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]
     elementwise pass); the k-th highest group maximum is at most the row's k-th best score (k
     groups hold k distinct scores at least that high), so the scores at or above it are a
     superset of the top k, ties at the k-th place included, and barely more than k of them
-    (163 for k=20 of 13k random scores). The candidates of the whole batch are ordered by one sort (row, then score
-    descending, then position), and each row keeps its first k. A row where they hold fewer
-    than k finite scores (NaN or +inf among the maxima, a row mostly -inf) goes through `top_k`
-    whole, as do short rows."""
+    (163 for k=20 of 13k random scores). The candidates of the whole batch are ordered by one
+    sort (row, then score descending, then position), and each row keeps its first k. A row
+    where they hold fewer than k finite scores (NaN or +inf among the maxima, a row mostly
+    -inf) goes through `top_k` whole, as do short rows."""
     scores = np.asarray(scores)
     b, n = scores.shape
     k = min(k, n)
