@@ -429,23 +429,22 @@ class Catalogue:
                     (bought.row[keep], bought.col[keep]),
                     self.terms.copurchase * bought.data[keep],
                 )
-        only = np.asarray(available_only, bool)
-        if only.all():  # the usual case: in place, no copy of the rows
-            scores += self.sold_penalty[:size]
-        elif only.any():
-            scores[only] += self.sold_penalty[:size]
+        only = np.asarray(available_only, bool)[:, None]
+        np.add(scores, self.sold_penalty[:size], out=scores, where=only)  # in place, no copy
         for row_scores, excluded, rule in zip(scores, exclude, rules, strict=True):
             row_scores[excluded[excluded < size]] = -np.inf
             if rule is not None and rule.filters:
                 row_scores[rule.refused(self.artist_codes[:size])] = -np.inf
-        results = [Ranked(rows, found) for rows, found in top_k_rows(scores, k)]
-        crowded = [i for i, rule in enumerate(rules) if rule and rule.max_per_artist is not None]
-        if crowded:
-            fetch = min(size, max(4 * k, 64))
-            firsts = top_k_rows(scores[crowded], fetch)  # one pass for the batch's crowded rows
-            for i, first in zip(crowded, firsts, strict=True):
-                per_artist = rules[i].max_per_artist
-                results[i] = self._crowded_exact(scores[i], k, per_artist, fetch, first)
+        limits = [rule.max_per_artist if rule is not None else None for rule in rules]
+        # one pass for the batch; with crowding, a window wide enough for most crowded rows
+        crowding = any(limit is not None for limit in limits)
+        fetch = min(size, max(4 * k, 64)) if crowding else k
+        results = []
+        for i, (rows, found) in enumerate(top_k_rows(scores, fetch)):
+            if limits[i] is None:
+                results.append(Ranked(rows[:k], found[:k]))
+            else:
+                results.append(self._crowded_exact(scores[i], k, limits[i], fetch, (rows, found)))
         return results
 
     def _crowded_exact(self, scores, k: int, per_artist: int, fetch: int, first) -> Ranked:

@@ -165,12 +165,13 @@ class Service:
                     rules=[queries[i].rule for i in modelled],
                 )
                 explained = [n for n, i in enumerate(modelled) if queries[i].explain]
-                reasons = dict.fromkeys(range(len(modelled)))
-                if explained:
+                reasons = [None] * len(modelled)
+                if explained:  # the whole batch's explanations in one product
                     shown = [ranked[n].rows[: queries[modelled[n]].k] for n in explained]
                     profiles = [queries[modelled[n]].profile for n in explained]
                     found = catalogue.closest_in_profiles(shown, profiles)
-                    reasons.update(zip(explained, found, strict=True))
+                    for n, reason in zip(explained, found, strict=True):
+                        reasons[n] = reason
                 for n, (i, result) in enumerate(zip(modelled, ranked, strict=True)):
                     answers[i] = _recommendations(
                         catalogue, "model", result, queries[i].k, reasons[n]

@@ -87,7 +87,7 @@ def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]
     with np.errstate(invalid="ignore"):
         flat = np.flatnonzero(scores >= thresholds[:, None])
     query, position = np.divmod(flat, n)
-    found = scores.reshape(-1)[flat] if scores.flags.c_contiguous else scores[query, position]
+    found = scores[query, position]
     finite = np.isfinite(found)
     query, position, found = query[finite], position[finite], found[finite]
     order = np.lexsort((position, -found, query))
