@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from serving.auth import ApiKeyGuard
 from serving.batcher import MicroBatcher
@@ -108,6 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def validation_error(request: Request, error: RequestValidationError):
         # path and query parameters (bodies are read by serving/bodies.py)
         return _problem(422, describe_errors(error.errors(), skip=1))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect):
+        # nobody reads this answer: it is counted as a 400, not logged as the service's fault
+        return _problem(400, "body: the client closed the connection before sending all of it")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):

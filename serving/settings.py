@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_profile: int = Field(50, ge=1, description="longest profile used (most recent kept)")
     max_batch: int = Field(256, ge=1, description="requests per recommendations:batch call")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_head_bytes: int = Field(
+        64 * 1024, ge=1024, description="longest request line and headers (431 past it)"
+    )
     api_key: SecretStr | None = Field(
         None, description="when set, write and admin endpoints need the X-API-Key header"
     )

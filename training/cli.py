@@ -406,6 +406,7 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
+    from serving.http_protocol import bounded_httptools_protocol
     from serving.settings import Settings
 
     given = {"model_dir": model, "host": host, "port": port, "image_extractor": image_extractor}
@@ -425,7 +426,13 @@ def serve(
     typer.echo(
         f"serving {settings.model_dir} on http://{settings.host}:{settings.port} (docs: /docs)"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        http=bounded_httptools_protocol(settings.max_head_bytes),
+    )
 
 
 @app.command("demo")

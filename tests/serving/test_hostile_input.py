@@ -159,6 +159,47 @@ def test_the_key_is_checked_before_the_body_is_read(server):
     assert "missing or wrong X-API-Key" in reply
 
 
+def _raw_reply(server, request: bytes) -> str:
+    """The status line and body the service sends back on a raw connection given `request`."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply.decode(errors="replace")
+
+
+def test_a_request_head_over_the_limit_gets_a_431_and_the_connection_closes(server):
+    """A header of 200 KB (the limit is 64 KB): refused before it is buffered whole; a head of
+    60 KB still passes."""
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    reply = _raw_reply(server, big)
+    assert reply.startswith("HTTP/1.1 431"), reply[:200]
+    assert "exceed 65536 bytes" in reply
+    fits = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
+    reply = _raw_reply(server, fits + b"a" * 60_000 + b"\r\n\r\n")
+    assert reply.startswith("HTTP/1.1 200"), reply[:200]
+
+
+def test_a_client_leaving_mid_body_is_a_400_not_a_fault(server):
+    """Headers announcing 100 bytes, 2 sent, then the client closes: counted as a 400 for the
+    route, no 500 and no traceback in the service's log."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/recommendations HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+        )
+    counted = 'curator_requests_total{method="POST",route="/v1/recommendations",status="%s"}'
+    deadline = time.monotonic() + 10
+    while counted % 400 not in (metrics := server.client.get("/metrics").text):
+        assert time.monotonic() < deadline, "no 400 counted for the abandoned request"
+        time.sleep(0.1)
+    assert counted % 500 not in metrics
+    assert "Traceback" not in server.log.read_text()
+
+
 def test_an_empty_api_key_is_refused_at_start_up(tiny_export, tmp_path):
     shutil.copytree(tiny_export, tmp_path / "1")
     done = subprocess.run(
