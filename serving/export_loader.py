@@ -158,13 +158,23 @@ class NearestPurchaseManifest(_Strict):
     mean_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     popularity_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     copurchase_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    freshness_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    freshness_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     dim: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _some_weight(self) -> NearestPurchaseManifest:
-        weights = (self.weight, self.mean_weight, self.popularity_weight, self.copurchase_weight)
+        weights = (
+            self.weight,
+            self.mean_weight,
+            self.popularity_weight,
+            self.copurchase_weight,
+            self.freshness_weight,
+        )
         if not any(w > 0 for w in weights):
             raise ValueError("every weight is 0: the export should have no terms (null)")
+        if self.freshness_weight > 0 and self.freshness_days <= 0:
+            raise ValueError("freshness_weight above 0 needs freshness_days above 0")
         return self
 
 
@@ -447,6 +457,8 @@ def _load_nearest_purchase(
         described.mean_weight,
         described.popularity_weight,
         described.copurchase_weight,
+        described.freshness_weight,
+        described.freshness_days,
         described.dim,
         manifest.catalogue.feature_dim,
     )
@@ -455,13 +467,16 @@ def _load_nearest_purchase(
         nearest.mean_weight,
         nearest.popularity_weight,
         nearest.copurchase_weight,
+        nearest.freshness_weight,
+        nearest.freshness_days,
         nearest.dim,
         nearest.feature_dim,
     )
     if said != found:
         raise ExportError(
             f"{path}: {MANIFEST} nearest_purchase (weight, mean_weight, popularity_weight, "
-            f"copurchase_weight, dim, feature_dim) is {said}, {files[0]} has {found}"
+            f"copurchase_weight, freshness_weight, freshness_days, dim, feature_dim) is {said}, "
+            f"{files[0]} has {found}"
         )
     expected = (manifest.catalogue.items, nearest.dim)
     if match_vectors.dtype != np.float32 or match_vectors.shape != expected:

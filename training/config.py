@@ -20,6 +20,7 @@ TERM_GRIDS = (
     "profile_mean_weights",
     "popularity_weights",
     "copurchase_weights",
+    "freshness_weights",
 )
 SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall", "auc_recall")
 
@@ -53,6 +54,11 @@ class TrainConfig:
     # + w x the normalised item-kNN score, chosen with the popularity weight once the three
     # profile terms are (training/calibration.py)
     copurchase_weights: tuple[float, ...] = ()
+    # freshness (training/nearest_purchase.py): + w x exp(-the artwork's age / tau), every w of
+    # `freshness_weights` at every tau (days) of `freshness_days`, chosen by `selection_metric`
+    # after the others (training/calibration.py)
+    freshness_weights: tuple[float, ...] = ()
+    freshness_days: tuple[float, ...] = (30.0, 90.0, 365.0)
     calibration_metric: str = "auc_recall"
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
@@ -92,7 +98,7 @@ class TrainConfig:
         object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
         object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
         object.__setattr__(self, "user_hidden", tuple(int(u) for u in self.user_hidden))
-        for name in TERM_GRIDS + ("artist_prior_weights",):
+        for name in TERM_GRIDS + ("artist_prior_weights", "freshness_days"):
             object.__setattr__(self, name, tuple(float(w) for w in getattr(self, name)))
         checks = {
             "loss": (self.loss in LOSSES, f"one of {LOSSES}"),
@@ -121,6 +127,10 @@ class TrainConfig:
             "calibration_metric": (
                 self.calibration_metric in SELECTION_METRICS,
                 f"one of {SELECTION_METRICS}",
+            ),
+            "freshness_days": (
+                all(math.isfinite(d) and d > 0 for d in self.freshness_days),
+                "finite days > 0",
             ),
             "nearest_purchase_dim": (self.nearest_purchase_dim >= 1, ">= 1"),
             "scann_leaves_to_search_share": (
@@ -154,6 +164,7 @@ class TrainConfig:
             list(self.user_hidden),
         )
         values["artist_prior_weights"] = list(self.artist_prior_weights)
+        values["freshness_days"] = list(self.freshness_days)
         for name in TERM_GRIDS:
             values[name] = list(getattr(self, name))
         return values

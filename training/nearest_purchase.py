@@ -14,6 +14,14 @@ These terms add those views back:
                            + w_mean * mean over p in profile of cos(m_p, m_item)
                            + w_pop  * log(1 + sales of item so far)
                            + w_co   * copurchase(profile, item)  (training/copurchase.py)
+                           + w_new  * exp(-(the item's age at the query's time) / tau)
+
+The last is freshness: a gallery's new uploads are what sells (on the real UGallery sales the
+artworks bought were listed far more recently than the rest of the inventory; an artwork that
+stays unsold for years has been passed over), and a one-of-a-kind catalogue is mostly artworks
+nobody has bought yet, which the sales terms cannot tell apart. tau (`freshness_days`) is
+chosen with its weight; without times (the holdout protocol, or items without upload times)
+the term is 0.
 
 where m is the artwork's match vector: its features z-scored and projected onto their top
 principal components (`nearest_purchase_dim`, 128 by default: on UGallery's validation the term
@@ -38,23 +46,38 @@ from training.atomic import write_npz_atomic
 from training.data.features import CHUNK_ROWS, zscore_stats
 
 FILE_NAME = "nearest_purchase.npz"
-OPTIONAL_WEIGHTS = ("mean_weight", "popularity_weight", "copurchase_weight")
+OPTIONAL_WEIGHTS = (
+    "mean_weight",
+    "popularity_weight",
+    "copurchase_weight",
+    "freshness_weight",
+    "freshness_days",
+)
+DAY_SECONDS = 86_400.0
 PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
 
 
 @dataclass(frozen=True)
 class TermWeights:
-    """w_max, w_mean and w_pop of the module docstring's formula, and w_co of the co-purchase
-    term (training/copurchase.py)."""
+    """w_max, w_mean, w_pop, w_co (the co-purchase term, training/copurchase.py) and w_new of
+    the module docstring's formula, and the freshness term's tau in days."""
 
     nearest: float = 0.0
     mean: float = 0.0
     popularity: float = 0.0
     copurchase: float = 0.0
+    freshness: float = 0.0
+    freshness_days: float = 0.0  # tau; used only where `freshness` is above 0
 
     @property
     def any(self) -> bool:
-        return self.nearest > 0 or self.mean > 0 or self.popularity > 0 or self.copurchase > 0
+        return (
+            self.nearest > 0
+            or self.mean > 0
+            or self.popularity > 0
+            or self.copurchase > 0
+            or self.freshness > 0
+        )
 
     @property
     def uses_profile(self) -> bool:
@@ -70,6 +93,8 @@ class NearestPurchase:
     mean_weight: float = 0.0  # w_mean: the profile's mean match vector
     popularity_weight: float = 0.0  # w_pop: log(1 + the artwork's sales)
     copurchase_weight: float = 0.0  # w_co: training/copurchase.py's term
+    freshness_weight: float = 0.0  # w_new: exp(-age / tau)
+    freshness_days: float = 0.0  # tau
 
     @classmethod
     def fit(cls, features: np.ndarray, dim: int = 128, *, seed: int = 0) -> NearestPurchase:
@@ -95,12 +120,19 @@ class NearestPurchase:
             mean_weight=float(weights.mean),
             popularity_weight=float(weights.popularity),
             copurchase_weight=float(weights.copurchase),
+            freshness_weight=float(weights.freshness),
+            freshness_days=float(weights.freshness_days),
         )
 
     @property
     def weights(self) -> TermWeights:
         return TermWeights(
-            self.weight, self.mean_weight, self.popularity_weight, self.copurchase_weight
+            self.weight,
+            self.mean_weight,
+            self.popularity_weight,
+            self.copurchase_weight,
+            self.freshness_weight,
+            self.freshness_days,
         )
 
     @property
@@ -139,6 +171,8 @@ class NearestPurchase:
             "mean_weight": np.float64(self.mean_weight),
             "popularity_weight": np.float64(self.popularity_weight),
             "copurchase_weight": np.float64(self.copurchase_weight),
+            "freshness_weight": np.float64(self.freshness_weight),
+            "freshness_days": np.float64(self.freshness_days),
         }
         write_npz_atomic(path, arrays)
         return path
@@ -174,6 +208,8 @@ class NearestPurchase:
         for key in ("weight", *OPTIONAL_WEIGHTS):
             if float(arrays[key]) < 0:
                 raise ValueError(f"{path}: {key} {float(arrays[key])} is negative")
+        if float(arrays["freshness_weight"]) > 0 and float(arrays["freshness_days"]) <= 0:
+            raise ValueError(f"{path}: freshness_weight above 0 needs freshness_days above 0")
         return cls(
             mean.astype(np.float64),
             scale.astype(np.float64),
@@ -182,6 +218,8 @@ class NearestPurchase:
             float(arrays["mean_weight"]),
             float(arrays["popularity_weight"]),
             float(arrays["copurchase_weight"]),
+            float(arrays["freshness_weight"]),
+            float(arrays["freshness_days"]),
         )
 
 
@@ -214,6 +252,14 @@ def profile_means(match_vectors: np.ndarray, profiles: Sequence[np.ndarray]) -> 
 def sales_bonus(sales: np.ndarray) -> np.ndarray:
     """log(1 + sales): what the popularity weight multiplies."""
     return np.log1p(np.asarray(sales, np.float64))
+
+
+def freshness(ages: np.ndarray, days: float) -> np.ndarray:
+    """exp(-age / tau) for `ages` in seconds (an artwork uploaded after the query's time counts
+    as new; an infinite age, as in the holdout protocol, gives 0): what the freshness weight
+    multiplies, float32."""
+    ages = np.maximum(np.asarray(ages, np.float64), 0.0)
+    return np.exp(-ages / (days * DAY_SECONDS)).astype(np.float32)
 
 
 def closest_per_profile(

@@ -22,6 +22,7 @@ from training.evaluation.interface import QueryBatch
 from training.nearest_purchase import (
     NearestPurchase,
     TermWeights,
+    freshness,
     load_if_present,
     max_similarity,
     mean_similarity,
@@ -88,6 +89,7 @@ class TowerRecommender:
         self.item_vectors = embed_items(
             item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
         )
+        self.upload_times = dataset.items["upload_time"].to_numpy(np.float64)
         self.match_vectors = None
         self.weights = TermWeights()
         if nearest is not None:
@@ -119,7 +121,8 @@ class TowerRecommender:
         self, batch: QueryBatch, candidates: np.ndarray, weights: TermWeights | None = None
     ) -> dict[str, np.ndarray]:
         """[B, n_candidates] each: "towers", and the terms that `weights` (default: this
-        recommender's) use: "nearest", "mean", "popularity", "copurchase" (unweighted)."""
+        recommender's) use: "nearest", "mean", "popularity", "copurchase", "freshness"
+        (unweighted; freshness at each query's time)."""
         weights = weights or self.weights
         users = self.user_vectors(batch.profiles)  # [batch, dim]
         parts = {"towers": users @ self.item_vectors[candidates].T}
@@ -132,6 +135,9 @@ class TowerRecommender:
         if weights.copurchase > 0:
             scores = profile_scores(self.copurchase, batch.profiles)
             parts["copurchase"] = scores[:, candidates].toarray()
+        if weights.freshness > 0:
+            ages = np.asarray(batch.times, np.float64)[:, None] - self.upload_times[candidates]
+            parts["freshness"] = freshness(ages, weights.freshness_days)
         return parts
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
@@ -139,7 +145,7 @@ class TowerRecommender:
 
 
 # TermWeights' fields, in the order they are added
-TERMS = ("nearest", "mean", "popularity", "copurchase")
+TERMS = ("nearest", "mean", "popularity", "copurchase", "freshness")
 
 
 def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:

@@ -309,7 +309,7 @@ def test_artworks_added_live_join_the_scann_searchers_and_match_exact_search(ter
         catalogue.add_purchases(sold, live_store())
     profiles = [rng.choice(4_000, 3, replace=False) for _ in range(40)]
     queries = approximate.user_vectors(profiles)
-    args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles)
+    args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles, now=NOW)
     found = approximate.top_k(queries, 10, **args)
     truth = exact.top_k(queries, 10, **args)
     new_rows = np.concatenate([r.rows for r in found])
@@ -342,11 +342,20 @@ def test_a_searcher_another_catalogue_claimed_is_not_reused():
     assert result.rows.max() < 2_000
 
 
+# freshness's tau in these tests: upload times are 0-1,000 s, so 500 s
+TEST_DAYS = 500 / 86_400
+NOW = 1_000.0  # the ranking time the tests pass
+
+
 def random_term(
-    weight: float, mean: float = 0.0, popularity: float = 0.0, copurchase: float = 0.0
+    weight: float,
+    mean: float = 0.0,
+    popularity: float = 0.0,
+    copurchase: float = 0.0,
+    freshness: float = 0.0,
 ) -> NearestPurchase:
     features = np.random.default_rng(11).normal(size=(200, FEATURES))
-    weights = TermWeights(weight, mean, popularity, copurchase)
+    weights = TermWeights(weight, mean, popularity, copurchase, freshness, TEST_DAYS)
     return NearestPurchase.fit(features, dim=4).with_weights(weights)
 
 
@@ -376,10 +385,17 @@ def reference_copurchase(n_items: int, profile: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "weights",
-    [(0.8, 0.0, 0.0, 0.0), (0.0, 1.5, 0.0, 0.0), (0.5, 1.0, 2.0, 0.0), (0.0, 0.5, 0.1, 2.0)],
+    [
+        (0.8, 0.0, 0.0, 0.0, 0.0),
+        (0.0, 1.5, 0.0, 0.0, 0.0),
+        (0.5, 1.0, 2.0, 0.0, 0.0),
+        (0.0, 0.5, 0.1, 2.0, 0.0),
+        (0.0, 0.0, 0.0, 0.0, 2.0),
+        (0.3, 0.5, 0.1, 1.0, 0.7),
+    ],
 )
 def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
-    nearest, mean, popularity, copurchase = weights
+    nearest, mean, popularity, copurchase, freshness = weights
     catalogue = make_catalogue(nearest=random_term(*weights), copurchase=random_copurchase(N_ITEMS))
     rng = np.random.default_rng(4)
     profiles = [rng.choice(N_ITEMS, size, replace=False) for size in (1, 4, 2, 9)]
@@ -387,9 +403,15 @@ def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
     queries = catalogue.user_vectors(profiles)
     exclude = [p for p in profiles]
     results = catalogue.top_k(
-        queries, 20, exclude=exclude, available_only=[True, False, True, False], profiles=profiles
+        queries,
+        20,
+        exclude=exclude,
+        available_only=[True, False, True, False],
+        profiles=profiles,
+        now=NOW,
     )
     size = catalogue.size
+    ages = NOW - catalogue.upload_time[:size]  # seconds
     vectors, sold = catalogue.vectors[:size], catalogue.sold[:size]
     match = catalogue.model.match_vectors
     sales = np.bincount(catalogue.model.purchases["item"], minlength=size)
@@ -404,6 +426,7 @@ def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
             + mean * similarity.mean(axis=0)
             + popularity * np.log1p(sales)
             + copurchase * reference_copurchase(size, profile)
+            + freshness * np.exp(-ages / 500)
         )
         keep = np.ones(size, bool)
         keep[profile] = False
@@ -446,7 +469,11 @@ def test_artworks_added_live_get_match_vectors_from_their_features():
 
 
 def scann_and_exact_top_10(
-    weight: float, mean: float = 0.0, popularity: float = 0.0, copurchase: float = 0.0
+    weight: float,
+    mean: float = 0.0,
+    popularity: float = 0.0,
+    copurchase: float = 0.0,
+    freshness: float = 0.0,
 ):
     """Served scores of the top 10 with ScaNN (searching half the leaves, so that its own
     misses are rare) and exactly, on 4,000 clustered artworks whose small vectors let a term
@@ -454,7 +481,7 @@ def scann_and_exact_top_10(
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(40, 16))
     vectors = 0.1 * (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16)))
-    term = random_term(weight, mean, popularity, copurchase)
+    term = random_term(weight, mean, popularity, copurchase, freshness)
     bought = random_copurchase(4000)
     index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
     approximate = make_catalogue(4000, 16, vectors.astype(np.float32), index, term, bought)
@@ -466,7 +493,7 @@ def scann_and_exact_top_10(
     profiles = [rng.choice(4000, 3, replace=False) for _ in range(40)]
     profiles[::2] = [rng.choice(150, 3, replace=False) for _ in range(20)]  # co-purchased ones
     queries = approximate.user_vectors(profiles)
-    args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles)
+    args = dict(exclude=profiles, available_only=[True] * 40, profiles=profiles, now=NOW)
     found = approximate.top_k(queries, 10, **args)
     truth = exact.top_k(queries, 10, **args)
     return np.array([r.scores for r in found]), np.array([r.scores for r in truth])
@@ -474,18 +501,36 @@ def scann_and_exact_top_10(
 
 @pytest.mark.parametrize(
     "weights",
-    [(0.5, 0, 0), (3.0, 0, 0), (0, 3.0, 0), (0, 0, 5.0), (1.0, 1.0, 0.5), (0, 0.5, 0, 3.0)],
+    [
+        (0.5, 0, 0),
+        (3.0, 0, 0),
+        (0, 3.0, 0),
+        (0, 0, 5.0),
+        (1.0, 1.0, 0.5),
+        (0, 0.5, 0, 3.0),
+        (0, 0, 0, 0, 3.0),
+        (0.5, 0.5, 0.1, 0, 1.0),
+    ],
 )
 def test_scann_candidates_are_re_ranked_with_the_terms(weights):
     """Above the ScaNN threshold the terms' candidates come from a second search (the artworks
-    closest to each profile artwork and to the profile's mean) and the best sellers, so the
-    served top 10 matches exact search even where the terms outweigh the query."""
+    closest to each profile artwork and to the profile's mean), the best sellers and the newest
+    artworks, so the served top 10 matches exact search even where the terms outweigh the
+    query."""
     assert neighbour_recall(*scann_and_exact_top_10(*weights)) >= 0.97
 
 
-def test_without_the_best_sellers_the_popularity_term_misses(monkeypatch):
-    monkeypatch.setattr(Catalogue, "_best_selling_indexed", lambda self, n: np.zeros(0, int))
-    assert neighbour_recall(*scann_and_exact_top_10(0.0, 0.0, 5.0)) < 0.8
+@pytest.mark.parametrize(
+    "key, weights", [("sales", (0, 0, 5.0)), ("upload_time", (0, 0, 0, 0, 3.0))]
+)
+def test_without_the_leading_artworks_the_sales_and_freshness_terms_miss(monkeypatch, key, weights):
+    leading = Catalogue._leading_indexed
+
+    def without(self, name, n):
+        return np.zeros(0, int) if name == key else leading(self, name, n)
+
+    monkeypatch.setattr(Catalogue, "_leading_indexed", without)
+    assert neighbour_recall(*scann_and_exact_top_10(*weights)) < 0.8
 
 
 def test_without_the_term_search_the_query_candidates_miss(monkeypatch):

@@ -1,6 +1,7 @@
 """The profile terms: their arithmetic against numpy loops, their file, their calibration."""
 
 import json
+from dataclasses import asdict, fields, replace
 
 import numpy as np
 import pytest
@@ -22,7 +23,6 @@ from training.nearest_purchase import (
     mean_similarity,
 )
 from training.trained_towers import (
-    TERMS,
     TowerRecommender,
     combine,
     combine_grid,
@@ -118,6 +118,11 @@ def test_the_saved_term_loads_back_and_a_damaged_one_is_refused(tmp_path):
         term.vectors(np.zeros((2, 5)))
 
 
+def weights_of(row: dict) -> TermWeights:
+    """The weighting a calibration grid row names."""
+    return TermWeights(**{field.name: row[field.name] for field in fields(TermWeights)})
+
+
 def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with_them(
     trained_run, small_marketplace
 ):
@@ -131,23 +136,32 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
         * len(config.popularity_weights)
     )
     second = len(config.popularity_weights) * (len(config.copurchase_weights) - 1)
-    assert len(grid) == first + second
+    third = len(config.freshness_days) * (len(config.freshness_weights) - 1)
+    assert len(grid) == first + second + third
     assert (grid[0]["nearest"], grid[0]["mean"], grid[0]["popularity"]) == (0, 0, 0)
-    assert all(row["copurchase"] == 0 for row in grid[:first])
+    assert all(row["copurchase"] == 0 and row["freshness"] == 0 for row in grid[:first])
     # the second stage keeps the first stage's best profile weights
     first_best = max(grid[:first], key=lambda row: row["auc_recall"])
-    assert all(row["copurchase"] > 0 for row in grid[first:])
-    assert {(row["nearest"], row["mean"]) for row in grid[first:]} == {
+    assert all(row["copurchase"] > 0 for row in grid[first : first + second])
+    assert {(row["nearest"], row["mean"]) for row in grid[first : first + second]} == {
         (first_best["nearest"], first_best["mean"])
     }
-    best = max(grid, key=lambda row: row["auc_recall"])  # curator.yaml calibrates by it
+    # curator.yaml calibrates by auc_recall, then freshness by mean_recall
+    before = max(grid[: first + second], key=lambda row: row["auc_recall"])
+    fresh = grid[first + second :]
+    assert all(row["freshness"] > 0 and row["freshness_days"] > 0 for row in fresh)
+    unfresh = {replace(weights_of(row), freshness=0.0, freshness_days=0.0) for row in fresh}
+    assert unfresh == {weights_of(before)}
+    best = max([before, *fresh], key=lambda row: row["mean_recall"])
     chosen = TermWeights(
         terms["weight"],
         terms["mean_weight"],
         terms["popularity_weight"],
         terms["copurchase_weight"],
+        terms["freshness_weight"],
+        terms["freshness_days"],
     )
-    assert chosen == TermWeights(*(best[name] for name in TERMS))
+    assert chosen == weights_of(best)
     assert (trained_run / "model" / COPURCHASE_FILE).exists() == (chosen.copurchase > 0)
     assert summary["best_validation"] == terms["validation"]
     saved = NearestPurchase.load(trained_run / "model" / FILE_NAME)
@@ -161,27 +175,37 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     sales = PopularRecommender.from_purchases(fit, dataset.n_items)
     bought = CoPurchase.fit(fit, dataset.item_ids)
     plain = TowerRecommender("v", *towers, dataset, saved, sales, bought)
-    for row in (grid[0], best, grid[first - 1], grid[-1]):
-        weights = TermWeights(*(row[name] for name in TERMS))
-        figures = validate_recommender(plain.with_weights(weights), dataset, cases)
-        assert figures == {k: v for k, v in row.items() if k not in TERMS}
+    for row in (grid[0], best, grid[first - 1], grid[first + second - 1], grid[-1]):
+        figures = validate_recommender(plain.with_weights(weights_of(row)), dataset, cases)
+        assert figures == {k: v for k, v in row.items() if k not in asdict(chosen)}
 
     recommender = load_run_recommender(trained_run, dataset)
     assert recommender.weights == chosen
     towers_only = TowerRecommender("t", *towers, dataset)
     profiles = [np.array([0, 5, 9]), np.array([3])]
-    batch = QueryBatch(np.arange(2), np.array(["a", "b"]), np.full(2, np.inf), profiles)
+    uploads = dataset.items["upload_time"].to_numpy()
+    times = np.array([np.median(uploads), np.inf])  # the second has no age: freshness 0
+    batch = QueryBatch(np.arange(2), np.array(["a", "b"]), times, profiles)
     candidates = np.arange(dataset.n_items)
+    days = 86_400.0 * chosen.freshness_days if chosen.freshness else 1.0
+    ages = np.maximum(times[:, None] - uploads[None, :], 0)
     match = saved.vectors(dataset.features)
-    counts = np.bincount(dataset.purchases["item"], minlength=dataset.n_items)
+    bought_at = dataset.purchases["timestamp"].to_numpy()
+    counts = np.stack(  # each query's sales so far (strictly before its time)
+        [
+            np.bincount(dataset.purchases["item"][bought_at < t], minlength=dataset.n_items)
+            for t in times
+        ]
+    )
     expected = (
         towers_only.score(batch, candidates)
         + chosen.nearest * max_similarity(match, profiles, candidates)
         + chosen.mean
         * np.stack([[np.mean(match[p] @ match[c]) for c in candidates] for p in profiles])
-        + chosen.popularity * np.log1p(counts)[None, :]
+        + chosen.popularity * np.log1p(counts)
         + chosen.copurchase
         * profile_scores(bought.on_catalogue(dataset.item_ids), profiles).toarray()
+        + chosen.freshness * np.exp(-ages / days)
     )
     np.testing.assert_allclose(recommender.score(batch, candidates), expected, atol=1e-5)
 
