@@ -26,6 +26,7 @@ BASELINES = (
     "visrank-mean",
     "visrank-max",
     "popular",
+    "newest",
     "random",
 )
 
@@ -70,6 +71,19 @@ class PopularRecommender:
             seen = int(np.searchsorted(self.times, time, side="left"))
             scores[row] = np.bincount(self.items[:seen], minlength=self.n_items)[candidates]
         return scores
+
+
+class NewestRecommender:
+    """The most recently uploaded artworks first: the gallery's "new arrivals" page, the
+    baseline for the freshness term (training/nearest_purchase.py)."""
+
+    name = "newest"
+
+    def __init__(self, upload_times: np.ndarray):
+        self.upload_times = np.asarray(upload_times, np.float64)
+
+    def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
+        return np.repeat(self.upload_times[candidates][None], len(batch), axis=0)
 
 
 class VisRank:
@@ -120,7 +134,11 @@ class IdealRecommender:
 
 
 def default_baselines(dataset: Dataset) -> list[str]:
-    return [name for name in BASELINES if name != "ideal" or dataset.truth is not None]
+    """Every baseline that can run: `ideal` needs the simulator's truth, `newest` artworks with
+    different upload times (without, it would be `random`)."""
+    uploads = dataset.items["upload_time"].to_numpy()
+    runs = {"ideal": dataset.truth is not None, "newest": uploads.size > 0 and np.ptp(uploads) > 0}
+    return [name for name in BASELINES if runs.get(name, True)]
 
 
 def build_baselines(names: Sequence[str], dataset: Dataset, cases: Sequence[Case], seed: int = 0):
@@ -145,6 +163,7 @@ def build_baselines(names: Sequence[str], dataset: Dataset, cases: Sequence[Case
         "visrank-mean": lambda: VisRank(dataset.features, "mean"),
         "visrank-max": lambda: VisRank(dataset.features, "max"),
         "popular": lambda: PopularRecommender.from_dataset(dataset),
+        "newest": lambda: NewestRecommender(dataset.items["upload_time"].to_numpy()),
         "random": lambda: RandomRecommender(seed),
     }
     return [makers[name]() for name in names]

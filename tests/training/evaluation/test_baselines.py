@@ -9,10 +9,12 @@ import pytest
 from training.data.dataset import load_dataset
 from training.evaluation.baselines import (
     IdealRecommender,
+    NewestRecommender,
     PopularRecommender,
     RandomRecommender,
     VisRank,
     build_baselines,
+    default_baselines,
 )
 from training.evaluation.evaluate import evaluate
 from training.evaluation.interface import QueryBatch
@@ -57,6 +59,22 @@ def test_popular_counts_only_purchases_before_the_query():
     np.testing.assert_array_equal(scores[0], [0, 0, 0, 1, 0])  # time 20: only the first sale
     np.testing.assert_array_equal(scores[1], [0, 1, 0, 2, 0])  # sales at 40 are not "before"
     np.testing.assert_array_equal(scores[2], [0, 1, 1, 3, 0])
+
+
+def test_newest_ranks_the_latest_upload_first_for_everyone():
+    uploads = np.array([50.0, 10.0, 90.0, 30.0, 70.0])
+    scores = NewestRecommender(uploads).score(_batch([[0], [3, 4]]), np.array([1, 2, 4]))
+    for row in scores:  # the same for every profile: 2 (uploaded at 90), then 4, then 1
+        np.testing.assert_array_equal(np.argsort(-row), [1, 2, 0])
+
+
+def test_newest_is_a_default_baseline_only_where_upload_times_differ(
+    tiny_dataset_dir, small_marketplace
+):
+    assert "newest" in default_baselines(load_dataset(small_marketplace))
+    tiny = load_dataset(tiny_dataset_dir)
+    expected = np.ptp(tiny.items["upload_time"].to_numpy()) > 0
+    assert ("newest" in default_baselines(tiny)) == expected
 
 
 def test_random_is_seeded_per_query():
