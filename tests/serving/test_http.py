@@ -80,14 +80,15 @@ def test_health_readiness_model_and_metrics(server):
 
 def assert_serves_the_evaluation_ranking(client, recommender, dataset, customers: int = 25):
     """The top 20 served for real customers' profiles, scores and ids (where not tied), are
-    `recommender`'s (the evaluation's model row) over the whole catalogue."""
+    `recommender`'s (the evaluation's model row) over the whole catalogue, ranked now (the
+    freshness term's ages move by the seconds the requests take: far inside the tolerance)."""
     users = dataset.purchases.groupby("user_id")["item"].apply(list).head(customers)
     profiles = [np.unique(items) for items in users]
     scores = recommender.score(
         QueryBatch(
             np.arange(len(profiles)),
             users.index.to_numpy(),
-            np.full(len(profiles), np.inf),
+            np.full(len(profiles), time.time()),
             profiles,
         ),
         np.arange(dataset.n_items),
@@ -118,20 +119,24 @@ def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dat
 
 
 def test_an_export_with_every_term_serves_what_the_evaluation_ranks(trained_run, dataset, tmp_path):
-    """The tiny run with all four calibrated terms above 0 (nearest purchase, profile mean,
-    popularity, co-purchases fitted as calibration fits them), exported and served by a real
-    uvicorn process: the answers are the evaluation's ranking with the same terms."""
+    """The tiny run with all five calibrated terms above 0 (nearest purchase, profile mean,
+    popularity, co-purchases fitted as calibration fits them, freshness with a tau of ten years,
+    so that the years-old test catalogue still differs in it), exported and served by a real
+    uvicorn process: the answers are the evaluation's ranking with the same terms, now."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     term = NearestPurchase.load(run / "model" / NEAREST_FILE)
-    term.with_weights(TermWeights(0.5, 0.5, 0.1, 1.0)).save(run / "model")
+    weights = TermWeights(0.5, 0.5, 0.1, 1.0, 0.5, 3650.0)
+    term.with_weights(weights).save(run / "model")
     CoPurchase.fit(training_split(dataset)[0], dataset.item_ids).save(run / "model")
     export = export_run(run, dataset, tmp_path / "exports", progress=lambda _: None)
     manifest = json.loads((export / "manifest.json").read_text())
-    assert manifest["nearest_purchase"]["copurchase_weight"] == 1.0
+    described = manifest["nearest_purchase"]
+    assert (described["copurchase_weight"], described["freshness_weight"]) == (1.0, 0.5)
+    assert described["freshness_days"] == 3650.0
     assert f"model/{COPURCHASE_FILE}" in manifest["files"]
     recommender = load_run_recommender(run, dataset)
-    assert recommender.weights == TermWeights(0.5, 0.5, 0.1, 1.0)
+    assert recommender.weights == weights
     with curator_service(tmp_path / "exports", tmp_path / "live.db", tmp_path / "log") as served:
         assert_serves_the_evaluation_ranking(served.client, recommender, dataset, customers=15)
 
