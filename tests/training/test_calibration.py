@@ -1,11 +1,17 @@
 """The calibration's grid figures against the metric functions, test by test."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from training.calibration import GridFigures, validation_figures
+from training.calibration import GridFigures, dates_tell, freshness_grids, validation_figures
+from training.config import load_config
+from training.data.dataset import load_dataset
 from training.evaluation.metrics import auc, ndcg_at_k, recall_at_k
+from training.evaluation.protocols import replay_cases
 from training.evaluation.ranking import RankedCase
+from training.nearest_purchase import TermWeights
 
 
 def _reference(per_test: list[tuple[np.ndarray, int]]) -> dict:
@@ -42,3 +48,19 @@ def test_grid_figures_equal_the_metric_functions_for_every_ranking():
     # one ranking through validation_figures gives the same row
     ranked = [RankedCase(ranks[2], n, np.zeros(0, np.int64)) for ranks, n in tests]
     assert validation_figures(None, ranked) == figures[2]
+
+
+def test_freshness_is_tried_only_where_times_and_upload_times_differ(small_marketplace):
+    dataset = load_dataset(small_marketplace)
+    replay = replay_cases(dataset)[:20]
+    assert dates_tell(dataset, replay)
+    holdout = [replace(case, time=np.inf) for case in replay]  # holdout tests have no time
+    assert not dates_tell(dataset, holdout)
+    items = dataset.items.assign(upload_time=0.0)
+    assert not dates_tell(replace(dataset, items=items), replay)
+    # one grid per tau, each the chosen weights with every freshness weight above 0
+    chosen = TermWeights(0.5, 1.0, 0.1, 0.3)
+    grids = freshness_grids(load_config("curator"), chosen)
+    assert [{w.freshness_days for w in grid} for grid in grids] == [{30.0}, {90.0}, {365.0}]
+    assert all([w.freshness for w in grid] == [0.1, 0.2, 0.3, 0.5, 1.0] for grid in grids)
+    assert {replace(w, freshness=0.0, freshness_days=0.0) for g in grids for w in g} == {chosen}
