@@ -160,6 +160,8 @@ class NearestPurchaseManifest(_Strict):
     copurchase_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     freshness_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     freshness_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    era_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    era_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     dim: int = Field(ge=1)
 
     @model_validator(mode="after")
@@ -170,11 +172,14 @@ class NearestPurchaseManifest(_Strict):
             self.popularity_weight,
             self.copurchase_weight,
             self.freshness_weight,
+            self.era_weight,
         )
         if not any(w > 0 for w in weights):
             raise ValueError("every weight is 0: the export should have no terms (null)")
         if self.freshness_weight > 0 and self.freshness_days <= 0:
             raise ValueError("freshness_weight above 0 needs freshness_days above 0")
+        if self.era_weight > 0 and self.era_days <= 0:
+            raise ValueError("era_weight above 0 needs era_days above 0")
         return self
 
 
@@ -459,6 +464,8 @@ def _load_nearest_purchase(
         described.copurchase_weight,
         described.freshness_weight,
         described.freshness_days,
+        described.era_weight,
+        described.era_days,
         described.dim,
         manifest.catalogue.feature_dim,
     )
@@ -469,14 +476,16 @@ def _load_nearest_purchase(
         nearest.copurchase_weight,
         nearest.freshness_weight,
         nearest.freshness_days,
+        nearest.era_weight,
+        nearest.era_days,
         nearest.dim,
         nearest.feature_dim,
     )
     if said != found:
         raise ExportError(
             f"{path}: {MANIFEST} nearest_purchase (weight, mean_weight, popularity_weight, "
-            f"copurchase_weight, freshness_weight, freshness_days, dim, feature_dim) is {said}, "
-            f"{files[0]} has {found}"
+            "copurchase_weight, freshness_weight, freshness_days, era_weight, era_days, dim, "
+            f"feature_dim) is {said}, {files[0]} has {found}"
         )
     expected = (manifest.catalogue.items, nearest.dim)
     if match_vectors.dtype != np.float32 or match_vectors.shape != expected:

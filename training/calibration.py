@@ -9,15 +9,18 @@ Two calibrations run on the selected epoch's towers, in this order:
   validation, and the best by `calibration_metric` is kept; then, with those profile weights,
   every combination of the popularity and co-purchase grids (`copurchase_weights`;
   training/copurchase.py); then, with all of those, freshness (`freshness_weights` x
-  `freshness_days`), where the validation has times and the artworks more than one upload time.
+  `freshness_days`), where the validation has times and the artworks more than one upload time;
+  then the era term (`era_weights` x `era_days`), where the artworks have more than one upload
+  time.
   The towers' scores and each term are computed once per batch of validation tests; a
   combination only re-ranks them.
 
-Freshness is chosen by `selection_metric` (the metric the search picks epochs and trials by),
-not `calibration_metric`: it re-orders the whole inventory by age, so it moves AUC far more than
-the other terms, and AUC beside recall would buy AUC with top-20 recall (on the real UGallery
-sales' validation: w 1.0 at tau 365 days gives AUC .775 and R@20 .191, w 0.3 gives .725 and
-.222; a gallery page shows the top 20). docs/training.md has the figures.
+Freshness and era are chosen by `selection_metric` (the metric the search picks epochs and
+trials by), not `calibration_metric`: each re-orders the whole inventory by time, so it moves
+AUC far more than the other terms, and AUC beside recall would buy AUC with top-20 recall (for
+freshness on the real UGallery sales' validation: w 1.0 at tau 365 days gives AUC .775 and
+R@20 .191, w 0.3 gives .725 and .222; a gallery page shows the top 20). docs/training.md has
+the figures.
 """
 
 from __future__ import annotations
@@ -184,12 +187,25 @@ def freshness_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermW
     ]
 
 
+def era_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermWeights]]:
+    """The fourth stage, as `freshness_grids` for the era term."""
+    return [
+        [replace(chosen, era=w, era_days=days) for w in config.era_weights if w]
+        for days in config.era_days
+    ]
+
+
+def uploads_differ(dataset: Dataset) -> bool:
+    """Whether the artworks do not all share one upload time (imports without upload times
+    give every artwork 0): else neither time term can rank anything."""
+    uploads = dataset.items["upload_time"].to_numpy()
+    return uploads.size > 0 and bool(np.ptp(uploads) > 0)
+
+
 def dates_tell(dataset: Dataset, cases) -> bool:
     """Whether freshness can rank anything: some validation test has a finite time (holdout
-    tests have none) and the artworks do not all share one upload time."""
-    uploads = dataset.items["upload_time"].to_numpy()
-    finite_times = any(np.isfinite(case.time) for case in cases)
-    return finite_times and uploads.size > 0 and bool(np.ptp(uploads) > 0)
+    tests have none) and the upload times differ."""
+    return any(np.isfinite(case.time) for case in cases) and uploads_differ(dataset)
 
 
 def uses_terms(config: TrainConfig) -> bool:
@@ -197,6 +213,7 @@ def uses_terms(config: TrainConfig) -> bool:
         any(weights.any for weights in term_grid(config))
         or any(w > 0 for w in config.copurchase_weights)
         or any(w > 0 for w in config.freshness_weights)
+        or any(w > 0 for w in config.era_weights)
     )
 
 
@@ -213,10 +230,11 @@ def calibrate_terms(
     matrix on the fitted purchases, picks the terms' weights on the validation by
     `config.calibration_metric` in two stages (ties: the earlier in the grid, all-zero first):
     the three profile terms' grid (`term_grid`), then popularity with co-purchase (`sales_grid`);
-    then freshness by `config.selection_metric` (`freshness_grids`; the module docstring says
-    why; kept only if it beats the two stages' choice). Saves them in `model_dir`
-    (copurchase.npz only when its weight is above 0). The popularity term counts the fitted
-    purchases before each validation test, so a held-out purchase never counts."""
+    then freshness and then the era term by `config.selection_metric` (`freshness_grids`,
+    `era_grids`; the module docstring says why; each kept only if it beats the stages before).
+    Saves them in `model_dir` (copurchase.npz only when its weight is above 0). The popularity
+    term counts the fitted purchases before each validation test, so a held-out purchase never
+    counts."""
     term = _fitted_term(dataset, config.nearest_purchase_dim, config.seed)
     sales = PopularRecommender.from_purchases(fit_purchases, dataset.n_items)
     copurchase = None
@@ -233,12 +251,18 @@ def calibrate_terms(
         rows += _grid_figures(recommender, dataset, validation_cases, second)
         grid += second
         best = _best(rows, config.calibration_metric)
-    if config.freshness_weights and dates_tell(dataset, validation_cases):
-        contenders = [best]  # the stages before, then every freshness weighting
-        for third in freshness_grids(config, grid[best]):
-            contenders += range(len(rows), len(rows) + len(third))
-            rows += _grid_figures(recommender, dataset, validation_cases, third)
-            grid += third
+    time_stages = [
+        (freshness_grids, config.freshness_weights and dates_tell(dataset, validation_cases)),
+        (era_grids, config.era_weights and uploads_differ(dataset)),
+    ]
+    for stage_grids, tried in time_stages:
+        if not tried:
+            continue
+        contenders = [best]  # the stages before, then every weighting of this one
+        for weightings in stage_grids(config, grid[best]):
+            contenders += range(len(rows), len(rows) + len(weightings))
+            rows += _grid_figures(recommender, dataset, validation_cases, weightings)
+            grid += weightings
         best = max(contenders, key=lambda i: (rows[i][config.selection_metric], -i))
     chosen = grid[best]
     term.with_weights(chosen).save(model_dir)
@@ -254,6 +278,8 @@ def calibrate_terms(
         "copurchase_weight": chosen.copurchase,
         "freshness_weight": chosen.freshness,
         "freshness_days": chosen.freshness_days,
+        "era_weight": chosen.era,
+        "era_days": chosen.era_days,
         "dim": term.dim,
         "metric": config.calibration_metric,
         "validation": {k: v for k, v in rows[best].items() if k not in asdict(chosen)},
@@ -268,13 +294,13 @@ def _best(rows: list[dict], metric: str) -> int:
 def _grid_figures(recommender, dataset: Dataset, cases, grid: list[TermWeights]) -> list[dict]:
     """Per weighting of `grid`, its weights and validation figures: the towers and each term
     are computed once per batch of tests, a weighting only re-ranks them."""
-    days = {w.freshness_days for w in grid if w.freshness > 0}
-    if len(days) > 1:
-        raise ValueError(f"one freshness tau per grid, got {sorted(days)}")
-    every = TermWeights(
-        **{f: max(getattr(w, f) for w in grid) for f in TERMS},
-        freshness_days=days.pop() if days else 0.0,
-    )
+    taus = {}
+    for term in ("freshness", "era"):
+        days = {getattr(w, f"{term}_days") for w in grid if getattr(w, term) > 0}
+        if len(days) > 1:
+            raise ValueError(f"one {term} tau per grid, got {sorted(days)}")
+        taus[f"{term}_days"] = days.pop() if days else 0.0
+    every = TermWeights(**{f: max(getattr(w, f) for w in grid) for f in TERMS}, **taus)
     figures = GridFigures(len(grid))
     for scored in batches(cases, dataset.n_items):
         parts = recommender.components(scored.query, scored.union, every)

@@ -21,6 +21,7 @@ TERM_GRIDS = (
     "popularity_weights",
     "copurchase_weights",
     "freshness_weights",
+    "era_weights",
 )
 SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall", "auc_recall")
 
@@ -59,6 +60,10 @@ class TrainConfig:
     # after the others (training/calibration.py)
     freshness_weights: tuple[float, ...] = ()
     freshness_days: tuple[float, ...] = (30.0, 90.0, 365.0)
+    # the era term (training/nearest_purchase.py): + w x exp(-days from the artwork's upload to
+    # the closest upload day of the profile's artworks / tau), chosen like freshness, after it
+    era_weights: tuple[float, ...] = ()
+    era_days: tuple[float, ...] = (30.0, 90.0, 365.0)
     calibration_metric: str = "auc_recall"
     # objective
     loss: str = "softmax"  # softmax: TFRS Retrieval, in-batch negatives; bpr: the paper's triples
@@ -98,7 +103,7 @@ class TrainConfig:
         object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
         object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
         object.__setattr__(self, "user_hidden", tuple(int(u) for u in self.user_hidden))
-        for name in TERM_GRIDS + ("artist_prior_weights", "freshness_days"):
+        for name in TERM_GRIDS + ("artist_prior_weights", "freshness_days", "era_days"):
             object.__setattr__(self, name, tuple(float(w) for w in getattr(self, name)))
         checks = {
             "loss": (self.loss in LOSSES, f"one of {LOSSES}"),
@@ -128,10 +133,13 @@ class TrainConfig:
                 self.calibration_metric in SELECTION_METRICS,
                 f"one of {SELECTION_METRICS}",
             ),
-            "freshness_days": (
-                all(math.isfinite(d) and d > 0 for d in self.freshness_days),
-                "finite days > 0",
-            ),
+            **{
+                name: (
+                    all(math.isfinite(d) and d > 0 for d in getattr(self, name)),
+                    "finite days > 0",
+                )
+                for name in ("freshness_days", "era_days")
+            },
             "nearest_purchase_dim": (self.nearest_purchase_dim >= 1, ">= 1"),
             "scann_leaves_to_search_share": (
                 0.0 < self.scann_leaves_to_search_share <= 1.0,
@@ -165,6 +173,7 @@ class TrainConfig:
         )
         values["artist_prior_weights"] = list(self.artist_prior_weights)
         values["freshness_days"] = list(self.freshness_days)
+        values["era_days"] = list(self.era_days)
         for name in TERM_GRIDS:
             values[name] = list(getattr(self, name))
         return values

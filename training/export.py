@@ -20,8 +20,9 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
 - model/nearest_purchase.npz, catalogue/match_vectors.npy: the run's calibrated profile terms
   (training/nearest_purchase.py) and each catalogue artwork's match vector, when the run has a
   term with a weight above 0 (manifest "nearest_purchase": {"weight", "mean_weight",
-  "popularity_weight", "copurchase_weight", "freshness_weight", "freshness_days", "dim"}, else
-  null). The retrieval/ SavedModel ranks by the towers alone; the service adds the terms.
+  "popularity_weight", "copurchase_weight", "freshness_weight", "freshness_days", "era_weight",
+  "era_days", "dim"}, else null). The retrieval/ SavedModel ranks by the towers alone; the
+  service adds the terms.
 - model/copurchase.npz: the co-purchase matrix (training/copurchase.py), when its weight is
   above 0.
 - manifest.json (format 3): version, run, config, data fingerprint, training metrics, the
@@ -382,6 +383,8 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
                     "copurchase_weight": nearest.copurchase_weight,
                     "freshness_weight": nearest.freshness_weight,
                     "freshness_days": nearest.freshness_days,
+                    "era_weight": nearest.era_weight,
+                    "era_days": nearest.era_days,
                     "dim": nearest.dim,
                 }
             ),

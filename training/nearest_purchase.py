@@ -15,6 +15,8 @@ These terms add those views back:
                            + w_pop  * log(1 + sales of item so far)
                            + w_co   * copurchase(profile, item)  (training/copurchase.py)
                            + w_new  * exp(-(the item's age at the query's time) / tau)
+                           + w_era  * exp(-(days from the item's upload to the closest
+                                            upload day of the profile's items) / tau_era)
 
 The last is freshness: a gallery's new uploads are what sells (on the real UGallery sales the
 artworks bought were listed far more recently than the rest of the inventory; an artwork that
@@ -22,6 +24,11 @@ stays unsold for years has been passed over), and a one-of-a-kind catalogue is m
 nobody has bought yet, which the sales terms cannot tell apart. tau (`freshness_days`) is
 chosen with its weight; without times (the holdout protocol, or items without upload times)
 the term is 0.
+
+The era term asks when the profile's artworks were listed: customers shop in spells, and what
+they buy was listed around the same time as what they bought before. It needs no query time, so
+it is what the holdout protocol (whose tests have none) can use; on the replay, freshness says
+more. Days are whole upload days (floor of upload_time / 86,400 s).
 
 where m is the artwork's match vector: its features z-scored and projected onto their top
 principal components (`nearest_purchase_dim`, 128 by default: on UGallery's validation the term
@@ -52,6 +59,8 @@ OPTIONAL_WEIGHTS = (
     "copurchase_weight",
     "freshness_weight",
     "freshness_days",
+    "era_weight",
+    "era_days",
 )
 DAY_SECONDS = 86_400.0
 PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
@@ -59,8 +68,8 @@ PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
 
 @dataclass(frozen=True)
 class TermWeights:
-    """w_max, w_mean, w_pop, w_co (the co-purchase term, training/copurchase.py) and w_new of
-    the module docstring's formula, and the freshness term's tau in days."""
+    """w_max, w_mean, w_pop, w_co (the co-purchase term, training/copurchase.py), w_new and
+    w_era of the module docstring's formula, and the freshness and era terms' taus in days."""
 
     nearest: float = 0.0
     mean: float = 0.0
@@ -68,6 +77,8 @@ class TermWeights:
     copurchase: float = 0.0
     freshness: float = 0.0
     freshness_days: float = 0.0  # tau; used only where `freshness` is above 0
+    era: float = 0.0
+    era_days: float = 0.0  # tau_era; used only where `era` is above 0
 
     @property
     def any(self) -> bool:
@@ -77,6 +88,7 @@ class TermWeights:
             or self.popularity > 0
             or self.copurchase > 0
             or self.freshness > 0
+            or self.era > 0
         )
 
     @property
@@ -95,6 +107,8 @@ class NearestPurchase:
     copurchase_weight: float = 0.0  # w_co: training/copurchase.py's term
     freshness_weight: float = 0.0  # w_new: exp(-age / tau)
     freshness_days: float = 0.0  # tau
+    era_weight: float = 0.0  # w_era: exp(-days to the profile's closest upload day / tau_era)
+    era_days: float = 0.0  # tau_era
 
     @classmethod
     def fit(cls, features: np.ndarray, dim: int = 128, *, seed: int = 0) -> NearestPurchase:
@@ -122,6 +136,8 @@ class NearestPurchase:
             copurchase_weight=float(weights.copurchase),
             freshness_weight=float(weights.freshness),
             freshness_days=float(weights.freshness_days),
+            era_weight=float(weights.era),
+            era_days=float(weights.era_days),
         )
 
     @property
@@ -133,6 +149,8 @@ class NearestPurchase:
             self.copurchase_weight,
             self.freshness_weight,
             self.freshness_days,
+            self.era_weight,
+            self.era_days,
         )
 
     @property
@@ -173,6 +191,8 @@ class NearestPurchase:
             "copurchase_weight": np.float64(self.copurchase_weight),
             "freshness_weight": np.float64(self.freshness_weight),
             "freshness_days": np.float64(self.freshness_days),
+            "era_weight": np.float64(self.era_weight),
+            "era_days": np.float64(self.era_days),
         }
         write_npz_atomic(path, arrays)
         return path
@@ -208,8 +228,9 @@ class NearestPurchase:
         for key in ("weight", *OPTIONAL_WEIGHTS):
             if float(arrays[key]) < 0:
                 raise ValueError(f"{path}: {key} {float(arrays[key])} is negative")
-        if float(arrays["freshness_weight"]) > 0 and float(arrays["freshness_days"]) <= 0:
-            raise ValueError(f"{path}: freshness_weight above 0 needs freshness_days above 0")
+        for term in ("freshness", "era"):
+            if float(arrays[f"{term}_weight"]) > 0 and float(arrays[f"{term}_days"]) <= 0:
+                raise ValueError(f"{path}: {term}_weight above 0 needs {term}_days above 0")
         return cls(
             mean.astype(np.float64),
             scale.astype(np.float64),
@@ -220,6 +241,8 @@ class NearestPurchase:
             float(arrays["copurchase_weight"]),
             float(arrays["freshness_weight"]),
             float(arrays["freshness_days"]),
+            float(arrays["era_weight"]),
+            float(arrays["era_days"]),
         )
 
 
@@ -260,6 +283,23 @@ def freshness(ages: np.ndarray, days: float) -> np.ndarray:
     multiplies, float32."""
     ages = np.maximum(np.asarray(ages, np.float64), 0.0)
     return np.exp(-ages / (days * DAY_SECONDS)).astype(np.float32)
+
+
+def upload_days(upload_times: np.ndarray) -> np.ndarray:
+    """Whole upload days (float64) of upload times in seconds: what the era term compares."""
+    return np.floor(np.asarray(upload_times, np.float64) / DAY_SECONDS)
+
+
+def era_closeness(candidate_days: np.ndarray, profile_days: np.ndarray, days: float) -> np.ndarray:
+    """exp(-(whole days from each candidate's upload day to the closest upload day among
+    `profile_days`) / tau): what the era weight multiplies, float32, shaped like
+    `candidate_days`. One sorted search, not a candidates x profile table."""
+    marks = np.unique(np.asarray(profile_days, np.float64))
+    at = np.searchsorted(marks, candidate_days)
+    before = marks[np.maximum(at - 1, 0)]
+    after = marks[np.minimum(at, marks.size - 1)]
+    gap = np.minimum(np.abs(candidate_days - before), np.abs(after - candidate_days))
+    return np.exp(-gap / days).astype(np.float32)
 
 
 def closest_per_profile(

@@ -22,11 +22,13 @@ from training.evaluation.interface import QueryBatch
 from training.nearest_purchase import (
     NearestPurchase,
     TermWeights,
+    era_closeness,
     freshness,
     load_if_present,
     max_similarity,
     mean_similarity,
     sales_bonus,
+    upload_days,
 )
 
 ITEM_CHUNK = 8_192
@@ -121,7 +123,7 @@ class TowerRecommender:
         self, batch: QueryBatch, candidates: np.ndarray, weights: TermWeights | None = None
     ) -> dict[str, np.ndarray]:
         """[B, n_candidates] each: "towers", and the terms that `weights` (default: this
-        recommender's) use: "nearest", "mean", "popularity", "copurchase", "freshness"
+        recommender's) use: "nearest", "mean", "popularity", "copurchase", "freshness", "era"
         (unweighted; freshness at each query's time)."""
         weights = weights or self.weights
         users = self.user_vectors(batch.profiles)  # [batch, dim]
@@ -138,6 +140,11 @@ class TowerRecommender:
         if weights.freshness > 0:
             ages = np.asarray(batch.times, np.float64)[:, None] - self.upload_times[candidates]
             parts["freshness"] = freshness(ages, weights.freshness_days)
+        if weights.era > 0:
+            days = upload_days(self.upload_times)
+            parts["era"] = np.stack(
+                [era_closeness(days[candidates], days[p], weights.era_days) for p in batch.profiles]
+            )
         return parts
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
@@ -145,7 +152,7 @@ class TowerRecommender:
 
 
 # TermWeights' fields, in the order they are added
-TERMS = ("nearest", "mean", "popularity", "copurchase", "freshness")
+TERMS = ("nearest", "mean", "popularity", "copurchase", "freshness", "era")
 
 
 def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:

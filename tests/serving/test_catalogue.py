@@ -21,6 +21,7 @@ from training.index import IndexConfig, ScannSearcher, neighbour_recall
 from training.nearest_purchase import NearestPurchase, TermWeights
 
 N_ITEMS, DIM, FEATURES = 500, 8, 6
+HOUR = 3_600.0  # the test catalogue's upload times: 0-1,000 hours (0-41 days)
 
 
 def live_store() -> Store:
@@ -29,11 +30,17 @@ def live_store() -> Store:
 
 
 def make_catalogue(
-    n_items=N_ITEMS, dim=DIM, vectors=None, index=None, nearest=None, copurchase=None
+    n_items=N_ITEMS,
+    dim=DIM,
+    vectors=None,
+    index=None,
+    nearest=None,
+    copurchase=None,
+    upload_times=None,
 ):
     """A catalogue of random vectors; with `nearest` (a NearestPurchase over FEATURES-d
     features), random features give the match vectors; `copurchase`: the co-purchase term's
-    matrix."""
+    matrix; upload times random in 0-1,000 hours unless given."""
     rng = np.random.default_rng(7)
     item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(dim,))
     item_tower(tf.zeros([1, FEATURES]))
@@ -43,7 +50,9 @@ def make_catalogue(
         {
             "item_id": [f"i{n}" for n in range(n_items)],
             "artist_id": [f"a{n % 17}" for n in range(n_items)],
-            "upload_time": rng.integers(0, 1000, n_items).astype(float),
+            "upload_time": (
+                rng.integers(0, 1000, n_items) * HOUR if upload_times is None else upload_times
+            ),
             "one_of_a_kind": rng.random(n_items) < 0.7,
         }
     )
@@ -151,10 +160,10 @@ def test_purchases_update_profiles_and_sell_originals(catalogue):
         )[0]
     )
     item_id = catalogue.item_ids[original]
-    catalogue.add_purchases([Purchase("newcomer", item_id, 2000.0)], live_store())
+    catalogue.add_purchases([Purchase("newcomer", item_id, 2000 * HOUR)], live_store())
     assert catalogue.profiles["newcomer"] == [original] and catalogue.sold[original]
     with pytest.raises(Conflict, match="already sold"):
-        catalogue.check_purchases([Purchase("other", item_id, 2001.0)])
+        catalogue.check_purchases([Purchase("other", item_id, 2001 * HOUR)])
     with pytest.raises(UnknownItems, match="'nope'"):
         catalogue.check_purchases([Purchase("other", "nope", 901.0)])
 
@@ -342,9 +351,10 @@ def test_a_searcher_another_catalogue_claimed_is_not_reused():
     assert result.rows.max() < 2_000
 
 
-# freshness's tau in these tests: upload times are 0-1,000 s, so 500 s
-TEST_DAYS = 500 / 86_400
-NOW = 1_000.0  # the ranking time the tests pass
+# freshness's tau in these tests: upload times are 0-1,000 hours, so 500 hours; the era term's
+TEST_DAYS = 500 * HOUR / 86_400
+ERA_DAYS = 10.0
+NOW = 1_000 * HOUR  # the ranking time the tests pass
 
 
 def random_term(
@@ -353,9 +363,11 @@ def random_term(
     popularity: float = 0.0,
     copurchase: float = 0.0,
     freshness: float = 0.0,
+    era: float = 0.0,
+    era_days: float = ERA_DAYS,
 ) -> NearestPurchase:
     features = np.random.default_rng(11).normal(size=(200, FEATURES))
-    weights = TermWeights(weight, mean, popularity, copurchase, freshness, TEST_DAYS)
+    weights = TermWeights(weight, mean, popularity, copurchase, freshness, TEST_DAYS, era, era_days)
     return NearestPurchase.fit(features, dim=4).with_weights(weights)
 
 
@@ -386,16 +398,17 @@ def reference_copurchase(n_items: int, profile: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "weights",
     [
-        (0.8, 0.0, 0.0, 0.0, 0.0),
-        (0.0, 1.5, 0.0, 0.0, 0.0),
-        (0.5, 1.0, 2.0, 0.0, 0.0),
-        (0.0, 0.5, 0.1, 2.0, 0.0),
-        (0.0, 0.0, 0.0, 0.0, 2.0),
-        (0.3, 0.5, 0.1, 1.0, 0.7),
+        (0.8, 0.0, 0.0, 0.0, 0.0, 0.0),
+        (0.0, 1.5, 0.0, 0.0, 0.0, 0.0),
+        (0.5, 1.0, 2.0, 0.0, 0.0, 0.0),
+        (0.0, 0.5, 0.1, 2.0, 0.0, 0.0),
+        (0.0, 0.0, 0.0, 0.0, 2.0, 0.0),
+        (0.0, 0.0, 0.0, 0.0, 0.0, 2.0),
+        (0.3, 0.5, 0.1, 1.0, 0.7, 0.4),
     ],
 )
 def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
-    nearest, mean, popularity, copurchase, freshness = weights
+    nearest, mean, popularity, copurchase, freshness, era = weights
     catalogue = make_catalogue(nearest=random_term(*weights), copurchase=random_copurchase(N_ITEMS))
     rng = np.random.default_rng(4)
     profiles = [rng.choice(N_ITEMS, size, replace=False) for size in (1, 4, 2, 9)]
@@ -412,6 +425,7 @@ def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
     )
     size = catalogue.size
     ages = NOW - catalogue.upload_time[:size]  # seconds
+    days = np.floor(catalogue.upload_time[:size] / 86_400)
     vectors, sold = catalogue.vectors[:size], catalogue.sold[:size]
     match = catalogue.model.match_vectors
     sales = np.bincount(catalogue.model.purchases["item"], minlength=size)
@@ -426,7 +440,8 @@ def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
             + mean * similarity.mean(axis=0)
             + popularity * np.log1p(sales)
             + copurchase * reference_copurchase(size, profile)
-            + freshness * np.exp(-ages / 500)
+            + freshness * np.exp(-ages / (500 * HOUR))
+            + era * np.exp(-np.abs(days[:, None] - days[profile][None]).min(axis=1) / ERA_DAYS)
         )
         keep = np.ones(size, bool)
         keep[profile] = False
@@ -474,19 +489,24 @@ def scann_and_exact_top_10(
     popularity: float = 0.0,
     copurchase: float = 0.0,
     freshness: float = 0.0,
+    era: float = 0.0,
+    era_days: float = ERA_DAYS,
+    one_a_day: bool = False,
 ):
     """Served scores of the top 10 with ScaNN (searching half the leaves, so that its own
     misses are rare) and exactly, on 4,000 clustered artworks whose small vectors let a term
-    of weight 3 outweigh the query."""
+    of weight 3 outweigh the query (`one_a_day`: uploaded on 4,000 different days)."""
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(40, 16))
     vectors = 0.1 * (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16)))
-    term = random_term(weight, mean, popularity, copurchase, freshness)
+    term = random_term(weight, mean, popularity, copurchase, freshness, era, era_days)
     bought = random_copurchase(4000)
     index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
-    approximate = make_catalogue(4000, 16, vectors.astype(np.float32), index, term, bought)
+    uploads = rng.permutation(4000) * 86_400.0 if one_a_day else None
+    vectors = vectors.astype(np.float32)
+    approximate = make_catalogue(4000, 16, vectors, index, term, bought, uploads)
     exact_index = IndexConfig(k=20, scann_min_items=10**6)
-    exact = make_catalogue(4000, 16, vectors.astype(np.float32), exact_index, term, bought)
+    exact = make_catalogue(4000, 16, vectors, exact_index, term, bought, uploads)
     assert approximate.searcher is not None
     assert (approximate.match_searcher is not None) == term.weights.uses_profile
     assert exact.searcher is None
@@ -510,6 +530,10 @@ def scann_and_exact_top_10(
         (0, 0.5, 0, 3.0),
         (0, 0, 0, 0, 3.0),
         (0.5, 0.5, 0.1, 0, 1.0),
+        (0, 0, 0, 0, 0, 1.0),
+        (0, 0, 0, 0, 0, 3.0),
+        (0, 0, 0, 0, 0, 3.0, 1.0, True),
+        (0.5, 0.5, 0.1, 0, 0.5, 1.0),
     ],
 )
 def test_scann_candidates_are_re_ranked_with_the_terms(weights):
@@ -531,6 +555,13 @@ def test_without_the_leading_artworks_the_sales_and_freshness_terms_miss(monkeyp
 
     monkeypatch.setattr(Catalogue, "_leading_indexed", without)
     assert neighbour_recall(*scann_and_exact_top_10(*weights)) < 0.8
+
+
+def test_without_the_artworks_listed_near_the_profiles_the_era_term_misses(monkeypatch):
+    monkeypatch.setattr(Catalogue, "_listed_near", lambda self, rows, indexed, n: np.zeros(0, int))
+    # one artwork a day and a tau of one day: only those listed within days of a profile
+    # artwork gain, too few for the query's own candidates to hold
+    assert neighbour_recall(*scann_and_exact_top_10(0, 0, 0, 0, 0, 3.0, 1.0, True)) < 0.8
 
 
 def test_without_the_term_search_the_query_candidates_miss(monkeypatch):
@@ -681,7 +712,7 @@ def test_own_writes_coming_back_through_the_feed_change_nothing_and_duplicates_c
     print_row = int(np.flatnonzero(~writer.one_of_a_kind[: writer.size])[0])
     item_id = writer.item_ids[print_row]
     before = int(writer.sales[print_row])
-    twice = [Purchase("collector", item_id, 3000.0)] * 2  # two copies of a print, one request
+    twice = [Purchase("collector", item_id, 3000 * HOUR)] * 2  # two copies of a print, one request
     writer.add_purchases(twice, store)
     assert writer.sales[print_row] == before + 2
     changes = store.changes_since()
@@ -709,7 +740,7 @@ def test_purchases_recorded_live_raise_the_popularity_term_at_once():
         return ranked.scores[list(ranked.rows).index(print_row)]
 
     before = score_of_print()
-    purchases = [Purchase("fan", item_id, 5000.0 + n) for n in range(3)]
+    purchases = [Purchase("fan", item_id, 5000 * HOUR + n) for n in range(3)]
     catalogue.add_purchases(purchases, live_store())
     assert catalogue.sales[print_row] == 3
     np.testing.assert_allclose(score_of_print() - before, 2.0 * np.log1p(3), rtol=1e-5)

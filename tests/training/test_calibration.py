@@ -5,7 +5,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from training.calibration import GridFigures, dates_tell, freshness_grids, validation_figures
+from training.calibration import (
+    GridFigures,
+    dates_tell,
+    era_grids,
+    freshness_grids,
+    uploads_differ,
+    validation_figures,
+)
 from training.config import load_config
 from training.data.dataset import load_dataset
 from training.evaluation.metrics import auc, ndcg_at_k, recall_at_k
@@ -50,17 +57,22 @@ def test_grid_figures_equal_the_metric_functions_for_every_ranking():
     assert validation_figures(None, ranked) == figures[2]
 
 
-def test_freshness_is_tried_only_where_times_and_upload_times_differ(small_marketplace):
+def test_the_time_terms_are_tried_only_where_times_and_upload_times_differ(small_marketplace):
     dataset = load_dataset(small_marketplace)
     replay = replay_cases(dataset)[:20]
     assert dates_tell(dataset, replay)
     holdout = [replace(case, time=np.inf) for case in replay]  # holdout tests have no time
     assert not dates_tell(dataset, holdout)
+    assert uploads_differ(dataset)  # the era term needs no time: holdout tests can use it
     items = dataset.items.assign(upload_time=0.0)
     assert not dates_tell(replace(dataset, items=items), replay)
+    assert not uploads_differ(replace(dataset, items=items))
     # one grid per tau, each the chosen weights with every freshness weight above 0
     chosen = TermWeights(0.5, 1.0, 0.1, 0.3)
     grids = freshness_grids(load_config("curator"), chosen)
     assert [{w.freshness_days for w in grid} for grid in grids] == [{30.0}, {90.0}, {365.0}]
     assert all([w.freshness for w in grid] == [0.1, 0.2, 0.3, 0.5, 1.0] for grid in grids)
     assert {replace(w, freshness=0.0, freshness_days=0.0) for g in grids for w in g} == {chosen}
+    eras = era_grids(load_config("curator"), chosen)
+    assert [{w.era_days for w in grid} for grid in eras] == [{30.0}, {90.0}, {365.0}]
+    assert {replace(w, era=0.0, era_days=0.0) for g in eras for w in g} == {chosen}

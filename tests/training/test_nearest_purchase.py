@@ -4,6 +4,7 @@ import json
 from dataclasses import asdict, fields, replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from training.calibration import validate_recommender
@@ -137,22 +138,30 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     )
     second = len(config.popularity_weights) * (len(config.copurchase_weights) - 1)
     third = len(config.freshness_days) * (len(config.freshness_weights) - 1)
-    assert len(grid) == first + second + third
+    fourth = len(config.era_days) * (len(config.era_weights) - 1)
+    assert len(grid) == first + second + third + fourth
     assert (grid[0]["nearest"], grid[0]["mean"], grid[0]["popularity"]) == (0, 0, 0)
-    assert all(row["copurchase"] == 0 and row["freshness"] == 0 for row in grid[:first])
+    assert all(
+        row["copurchase"] == 0 and row["freshness"] == 0 and row["era"] == 0 for row in grid[:first]
+    )
     # the second stage keeps the first stage's best profile weights
     first_best = max(grid[:first], key=lambda row: row["auc_recall"])
     assert all(row["copurchase"] > 0 for row in grid[first : first + second])
     assert {(row["nearest"], row["mean"]) for row in grid[first : first + second]} == {
         (first_best["nearest"], first_best["mean"])
     }
-    # curator.yaml calibrates by auc_recall, then freshness by mean_recall
+    # curator.yaml calibrates by auc_recall, then freshness and then era by mean_recall
     before = max(grid[: first + second], key=lambda row: row["auc_recall"])
-    fresh = grid[first + second :]
+    fresh = grid[first + second : first + second + third]
     assert all(row["freshness"] > 0 and row["freshness_days"] > 0 for row in fresh)
     unfresh = {replace(weights_of(row), freshness=0.0, freshness_days=0.0) for row in fresh}
     assert unfresh == {weights_of(before)}
-    best = max([before, *fresh], key=lambda row: row["mean_recall"])
+    after_freshness = max([before, *fresh], key=lambda row: row["mean_recall"])
+    eras = grid[first + second + third :]
+    assert all(row["era"] > 0 and row["era_days"] > 0 for row in eras)
+    no_era = {replace(weights_of(row), era=0.0, era_days=0.0) for row in eras}
+    assert no_era == {weights_of(after_freshness)}
+    best = max([after_freshness, *eras], key=lambda row: row["mean_recall"])
     chosen = TermWeights(
         terms["weight"],
         terms["mean_weight"],
@@ -160,6 +169,8 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
         terms["copurchase_weight"],
         terms["freshness_weight"],
         terms["freshness_days"],
+        terms["era_weight"],
+        terms["era_days"],
     )
     assert chosen == weights_of(best)
     assert (trained_run / "model" / COPURCHASE_FILE).exists() == (chosen.copurchase > 0)
@@ -175,39 +186,55 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     sales = PopularRecommender.from_purchases(fit, dataset.n_items)
     bought = CoPurchase.fit(fit, dataset.item_ids)
     plain = TowerRecommender("v", *towers, dataset, saved, sales, bought)
-    for row in (grid[0], best, grid[first - 1], grid[first + second - 1], grid[-1]):
+    for row in (grid[0], best, grid[first - 1], grid[first + second], grid[-1]):
         figures = validate_recommender(plain.with_weights(weights_of(row)), dataset, cases)
         assert figures == {k: v for k, v in row.items() if k not in asdict(chosen)}
 
     recommender = load_run_recommender(trained_run, dataset)
     assert recommender.weights == chosen
+    # the scores of the run's recommender, and of one with every term above 0, as numpy
+    # computes them (the run's popularity counts every purchase; `plain`'s the fitted ones)
+    every = TermWeights(0.5, 0.7, 0.1, 0.3, 0.4, 90.0, 0.6, 30.0)
     towers_only = TowerRecommender("t", *towers, dataset)
     profiles = [np.array([0, 5, 9]), np.array([3])]
     uploads = dataset.items["upload_time"].to_numpy()
     times = np.array([np.median(uploads), np.inf])  # the second has no age: freshness 0
     batch = QueryBatch(np.arange(2), np.array(["a", "b"]), times, profiles)
     candidates = np.arange(dataset.n_items)
-    days = 86_400.0 * chosen.freshness_days if chosen.freshness else 1.0
     ages = np.maximum(times[:, None] - uploads[None, :], 0)
+    upload_day = np.floor(uploads / 86_400.0)
+    apart = np.stack(  # days to the closest upload day of each profile's artworks
+        [np.abs(upload_day[:, None] - upload_day[p][None]).min(axis=1) for p in profiles]
+    )
     match = saved.vectors(dataset.features)
-    bought_at = dataset.purchases["timestamp"].to_numpy()
-    counts = np.stack(  # each query's sales so far (strictly before its time)
-        [
-            np.bincount(dataset.purchases["item"][bought_at < t], minlength=dataset.n_items)
-            for t in times
-        ]
+    co_bought = profile_scores(bought.on_catalogue(dataset.item_ids), profiles).toarray()
+
+    def expected(weights: TermWeights, sold: pd.DataFrame) -> np.ndarray:
+        counts = np.stack(  # each query's sales so far (strictly before its time)
+            [
+                np.bincount(sold["item"][sold["timestamp"] < t], minlength=dataset.n_items)
+                for t in times
+            ]
+        )
+        fresh = np.exp(-ages / (86_400.0 * max(weights.freshness_days, 1e-9)))
+        era = np.exp(-apart / max(weights.era_days, 1e-9))
+        return (
+            towers_only.score(batch, candidates)
+            + weights.nearest * max_similarity(match, profiles, candidates)
+            + weights.mean
+            * np.stack([[np.mean(match[p] @ match[c]) for c in candidates] for p in profiles])
+            + weights.popularity * np.log1p(counts)
+            + weights.copurchase * co_bought
+            + weights.freshness * fresh
+            + weights.era * era
+        )
+
+    np.testing.assert_allclose(
+        recommender.score(batch, candidates), expected(chosen, dataset.purchases), atol=1e-5
     )
-    expected = (
-        towers_only.score(batch, candidates)
-        + chosen.nearest * max_similarity(match, profiles, candidates)
-        + chosen.mean
-        * np.stack([[np.mean(match[p] @ match[c]) for c in candidates] for p in profiles])
-        + chosen.popularity * np.log1p(counts)
-        + chosen.copurchase
-        * profile_scores(bought.on_catalogue(dataset.item_ids), profiles).toarray()
-        + chosen.freshness * np.exp(-ages / days)
+    np.testing.assert_allclose(
+        plain.with_weights(every).score(batch, candidates), expected(every, fit), atol=1e-5
     )
-    np.testing.assert_allclose(recommender.score(batch, candidates), expected, atol=1e-5)
 
 
 def test_the_projection_is_fitted_once_for_every_trial_on_one_dataset(
