@@ -457,10 +457,9 @@ class Catalogue:
                 )
             if self.terms.freshness:
                 scores += self._freshness(np.s_[:size], now)
-            if self.terms.era:
+            if self.terms.era:  # per distinct upload day, then one gather for the batch
                 distinct, day_of_row = self._days(size)
-                for row_scores, profile in zip(scores, profiles, strict=True):
-                    row_scores += self._era(profile, distinct)[day_of_row]
+                scores += np.take(self._era(profiles, distinct), day_of_row, axis=1)
         only = np.asarray(available_only, bool)[:, None]
         np.add(scores, self.sold_penalty[:size], out=scores, where=only)  # in place, no copy
         for row_scores, excluded, rule in zip(scores, exclude, rules, strict=True):
@@ -636,9 +635,10 @@ class Catalogue:
             table = self._day_table = (size, distinct, day_of_row)
         return table[1], table[2]
 
-    def _era(self, profile: np.ndarray, days: np.ndarray) -> np.ndarray:
-        """w_era x the era term of upload `days` for one profile (catalogue rows)."""
-        bought = upload_days(self.upload_time[profile])
+    def _era(self, profiles: Sequence[np.ndarray], days: np.ndarray) -> np.ndarray:
+        """[len(profiles), days.size]: w_era x the era term of upload `days` for each profile
+        (catalogue rows)."""
+        bought = [upload_days(self.upload_time[profile]) for profile in profiles]
         return self.terms.era * era_closeness(days, bought, self.terms.era_days)
 
     def _freshness(self, rows, now: float) -> np.ndarray:
@@ -673,7 +673,7 @@ class Catalogue:
         if self.terms.freshness:
             total += self._freshness(rows, now)
         if self.terms.era:
-            total += self._era(profile, upload_days(self.upload_time[rows]))
+            total += self._era([profile], upload_days(self.upload_time[rows]))[0]
         return total
 
     def closest_in_profiles(

@@ -290,15 +290,28 @@ def upload_days(upload_times: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(upload_times, np.float64) / DAY_SECONDS)
 
 
-def era_closeness(candidate_days: np.ndarray, profile_days: np.ndarray, days: float) -> np.ndarray:
-    """exp(-(whole days from each candidate's upload day to the closest upload day among
-    `profile_days`) / tau): what the era weight multiplies, float32, shaped like
-    `candidate_days`. One sorted search, not a candidates x profile table."""
-    marks = np.unique(np.asarray(profile_days, np.float64))
-    at = np.searchsorted(marks, candidate_days)
-    before = marks[np.maximum(at - 1, 0)]
-    after = marks[np.minimum(at, marks.size - 1)]
-    gap = np.minimum(np.abs(candidate_days - before), np.abs(after - candidate_days))
+def era_closeness(
+    candidate_days: np.ndarray, profiles_days: Sequence[np.ndarray], days: float
+) -> np.ndarray:
+    """[len(profiles_days), n] float32: exp(-(whole days from each of the n `candidate_days` to
+    the closest of a profile's `profiles_days`) / tau), what the era weight multiplies. One
+    sorted search for the whole batch: each profile's days are shifted into a range of their
+    own, so a search lands among that profile's days (none may be empty)."""
+    candidate_days = np.asarray(candidate_days, np.float64)
+    marks = [np.unique(np.asarray(profile, np.float64)) for profile in profiles_days]
+    if any(m.size == 0 for m in marks):
+        raise ValueError("era_closeness: every profile needs at least one upload day")
+    every = np.concatenate([candidate_days, *marks])
+    low, spread = every.min(), every.max() - every.min()
+    shifts = np.arange(len(marks)) * (2 * spread + 2)  # disjoint ranges, one per profile
+    ends = np.cumsum([m.size for m in marks])  # each profile's marks: [ends - size, ends)
+    starts = ends - np.array([m.size for m in marks])
+    shifted = np.concatenate([m - low + shift for m, shift in zip(marks, shifts, strict=True)])
+    queries = (candidate_days - low)[None, :] + shifts[:, None]  # [b, n]
+    at = np.searchsorted(shifted, queries)
+    before = shifted[np.clip(at - 1, starts[:, None], ends[:, None] - 1)]
+    after = shifted[np.clip(at, starts[:, None], ends[:, None] - 1)]
+    gap = np.minimum(np.abs(queries - before), np.abs(after - queries))
     return np.exp(-gap / days).astype(np.float32)
 
 

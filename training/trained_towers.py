@@ -142,9 +142,8 @@ class TowerRecommender:
             parts["freshness"] = freshness(ages, weights.freshness_days)
         if weights.era > 0:
             days = upload_days(self.upload_times)
-            parts["era"] = np.stack(
-                [era_closeness(days[candidates], days[p], weights.era_days) for p in batch.profiles]
-            )
+            bought = [days[profile] for profile in batch.profiles]
+            parts["era"] = era_closeness(days[candidates], bought, weights.era_days)
         return parts
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:

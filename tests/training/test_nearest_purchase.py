@@ -20,6 +20,7 @@ from training.nearest_purchase import (
     FILE_NAME,
     NearestPurchase,
     TermWeights,
+    era_closeness,
     max_similarity,
     mean_similarity,
 )
@@ -259,3 +260,18 @@ def test_the_projection_is_fitted_once_for_every_trial_on_one_dataset(
     other = load_dataset(small_marketplace)  # another array: fitted again
     calibration.calibrate_terms(*load_towers(trained_run), other, fit, cases, config, tmp_path)
     assert len(fits) == 2
+
+
+def test_era_closeness_equals_brute_force_per_profile():
+    rng = np.random.default_rng(9)
+    candidates = rng.integers(15_000, 15_400, 300).astype(float)
+    profiles = [rng.integers(15_000, 15_600, size).astype(float) for size in (1, 3, 7, 2)]
+    profiles[2][:3] = profiles[2][3]  # repeated days in a profile
+    profiles.append(np.array([14_000.0]))  # every candidate after the profile's only day
+    found = era_closeness(candidates, profiles, 30.0)
+    assert found.shape == (5, 300) and found.dtype == np.float32
+    for row, profile in zip(found, profiles, strict=True):
+        gap = np.abs(candidates[:, None] - profile[None, :]).min(axis=1)
+        np.testing.assert_allclose(row, np.exp(-gap / 30.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one upload day"):
+        era_closeness(candidates, [np.array([])], 30.0)
