@@ -8,10 +8,10 @@ Two calibrations run on the selected epoch's towers, in this order:
   training/nearest_purchase.py): every combination of the three grids is scored on the
   validation, and the best by `calibration_metric` is kept; then, with those profile weights,
   every combination of the popularity and co-purchase grids (`copurchase_weights`;
-  training/copurchase.py); then, with all of those, freshness (`freshness_weights` x
-  `freshness_days`), where the validation has times and the artworks more than one upload time;
-  then the era term (`era_weights` x `era_days`), where the artworks have more than one upload
-  time.
+  training/copurchase.py); then, with all of those, one time term (`time_term_grids`):
+  freshness (`freshness_weights` x `freshness_days`) where the validation has times and the
+  artworks more than one upload time, else the era term (`era_weights` x `era_days`) where
+  the artworks have more than one upload time.
   The towers' scores and each term are computed once per batch of validation tests; a
   combination only re-ranks them.
 
@@ -188,7 +188,7 @@ def freshness_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermW
 
 
 def era_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermWeights]]:
-    """The fourth stage, as `freshness_grids` for the era term."""
+    """The third stage where freshness cannot be tried, as `freshness_grids` for the era term."""
     return [
         [replace(chosen, era=w, era_days=days) for w in config.era_weights if w]
         for days in config.era_days
@@ -206,6 +206,19 @@ def dates_tell(dataset: Dataset, cases) -> bool:
     """Whether freshness can rank anything: some validation test has a finite time (holdout
     tests have none) and the upload times differ."""
     return any(np.isfinite(case.time) for case in cases) and uploads_differ(dataset)
+
+
+def time_term_grids(config: TrainConfig, dataset: Dataset, cases):
+    """The third stage's grids (`freshness_grids` or `era_grids`), or None: freshness where the
+    validation tests have times and the upload times differ; else the era term where they
+    differ (holdout tests have no time). Never both: on the replay validations era beside
+    freshness moved mean recall by noise (UGallery .2779 -> .2789, docs/training.md) and costs
+    the service about a quarter of its per-batch work (docs/benchmarks.md)."""
+    if config.freshness_weights and dates_tell(dataset, cases):
+        return freshness_grids
+    if config.era_weights and uploads_differ(dataset):
+        return era_grids
+    return None
 
 
 def uses_terms(config: TrainConfig) -> bool:
@@ -230,8 +243,8 @@ def calibrate_terms(
     matrix on the fitted purchases, picks the terms' weights on the validation by
     `config.calibration_metric` in two stages (ties: the earlier in the grid, all-zero first):
     the three profile terms' grid (`term_grid`), then popularity with co-purchase (`sales_grid`);
-    then freshness and then the era term by `config.selection_metric` (`freshness_grids`,
-    `era_grids`; the module docstring says why; each kept only if it beats the stages before).
+    then freshness or the era term by `config.selection_metric` (`time_term_grids`; the module
+    docstring says why; kept only if it beats the stages before).
     Saves them in `model_dir` (copurchase.npz only when its weight is above 0). The popularity
     term counts the fitted purchases before each validation test, so a held-out purchase never
     counts."""
@@ -251,15 +264,10 @@ def calibrate_terms(
         rows += _grid_figures(recommender, dataset, validation_cases, second)
         grid += second
         best = _best(rows, config.calibration_metric)
-    time_stages = [
-        (freshness_grids, config.freshness_weights and dates_tell(dataset, validation_cases)),
-        (era_grids, config.era_weights and uploads_differ(dataset)),
-    ]
-    for stage_grids, tried in time_stages:
-        if not tried:
-            continue
+    time_stage = time_term_grids(config, dataset, validation_cases)
+    if time_stage is not None:
         contenders = [best]  # the stages before, then every weighting of this one
-        for weightings in stage_grids(config, grid[best]):
+        for weightings in time_stage(config, grid[best]):
             contenders += range(len(rows), len(rows) + len(weightings))
             rows += _grid_figures(recommender, dataset, validation_cases, weightings)
             grid += weightings

@@ -61,7 +61,8 @@ class TrainConfig:
     freshness_weights: tuple[float, ...] = ()
     freshness_days: tuple[float, ...] = (30.0, 90.0, 365.0)
     # the era term (training/nearest_purchase.py): + w x exp(-days from the artwork's upload to
-    # the closest upload day of the profile's artworks / tau), chosen like freshness, after it
+    # the closest upload day of the profile's artworks / tau), chosen like freshness, in its
+    # place where the validation tests have no times
     era_weights: tuple[float, ...] = ()
     era_days: tuple[float, ...] = (30.0, 90.0, 365.0)
     calibration_metric: str = "auc_recall"

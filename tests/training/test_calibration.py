@@ -10,6 +10,7 @@ from training.calibration import (
     dates_tell,
     era_grids,
     freshness_grids,
+    time_term_grids,
     uploads_differ,
     validation_figures,
 )
@@ -67,6 +68,12 @@ def test_the_time_terms_are_tried_only_where_times_and_upload_times_differ(small
     items = dataset.items.assign(upload_time=0.0)
     assert not dates_tell(replace(dataset, items=items), replay)
     assert not uploads_differ(replace(dataset, items=items))
+    # one time term: freshness where validation has times, else era, else none
+    config = load_config("curator")
+    assert time_term_grids(config, dataset, replay) is freshness_grids
+    assert time_term_grids(config, dataset, holdout) is era_grids
+    assert time_term_grids(config, replace(dataset, items=items), holdout) is None
+    assert time_term_grids(replace(config, era_weights=()), dataset, holdout) is None
     # one grid per tau, each the chosen weights with every freshness weight above 0
     chosen = TermWeights(0.5, 1.0, 0.1, 0.3)
     grids = freshness_grids(load_config("curator"), chosen)

@@ -139,30 +139,22 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     )
     second = len(config.popularity_weights) * (len(config.copurchase_weights) - 1)
     third = len(config.freshness_days) * (len(config.freshness_weights) - 1)
-    fourth = len(config.era_days) * (len(config.era_weights) - 1)
-    assert len(grid) == first + second + third + fourth
-    assert (grid[0]["nearest"], grid[0]["mean"], grid[0]["popularity"]) == (0, 0, 0)
-    assert all(
-        row["copurchase"] == 0 and row["freshness"] == 0 and row["era"] == 0 for row in grid[:first]
-    )
+    assert len(grid) == first + second + third  # replay validation: freshness, never era
+    assert all(row["era"] == 0 for row in grid)
+    assert all(row["copurchase"] == 0 and row["freshness"] == 0 for row in grid[:first])
     # the second stage keeps the first stage's best profile weights
     first_best = max(grid[:first], key=lambda row: row["auc_recall"])
     assert all(row["copurchase"] > 0 for row in grid[first : first + second])
     assert {(row["nearest"], row["mean"]) for row in grid[first : first + second]} == {
         (first_best["nearest"], first_best["mean"])
     }
-    # curator.yaml calibrates by auc_recall, then freshness and then era by mean_recall
+    # curator.yaml calibrates by auc_recall, then freshness by mean_recall
     before = max(grid[: first + second], key=lambda row: row["auc_recall"])
-    fresh = grid[first + second : first + second + third]
+    fresh = grid[first + second :]
     assert all(row["freshness"] > 0 and row["freshness_days"] > 0 for row in fresh)
     unfresh = {replace(weights_of(row), freshness=0.0, freshness_days=0.0) for row in fresh}
     assert unfresh == {weights_of(before)}
-    after_freshness = max([before, *fresh], key=lambda row: row["mean_recall"])
-    eras = grid[first + second + third :]
-    assert all(row["era"] > 0 and row["era_days"] > 0 for row in eras)
-    no_era = {replace(weights_of(row), era=0.0, era_days=0.0) for row in eras}
-    assert no_era == {weights_of(after_freshness)}
-    best = max([after_freshness, *eras], key=lambda row: row["mean_recall"])
+    best = max([before, *fresh], key=lambda row: row["mean_recall"])
     chosen = TermWeights(
         terms["weight"],
         terms["mean_weight"],
