@@ -149,12 +149,11 @@ class Catalogue:
         self.sold_penalty = np.zeros(capacity, np.float32)  # -inf where sold: added to scores
         self.sales = np.zeros(capacity, np.int64)
         self.popularity = np.zeros(capacity, np.float32)  # w_pop x log(1 + sales): the term
-        # ((purchases applied, rows indexed) when computed, rows)
         # per ranking key ("sales", "upload_time"): ((purchases applied, rows indexed), rows)
         self._leaders: dict[str, tuple[tuple[int, int], np.ndarray]] = {}
         # the era term's tables: (rows, their distinct upload days, each row's day's index)
         self._day_table: tuple[int, np.ndarray, np.ndarray] | None = None
-        # (rows indexed, those rows ordered by upload time, their upload days in that order)
+        # (rows indexed, those rows ordered by upload time, their upload times in that order)
         self._upload_order: tuple[int, np.ndarray, np.ndarray] | None = None
         self._purchases_applied = 0
         self.artist_codes = np.full(capacity, -1, np.int64)
@@ -425,10 +424,11 @@ class Catalogue:
         the top k is cut: the search fetches further until k survive or none is left). With
         `profiles` (one non-empty array of rows per query), plus the profile terms
         (training/nearest_purchase.py): each artwork's cosine to the closest profile artwork and
-        its mean cosine to them, its popularity, its co-purchase score and its freshness at `now`
-        (unix seconds; default: the current time), each times its weight. Exact (ties: lower
-        row first) unless the catalogue has a ScaNN searcher, whose candidates the terms then
-        re-rank. Without `profiles` (similar artworks), the towers alone."""
+        its mean cosine to them, its popularity, its co-purchase score, its freshness at `now`
+        (unix seconds; default: the current time) and its era term, each times its weight.
+        Exact (ties: lower row first) unless the catalogue has a ScaNN searcher, whose
+        candidates the terms then re-rank. Without `profiles` (similar artworks), the towers
+        alone."""
         if not self.terms.any:
             profiles = None
         now = time.time() if now is None else float(now)
