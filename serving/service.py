@@ -33,6 +33,7 @@ from serving.schemas import (
 from serving.settings import Settings
 from serving.store import Cursor, NewItem, Purchase, Store
 from serving.telemetry import Metrics
+from training.data.columns import format_seconds
 
 log = logging.getLogger("curator.serving")
 
@@ -208,10 +209,10 @@ class Service:
                 item.item_id,
                 item.artist_id,
                 item.one_of_a_kind,
-                _seconds(item.upload_time, now),
+                _seconds(item.upload_time, now, f"items[{n}].upload_time"),
                 np.asarray(item.features, np.float32),
             )
-            for item in body.items
+            for n, item in enumerate(body.items)
         ]
         return self._add_items(items)
 
@@ -240,7 +241,7 @@ class Service:
             artwork.item_id,
             artwork.artist_id,
             artwork.one_of_a_kind,
-            _seconds(artwork.upload_time, time.time()),
+            _seconds(artwork.upload_time, time.time(), "upload_time"),
             features,
         )
         return self._add_items([item])
@@ -269,7 +270,10 @@ class Service:
     def add_purchases(self, body: Purchases) -> Accepted:
         now = time.time()
         records = [
-            Purchase(p.customer_id, p.item_id, _seconds(p.timestamp, now)) for p in body.purchases
+            Purchase(
+                p.customer_id, p.item_id, _seconds(p.timestamp, now, f"purchases[{n}].timestamp")
+            )
+            for n, p in enumerate(body.purchases)
         ]
         with self.write_lock:
             catalogue = self.current()
@@ -315,9 +319,23 @@ def _recommendations(
     return {"model_version": catalogue.model.version, "strategy": strategy, "items": items}
 
 
-def _seconds(moment: datetime | None, default: float) -> float:
+# how far ahead of the service's clock an upload or purchase time may be (clock skew): a later
+# one is refused, since an upload time in the future would keep the freshness term at its
+# maximum until then
+CLOCK_SKEW_SECONDS = 300.0
+
+
+def _seconds(moment: datetime | None, now: float, field: str) -> float:
+    """`moment` in unix seconds (naive times are UTC; None: `now`); RequestError naming
+    `field` if it is more than CLOCK_SKEW_SECONDS after `now`."""
     if moment is None:
-        return default
+        return now
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # naive times are UTC
-    return moment.timestamp()
+        moment = moment.replace(tzinfo=UTC)
+    seconds = moment.timestamp()
+    if seconds > now + CLOCK_SKEW_SECONDS:
+        raise RequestError(
+            f"{field}: {format_seconds(seconds)} is in the future (the service's clock says "
+            f"{format_seconds(now)}); record uploads and purchases when they happen"
+        )
+    return seconds

@@ -297,22 +297,41 @@ def test_a_purchase_before_the_artworks_upload_is_refused(server, dataset):
     body = {
         "items": [
             {
-                "item_id": "future-work",
+                "item_id": "new-work",
                 "features": dataset.features[2].tolist(),
-                "upload_time": "2031-05-01T00:00:00Z",
+                "upload_time": "2025-05-01T00:00:00Z",
             }
         ]
     }
     assert server.client.post("/v1/items", json=body, headers=KEY).status_code == 200
-    early = {"purchases": [{"customer_id": "eager", "item_id": "future-work"}]}  # now
+    early = {
+        "purchases": [
+            {"customer_id": "eager", "item_id": "new-work", "timestamp": "2025-04-01T00:00:00"}
+        ]
+    }
     response = server.client.post("/v1/purchases", json=early, headers=KEY)
     assert response.status_code == 409, response.text
     detail = response.json()["detail"]
-    assert detail.startswith("purchases[0].timestamp: 20"), detail
-    assert detail.endswith(" is before 'future-work' was uploaded (2031-05-01T00:00:00Z)")
-    later = {
-        "purchases": [
-            {"customer_id": "eager", "item_id": "future-work", "timestamp": "2031-06-01T00:00:00"}
-        ]
-    }
+    assert detail.startswith("purchases[0].timestamp: 2025-04-01"), detail
+    assert detail.endswith(" is before 'new-work' was uploaded (2025-05-01T00:00:00Z)")
+    later = {"purchases": [{"customer_id": "eager", "item_id": "new-work"}]}  # now
     assert server.client.post("/v1/purchases", json=later, headers=KEY).status_code == 200
+
+
+def test_upload_and_purchase_times_in_the_future_are_refused(server, dataset):
+    """An upload time in the future would keep the freshness term at its maximum until then."""
+    before = catalogue_size(server)
+    artwork = {"item_id": "scheduled", "features": dataset.features[3].tolist()}
+    body = {
+        "items": [artwork, {**artwork, "item_id": "later", "upload_time": "2031-05-01T00:00:00"}]
+    }
+    response = server.client.post("/v1/items", json=body, headers=KEY)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("items[1].upload_time: 2031-05-01T00:00:00Z is in the future"), detail
+    assert catalogue_size(server) == before  # nothing half-written: not even items[0]
+    item_id = dataset.item_ids[4]
+    purchase = {"customer_id": "c", "item_id": item_id, "timestamp": "2099-01-01T00:00:00Z"}
+    response = server.client.post("/v1/purchases", json={"purchases": [purchase]}, headers=KEY)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("purchases[0].timestamp: 2099-01-01")
