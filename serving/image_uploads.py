@@ -28,7 +28,9 @@ class ImageArtwork(BaseModel):
     item_id: Id
     artist_id: OptionalId = ""
     one_of_a_kind: bool = True
-    upload_time: datetime | None = Field(None, description="default: now")
+    upload_time: datetime | None = Field(
+        None, description="default: now; more than 5 minutes ahead of the service's clock: 409"
+    )
 
 
 async def read_image_upload(request: Request, max_bytes: int) -> tuple[ImageArtwork, bytes]:
@@ -76,7 +78,11 @@ def multipart_spec() -> dict:
         "item_id": schema["properties"]["item_id"],
         "artist_id": schema["properties"]["artist_id"],
         "one_of_a_kind": {"type": "boolean", "default": True},
-        "upload_time": {"type": "string", "format": "date-time", "description": "default: now"},
+        "upload_time": {
+            "type": "string",
+            "format": "date-time",
+            "description": "default: now; more than 5 minutes ahead of the service's clock: 409",
+        },
         IMAGE_FIELD: {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP"},
     }
     return {

@@ -107,7 +107,9 @@ class NewArtwork(Strict):
     features: Float32Vector = Field(
         description=f"the artwork's image features: feature_dim values, |x| <= {FEATURE_LIMIT:g}"
     )
-    upload_time: datetime | None = Field(None, description="default: now")
+    upload_time: datetime | None = Field(
+        None, description="default: now; more than 5 minutes ahead of the service's clock: 409"
+    )
 
 
 class NewArtworks(Strict):
@@ -117,7 +119,9 @@ class NewArtworks(Strict):
 class PurchaseIn(Strict):
     customer_id: Id
     item_id: Id
-    timestamp: datetime | None = Field(None, description="default: now")
+    timestamp: datetime | None = Field(
+        None, description="default: now; more than 5 minutes ahead of the service's clock: 409"
+    )
 
 
 class Purchases(Strict):

@@ -326,15 +326,16 @@ CLOCK_SKEW_SECONDS = 300.0
 
 
 def _seconds(moment: datetime | None, now: float, field: str) -> float:
-    """`moment` in unix seconds (naive times are UTC; None: `now`); RequestError naming
-    `field` if it is more than CLOCK_SKEW_SECONDS after `now`."""
+    """`moment` in unix seconds (naive times are UTC; None: `now`); Conflict naming `field` if
+    it is more than CLOCK_SKEW_SECONDS after `now` (a conflict with the service's clock, which
+    the schema cannot express, like a purchase dated before its artwork's upload)."""
     if moment is None:
         return now
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     seconds = moment.timestamp()
     if seconds > now + CLOCK_SKEW_SECONDS:
-        raise RequestError(
+        raise Conflict(
             f"{field}: {format_seconds(seconds)} is in the future (the service's clock says "
             f"{format_seconds(now)}); record uploads and purchases when they happen"
         )

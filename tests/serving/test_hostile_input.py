@@ -326,12 +326,12 @@ def test_upload_and_purchase_times_in_the_future_are_refused(server, dataset):
         "items": [artwork, {**artwork, "item_id": "later", "upload_time": "2031-05-01T00:00:00"}]
     }
     response = server.client.post("/v1/items", json=body, headers=KEY)
-    assert response.status_code == 422, response.text
+    assert response.status_code == 409, response.text
     detail = response.json()["detail"]
     assert detail.startswith("items[1].upload_time: 2031-05-01T00:00:00Z is in the future"), detail
     assert catalogue_size(server) == before  # nothing half-written: not even items[0]
     item_id = dataset.item_ids[4]
     purchase = {"customer_id": "c", "item_id": item_id, "timestamp": "2099-01-01T00:00:00Z"}
     response = server.client.post("/v1/purchases", json={"purchases": [purchase]}, headers=KEY)
-    assert response.status_code == 422, response.text
+    assert response.status_code == 409, response.text
     assert response.json()["detail"].startswith("purchases[0].timestamp: 2099-01-01")
