@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from serving.export_loader import (
     REQUIRED_FILES,
     ExportError,
     IndexSettings,
+    NearestPurchaseManifest,
     load_serving_model,
     verify_files,
 )
@@ -260,3 +262,19 @@ def test_hash_verification_is_fast(tiny_export):
     total = sum(entry.bytes for entry in files.values())
     print(f"verified {len(files)} files, {total / 2**20:.1f} MiB, in {seconds * 1000:.1f} ms")
     assert seconds < 2.0
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"weight": 0.0}, "every weight is 0"),
+        ({"weight": 0.0, "freshness_weight": 0.5}, "freshness_weight above 0 needs"),
+        ({"weight": 0.0, "era_weight": 0.5, "era_days": 0.0}, "era_weight above 0 needs"),
+        ({"weight": 1.0, "freshness_days": float("nan")}, "finite number"),
+        ({"weight": 1.0, "era_days": -1.0}, "greater than or equal to 0"),
+    ],
+)
+def test_a_manifests_term_weights_are_checked(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        NearestPurchaseManifest(dim=4, **fields)
+    assert NearestPurchaseManifest(dim=4, weight=0.0, era_weight=0.5, era_days=30.0).era_weight

@@ -114,6 +114,14 @@ def test_the_saved_term_loads_back_and_a_damaged_one_is_refused(tmp_path):
         NearestPurchase.load(saved(popularity_weight=-0.5))
     with pytest.raises(ValueError, match="mean_weight is not all finite"):
         NearestPurchase.load(saved(mean_weight=np.inf))
+    with pytest.raises(ValueError, match="freshness_weight above 0 needs freshness_days"):
+        NearestPurchase.load(saved(freshness_weight=1.0, freshness_days=0.0))
+    with pytest.raises(ValueError, match="era_weight above 0 needs era_days"):
+        NearestPurchase.load(saved(era_weight=0.5))
+    with pytest.raises(ValueError, match="era_days is not all finite"):
+        NearestPurchase.load(saved(era_days=np.nan))
+    with pytest.raises(ValueError, match="freshness_days -3.0 is negative"):
+        NearestPurchase.load(saved(freshness_days=-3.0))
     # a file written before the mean and popularity terms: those weights are 0
     assert NearestPurchase.load(saved()).weights == TermWeights(1.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="expected \\[n, 6\\]"):
