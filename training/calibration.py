@@ -179,19 +179,19 @@ def sales_grid(config: TrainConfig, chosen: TermWeights) -> list[TermWeights]:
 
 
 def freshness_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermWeights]]:
-    """The third stage, one grid per tau of `freshness_days`: `chosen` with each freshness
-    weight above 0 (weight 0 is `chosen` itself, scored before)."""
-    return [
-        [replace(chosen, freshness=w, freshness_days=days) for w in config.freshness_weights if w]
-        for days in config.freshness_days
-    ]
+    """The time stage for freshness, one grid per tau of `freshness_days`: `chosen` with each
+    freshness weight above 0 (weight 0 is `chosen` itself, scored before)."""
+    return _time_grids(chosen, "freshness", config.freshness_weights, config.freshness_days)
 
 
 def era_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermWeights]]:
-    """The third stage where freshness cannot be tried, as `freshness_grids` for the era term."""
+    """The time stage where freshness cannot be tried, as `freshness_grids` for the era term."""
+    return _time_grids(chosen, "era", config.era_weights, config.era_days)
+
+
+def _time_grids(chosen: TermWeights, term: str, weights, taus) -> list[list[TermWeights]]:
     return [
-        [replace(chosen, era=w, era_days=days) for w in config.era_weights if w]
-        for days in config.era_days
+        [replace(chosen, **{term: w, f"{term}_days": days}) for w in weights if w] for days in taus
     ]
 
 

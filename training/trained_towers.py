@@ -92,6 +92,7 @@ class TowerRecommender:
             item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
         )
         self.upload_times = dataset.items["upload_time"].to_numpy(np.float64)
+        self.upload_days = upload_days(self.upload_times)  # the era term's days
         self.match_vectors = None
         self.weights = TermWeights()
         if nearest is not None:
@@ -141,9 +142,8 @@ class TowerRecommender:
             ages = np.asarray(batch.times, np.float64)[:, None] - self.upload_times[candidates]
             parts["freshness"] = freshness(ages, weights.freshness_days)
         if weights.era > 0:
-            days = upload_days(self.upload_times)
-            bought = [days[profile] for profile in batch.profiles]
-            parts["era"] = era_closeness(days[candidates], bought, weights.era_days)
+            bought = [self.upload_days[profile] for profile in batch.profiles]
+            parts["era"] = era_closeness(self.upload_days[candidates], bought, weights.era_days)
         return parts
 
     def score(self, batch: QueryBatch, candidates: np.ndarray) -> np.ndarray:
