@@ -1,62 +1,134 @@
-"""uvicorn's httptools protocol with a bound on the request head (request line and headers).
+"""uvicorn's httptools protocol with bounds on what a client may hold: the size of a request's
+head (request line and headers) and the time it takes to send a request.
 
-uvicorn's pure-Python h11 parser refuses a head past 16 KB. httptools, its C parser (several
-times faster here: docs/benchmarks.md), has no bound: a client that never ends its headers
-makes the service buffer them, unauthenticated (a 200 MB header raised the service's resident
-memory by 280 MB, measured). This protocol counts the bytes received while a request's head is
-open; past `max_head_bytes` it answers 431, ends its side of the connection, drops whatever the
-client still sends and closes after LINGER_SECONDS (closing at once, with the client's bytes
-unread, would reset the connection and could destroy the 431 before the client reads it).
+Size: uvicorn's pure-Python h11 parser refuses a head past 16 KB. httptools, its C parser
+(several times faster here: docs/benchmarks.md), has no bound: a client that never ends its
+headers makes the service buffer them, unauthenticated (a 200 MB header raised the service's
+resident memory by 280 MB, measured). This protocol counts the bytes received while a
+request's head is open; past `max_head_bytes` it answers 431.
+
+Time: uvicorn times out an idle keep-alive connection, but nothing else. A connection that
+sends nothing, or trickles a head or a body a byte at a time (slowloris), is held forever, and
+enough of them exhaust the service's connections. Here a request must arrive whole within
+`read_seconds` of its first byte (of the connection's opening, for the first request), plus
+one second for every `min_bytes_per_second` bytes received, so that a large body on a slow
+but steady link still gets through (Apache's `RequestReadTimeout` rule). Past it: 408.
+
+Either refusal ends the service's side of the connection, drops whatever the client still
+sends and closes after LINGER_SECONDS (closing at once, with the client's bytes unread, would
+reset the connection and could destroy the answer before the client reads it). Where the
+application has already answered (a 401 sent before the body is read), the connection is only
+closed; where it is still waiting for the body, it sees the client leave (a 400 for the route).
 """
 
 from __future__ import annotations
 
+from asyncio import TimerHandle
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+STATUS_408 = b"HTTP/1.1 408 Request Timeout\r\n"
 STATUS_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
 LINGER_SECONDS = 2.0
 
 
-def bounded_httptools_protocol(max_head_bytes: int) -> type[HttpToolsProtocol]:
-    """uvicorn's `http` protocol class refusing request heads over `max_head_bytes`."""
+def bounded_httptools_protocol(
+    max_head_bytes: int, read_seconds: float, min_bytes_per_second: float
+) -> type[HttpToolsProtocol]:
+    """uvicorn's `http` protocol class refusing request heads over `max_head_bytes` (431) and
+    requests not received within `read_seconds` + received bytes / `min_bytes_per_second` (408)."""
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head_open = False  # between a request's first byte and the end of its headers
+        in_request = False  # between a request's first byte and the end of its body
         head_bytes = 0
-        refused = False  # answered 431: what arrives is dropped until the connection closes
+        refused = False  # answered 408 or 431: what arrives is dropped until the close
+        read_timer: TimerHandle | None = None  # armed while a request is being received
+        read_since = 0.0  # loop time the request (or the connection) began
+        read_bytes = 0  # received since then
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._start_reading()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_reading()
+            super().connection_lost(exc)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.head_open, self.head_bytes = True, 0
+            self.head_open, self.head_bytes, self.in_request = True, 0, True
+            if (
+                self.read_timer is None
+            ):  # else: the connection's first request, timed from its opening
+                self._start_reading()
 
         def on_headers_complete(self) -> None:
             self.head_open = False
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self.in_request = False
+            self._stop_reading()
+            super().on_message_complete()
+
         def data_received(self, data: bytes) -> None:
             if self.refused:
                 return
+            self.read_bytes += len(data)
             super().data_received(data)
             if not self.head_open or self.transport.is_closing():
                 return
             self.head_bytes += len(data)  # the parser holds them until the head ends
             if self.head_bytes > max_head_bytes:
-                self._refuse_head()
+                self._refuse(
+                    STATUS_431,
+                    f"the request line and headers exceed {max_head_bytes} bytes "
+                    "(CURATOR_MAX_HEAD_BYTES)",
+                )
 
-        def _refuse_head(self) -> None:
-            message = (
-                f"the request line and headers exceed {max_head_bytes} bytes "
-                "(CURATOR_MAX_HEAD_BYTES)"
-            ).encode()
-            self.logger.warning("request head over %d bytes refused", max_head_bytes)
-            self.transport.write(
-                STATUS_431
-                + b"content-type: text/plain; charset=utf-8\r\n"
-                + b"content-length: " + str(len(message)).encode() + b"\r\n"
-                + b"connection: close\r\n\r\n"
-                + message
-            )  # fmt: skip
+        def _start_reading(self) -> None:
+            self._stop_reading()
+            self.read_since, self.read_bytes = self.loop.time(), 0
+            self.read_timer = self.loop.call_later(read_seconds, self._check_reading)
+
+        def _stop_reading(self) -> None:
+            if self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
+
+        def _check_reading(self) -> None:
+            self.read_timer = None
+            if self.refused or self.transport.is_closing():
+                return
+            allowed = read_seconds + self.read_bytes / min_bytes_per_second
+            left = allowed - (self.loop.time() - self.read_since)
+            if left > 0:  # bytes came in since: the deadline moved
+                self.read_timer = self.loop.call_later(left, self._check_reading)
+                return
+            self._refuse(
+                STATUS_408,
+                f"the request was not received within {read_seconds:g} s plus 1 s per "
+                f"{min_bytes_per_second:g} bytes (CURATOR_REQUEST_READ_SECONDS, "
+                "CURATOR_MIN_REQUEST_BYTES_PER_SECOND)",
+            )
+
+        def _refuse(self, status: bytes, message: str) -> None:
+            self.logger.warning("%s refused: %s", status[9:12].decode(), message)
             self.refused = True
+            self._stop_reading()
+            answered = self.in_request and not self.head_open and self.cycle.response_started
+            if answered:  # this request's answer went out before its body came (a 401)
+                self.transport.close()
+                return
+            body = message.encode()
+            self.transport.write(
+                status
+                + b"content-type: text/plain; charset=utf-8\r\n"
+                + b"content-length: " + str(len(body)).encode() + b"\r\n"
+                + b"connection: close\r\n\r\n"
+                + body
+            )  # fmt: skip
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER_SECONDS, self.transport.close)

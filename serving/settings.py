@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     max_head_bytes: int = Field(
         64 * 1024, ge=1024, description="longest request line and headers (431 past it)"
     )
+    request_read_seconds: float = Field(
+        20.0,
+        gt=0.0,
+        description="a request (line, headers and body) must arrive within this many seconds "
+        "of its first byte, plus 1 s per min_request_bytes_per_second received (408 past it)",
+    )
+    min_request_bytes_per_second: float = Field(
+        500.0, gt=0.0, description="the slowest steady upload a request's deadline allows"
+    )
     api_key: SecretStr | None = Field(
         None, description="when set, write and admin endpoints need the X-API-Key header"
     )

@@ -431,7 +431,11 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        http=bounded_httptools_protocol(settings.max_head_bytes),
+        http=bounded_httptools_protocol(
+            settings.max_head_bytes,
+            settings.request_read_seconds,
+            settings.min_request_bytes_per_second,
+        ),
     )
 
 

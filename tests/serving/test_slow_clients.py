@@ -1,0 +1,149 @@
+"""Clients that hold a connection without finishing a request (slowloris): over a real uvicorn
+process whose requests must arrive within 1.5 s plus 1 s per 2,000 bytes received."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import time
+
+import pytest
+
+from serving.process import curator_service
+
+READ_SECONDS, RATE = 1.5, 2000
+HEAD = b"POST /v1/recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slow")
+    shutil.copytree(tiny_export, root / "1")
+    running = curator_service(
+        root,
+        root / "live.db",
+        root / "service.log",
+        api_key="test-key",
+        request_read_seconds=READ_SECONDS,
+        min_request_bytes_per_second=RATE,
+    )
+    yield running
+    running.stop()
+
+
+def connect(server) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def trickle(sock: socket.socket, data: bytes, seconds_per_byte: float) -> None:
+    """Sends `data` a byte at a time; stops where the service has closed its side."""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+        time.sleep(seconds_per_byte)
+
+
+def reply_and_seconds(sock: socket.socket, since: float) -> tuple[str, float]:
+    """Everything the service sends until it closes, and when it closed (after `since`)."""
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply.decode(errors="replace"), time.monotonic() - since
+
+
+def status_lines(reply: str) -> list[str]:
+    return re.findall(r"HTTP/1\.1 \d{3}", reply)
+
+
+def test_a_connection_that_sends_nothing_gets_a_408(server):
+    with connect(server) as sock:
+        reply, seconds = reply_and_seconds(sock, time.monotonic())
+    assert status_lines(reply) == ["HTTP/1.1 408"], reply
+    assert "CURATOR_REQUEST_READ_SECONDS" in reply
+    assert READ_SECONDS - 0.2 < seconds < READ_SECONDS + 4, seconds
+
+
+def test_a_trickled_head_gets_a_408(server):
+    started = time.monotonic()
+    with connect(server) as sock:
+        trickle(sock, HEAD + b"X-Slow: " + b"a" * 100, 0.1)  # 10 bytes a second, never ends
+        reply, seconds = reply_and_seconds(sock, started)
+    assert status_lines(reply) == ["HTTP/1.1 408"], reply
+    assert seconds < READ_SECONDS + 5, seconds
+
+
+def test_a_trickled_body_gets_a_408_and_the_route_sees_the_client_leave(server):
+    metrics = server.client.get("/metrics").text
+    counted = 'curator_requests_total{method="POST",route="/v1/recommendations",status="400"}'
+    before = (
+        float(re.search(re.escape(counted) + r" (\S+)", metrics).group(1))
+        if counted in metrics
+        else 0.0
+    )
+    started = time.monotonic()
+    with connect(server) as sock:
+        sock.sendall(HEAD + b"Content-Length: 200\r\n\r\n")
+        trickle(sock, b'{"k": 3' + b" " * 193, 0.1)
+        reply, seconds = reply_and_seconds(sock, started)
+    assert status_lines(reply) == ["HTTP/1.1 408"], reply
+    assert seconds < READ_SECONDS + 5, seconds
+    deadline = time.monotonic() + 10
+    while True:  # the handler waiting for the body is released, not left hanging
+        metrics = server.client.get("/metrics").text
+        now = (
+            float(re.search(re.escape(counted) + r" (\S+)", metrics).group(1))
+            if counted in metrics
+            else 0.0
+        )
+        if now == before + 1:
+            break
+        assert time.monotonic() < deadline, "the abandoned request was never counted"
+        time.sleep(0.1)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_slow_but_steady_upload_gets_through(server):
+    """12 KB at about 4 KB a second takes 3 s, past the 1.5 s base: the received bytes extend
+    the deadline (6 s more), so it is answered."""
+    body = b'{"k": 3' + b" " * (12_000 - 8) + b"}"
+    with connect(server) as sock:
+        sock.sendall(HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for start in range(0, len(body), 400):
+            sock.sendall(body[start : start + 400])
+            time.sleep(0.1)
+        reply, _ = reply_and_seconds(sock, time.monotonic())
+    assert status_lines(reply) == ["HTTP/1.1 200"], reply[:300]
+
+
+def test_a_401_sent_before_the_body_is_not_followed_by_a_408(server):
+    """The key is checked before the body is read: the 401 goes out at once; the body that
+    never comes then only closes the connection, with no second answer."""
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        reply, seconds = reply_and_seconds(sock, time.monotonic())
+    assert status_lines(reply) == ["HTTP/1.1 401"], reply
+    assert seconds < READ_SECONDS + 5, seconds
+
+
+def test_keep_alive_requests_each_get_their_own_deadline(server):
+    """Three requests on one connection, 1 s apart (3 s in all, past the 1.5 s deadline):
+    each is timed from its own first byte, so all three are answered."""
+    body = b'{"k": 2}'
+    request = HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    with connect(server) as sock:
+        replies = b""
+        for _ in range(3):
+            sock.sendall(request)
+            time.sleep(1.0)
+            replies += sock.recv(65536)
+    assert status_lines(replies.decode()) == ["HTTP/1.1 200"] * 3, replies.decode()
