@@ -360,6 +360,12 @@ def evaluate(
         progress=True,
     )
     typer.echo(result.table())
+    if result.comparisons:
+        typer.echo(
+            "\neach model against each baseline, test by test: the mean difference and its 95% "
+            "bootstrap interval over the tests (docs/evaluation.md)\n"
+        )
+        typer.echo(result.comparison_table())
     if out is not None:
         typer.echo(f"\nwrote {out}/metrics.json and per-test CSVs")
 

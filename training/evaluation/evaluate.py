@@ -12,6 +12,7 @@ from tqdm import tqdm
 from training.atomic import atomic_directory
 from training.data.dataset import Dataset
 from training.evaluation.baselines import build_baselines, default_baselines
+from training.evaluation.comparison import comparison_rows, comparison_table
 from training.evaluation.interface import Recommender
 from training.evaluation.protocols import holdout_cases, replay_cases
 from training.evaluation.ranking import rank_cases
@@ -36,9 +37,13 @@ class EvaluationResult:
     protocol: str
     rows: list[dict]
     per_case: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> case_frame
+    comparisons: list[dict] = field(default_factory=list)  # comparison.comparison_rows
 
     def table(self) -> str:
         return markdown_table(self.rows)
+
+    def comparison_table(self) -> str:
+        return comparison_table(self.comparisons)
 
     def row(self, method: str, subset: str) -> dict:
         return next(r for r in self.rows if r["method"] == method and r["subset"] == subset)
@@ -60,8 +65,10 @@ def evaluate(
     Replay rows come for two subsets, "last" (each customer's last session, the paper's table)
     and "all"; holdout rows for "all". Each subset S also comes as "S:cold" and "S:warm": the
     tests whose ground truth holds artworks never sold / already sold before the test, scored on
-    those alone (see report.summary_rows). With `out`, writes metrics.json and one CSV of
-    per-test results per method, all at once at the end.
+    those alone (see report.summary_rows). Each of `models` is also compared with each
+    baseline, test by test, on AUC and R@20 of the subsets "last" and "all" (a paired bootstrap
+    interval: training/evaluation/comparison.py). With `out`, writes metrics.json (rows and
+    comparisons) and one CSV of per-test results per method, all at once at the end.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -78,14 +85,18 @@ def evaluate(
         rows += summary_rows(method.name, cases, ranked, subsets)
         per_case[method.name] = ranked
     rows.sort(key=lambda row: subsets.index(row["subset"]))  # stable: methods keep their order
+    frames = {name: case_frame(cases, ranked) for name, ranked in per_case.items()}
+    whole = [subset for subset in subsets if ":" not in subset]
+    comparisons = comparison_rows(frames, [m.name for m in models], whole, seed=seed)
 
     if out is not None:
         with atomic_directory(out, overwrite=True) as tmp:
             info = {"dataset": dataset.location, "seed": seed}
             if protocol == "holdout":
                 info["split"] = split
-            write_metrics_json(tmp / "metrics.json", protocol, rows, **info)
+            write_metrics_json(
+                tmp / "metrics.json", protocol, rows, **info, comparisons=comparisons
+            )
             for name, ranked in per_case.items():
                 write_case_csv(tmp / f"{protocol}-{name}.csv", cases, ranked, dataset.item_ids)
-    frames = {name: case_frame(cases, ranked) for name, ranked in per_case.items()}
-    return EvaluationResult(protocol, rows, frames)
+    return EvaluationResult(protocol, rows, frames, comparisons)
