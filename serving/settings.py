@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     min_request_bytes_per_second: float = Field(
         500.0, gt=0.0, description="the slowest steady upload a request's deadline allows"
     )
+    max_connections: int = Field(
+        1000,
+        ge=2,
+        description="open connections (or requests in progress) past which a request is "
+        "answered 503 at once instead of queued (uvicorn's limit_concurrency)",
+    )
     api_key: SecretStr | None = Field(
         None, description="when set, write and admin endpoints need the X-API-Key header"
     )

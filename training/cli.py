@@ -437,6 +437,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        limit_concurrency=settings.max_connections,
         http=bounded_httptools_protocol(
             settings.max_head_bytes,
             settings.request_read_seconds,

@@ -147,3 +147,22 @@ def test_keep_alive_requests_each_get_their_own_deadline(server):
             time.sleep(1.0)
             replies += sock.recv(65536)
     assert status_lines(replies.decode()) == ["HTTP/1.1 200"] * 3, replies.decode()
+
+
+def test_past_max_connections_a_request_gets_a_503_at_once(tiny_export, tmp_path):
+    shutil.copytree(tiny_export, tmp_path / "1")
+    running = curator_service(tmp_path, tmp_path / "live.db", tmp_path / "log", max_connections=4)
+    try:
+        held = [connect(running) for _ in range(4)]  # open, sending nothing
+        time.sleep(0.5)
+        with connect(running) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply, seconds = reply_and_seconds(sock, time.monotonic())
+        assert status_lines(reply) == ["HTTP/1.1 503"], reply
+        assert reply.endswith("Service Unavailable") and seconds < 5
+        for sock in held:
+            sock.close()
+        time.sleep(0.5)
+        assert running.client.get("/healthz").status_code == 200
+    finally:
+        running.stop()
