@@ -10,15 +10,20 @@ request's head is open; past `max_head_bytes` it answers 431.
 Time: uvicorn times out an idle keep-alive connection, but nothing else. A connection that
 sends nothing, or trickles a head or a body a byte at a time (slowloris), is held forever, and
 enough of them exhaust the service's connections. Here a request must arrive whole within
-`read_seconds` of its first byte (of the connection's opening, for the first request), plus
-one second for every `min_bytes_per_second` bytes received, so that a large body on a slow
-but steady link still gets through (Apache's `RequestReadTimeout` rule). Past it: 408.
+`read_seconds` of its first byte (of the connection's opening, for the first request); a body
+the service still wants gets one second more for every `min_bytes_per_second` bytes received,
+so that a large upload on a slow but steady link gets through (Apache's `RequestReadTimeout`
+rule). Past it: 408. Time during which the service itself stopped reading (uvicorn pauses a
+connection while a pipelined request waits, or while a body's buffer is full) does not count.
+A connection opened and never used is closed without an answer (none is owed).
 
 Either refusal ends the service's side of the connection, drops whatever the client still
 sends and closes after LINGER_SECONDS (closing at once, with the client's bytes unread, would
-reset the connection and could destroy the answer before the client reads it). Where the
-application has already answered (a 401 sent before the body is read), the connection is only
-closed; where it is still waiting for the body, it sees the client leave (a 400 for the route).
+reset the connection and could destroy the answer before the client reads it). Where an answer
+is already started or queued on the connection (a 401 sent before the body is read; pipelined
+requests), the connection is only closed, so that the refusal is never read as another
+request's answer; where the application is still waiting for the body, it sees the client
+leave (a 400 for the route).
 """
 
 from __future__ import annotations
@@ -58,9 +63,7 @@ def bounded_httptools_protocol(
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.head_open, self.head_bytes, self.in_request = True, 0, True
-            if (
-                self.read_timer is None
-            ):  # else: the connection's first request, timed from its opening
+            if self.read_timer is None:  # else: a first request, timed from the opening
                 self._start_reading()
 
         def on_headers_complete(self) -> None:
@@ -101,24 +104,47 @@ def bounded_httptools_protocol(
             self.read_timer = None
             if self.refused or self.transport.is_closing():
                 return
-            allowed = read_seconds + self.read_bytes / min_bytes_per_second
-            left = allowed - (self.loop.time() - self.read_since)
+            now = self.loop.time()
+            if self.flow.read_paused:  # the service stopped reading (pipelining, a full buffer)
+                self.read_since, self.read_bytes = now, 0  # not the client's delay: a new window
+                self.read_timer = self.loop.call_later(read_seconds, self._check_reading)
+                return
+            if not self.in_request and self.read_bytes == 0:
+                self.refused = True  # opened and never used (a pooled connection): no answer owed
+                self.transport.close()
+                return
+            allowed = read_seconds  # a head gets no more: it is at most max_head_bytes
+            if not self.head_open and not self._answered():  # a body the service still wants
+                allowed += self.read_bytes / min_bytes_per_second
+            left = allowed - (now - self.read_since)
             if left > 0:  # bytes came in since: the deadline moved
                 self.read_timer = self.loop.call_later(left, self._check_reading)
                 return
             self._refuse(
                 STATUS_408,
                 f"the request was not received within {read_seconds:g} s plus 1 s per "
-                f"{min_bytes_per_second:g} bytes (CURATOR_REQUEST_READ_SECONDS, "
+                f"{min_bytes_per_second:g} bytes of body (CURATOR_REQUEST_READ_SECONDS, "
                 "CURATOR_MIN_REQUEST_BYTES_PER_SECOND)",
             )
+
+        def _answered(self) -> bool:
+            """This request's answer has started before its body was all received (a 401)."""
+            return self.in_request and not self.head_open and self.cycle.response_started
+
+        def _may_answer(self) -> bool:
+            """No answer of this connection is started or queued: a refusal would not be
+            taken for another request's answer (nor written into one)."""
+            if self.pipeline:
+                return False
+            if self.in_request and not self.head_open:  # self.cycle is this request's
+                return not self.cycle.response_started
+            return self.cycle is None or self.cycle.response_complete
 
         def _refuse(self, status: bytes, message: str) -> None:
             self.logger.warning("%s refused: %s", status[9:12].decode(), message)
             self.refused = True
             self._stop_reading()
-            answered = self.in_request and not self.head_open and self.cycle.response_started
-            if answered:  # this request's answer went out before its body came (a 401)
+            if not self._may_answer():  # e.g. a 401 went out before the body: only close
                 self.transport.close()
                 return
             body = message.encode()

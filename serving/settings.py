@@ -30,10 +30,10 @@ class Settings(BaseSettings):
         20.0,
         gt=0.0,
         description="a request (line, headers and body) must arrive within this many seconds "
-        "of its first byte, plus 1 s per min_request_bytes_per_second received (408 past it)",
+        "of its first byte, a body 1 s more per min_request_bytes_per_second (408 past it)",
     )
     min_request_bytes_per_second: float = Field(
-        500.0, gt=0.0, description="the slowest steady upload a request's deadline allows"
+        10_000.0, gt=0.0, description="the slowest steady upload a request's deadline allows"
     )
     max_connections: int = Field(
         1000,

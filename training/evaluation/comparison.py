@@ -3,9 +3,12 @@
 A few hundred tests move R@20 by a hit or two (UGallery's 728 last sessions: one hit is .0014),
 so "Curator .0197, VBPR .0275" says little until the difference comes with its uncertainty.
 Both methods rank the same tests, so the comparison is paired: per test, the model's metric
-minus the baseline's, and a percentile bootstrap over the tests (resampled with replacement,
-`RESAMPLES` times, seeded) gives the 95% interval of the mean difference. An interval that
-excludes 0 is a lead (or a gap) the test set supports; one that straddles 0 is not.
+minus the baseline's. A percentile bootstrap over the tests (resampled with replacement,
+`RESAMPLES` times, seeded) gives the 95% interval of the mean difference: how large the lead
+may be. Whether there is one is decided by a paired sign-flip test (under "no difference" each
+test's difference is as likely negated; exact below `EXACT_UP_TO` tests that differ, else
+`RESAMPLES` random flips): the percentile bootstrap alone is too sure when few tests differ
+(4 hits won and none lost gives an interval above 0, while the exact p is 1/8).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 RESAMPLES = 2000
+EXACT_UP_TO = 14  # tests that differ: all 2^n sign patterns below this, random flips above
+ALPHA = 0.05
 CHUNK = 250  # resamples drawn at once: CHUNK x n_tests indices in memory
 METRICS = ("auc", "r@20")
 REFERENCES = ("oracle", "ideal")  # upper bounds, not baselines
@@ -47,6 +52,27 @@ def paired_bootstrap(
     return float(differences.mean()), float(low), float(high)
 
 
+def sign_flip_p(model: np.ndarray, baseline: np.ndarray, seed: int = 0) -> float:
+    """Two-sided p-value of "the mean paired difference is 0": the share of sign patterns
+    over the tests that differ (NaN pairs left out) whose mean is at least as far from 0 as
+    the observed one (1.0 where no test differs)."""
+    differences = np.asarray(model, np.float64) - np.asarray(baseline, np.float64)
+    differences = differences[np.isfinite(differences) & (differences != 0)]
+    n = differences.size
+    if n == 0:
+        return 1.0
+    observed = abs(differences.sum()) * (1 - 1e-9)  # ties count as extreme
+    if n < EXACT_UP_TO:
+        patterns = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)  # [2^n, n] of +-1
+        return float(np.mean(np.abs(patterns @ differences) >= observed))
+    rng = np.random.default_rng(seed)
+    extreme = sum(
+        int(np.sum(np.abs(rng.choice((-1.0, 1.0), size=(size, n)) @ differences) >= observed))
+        for size in [CHUNK] * (RESAMPLES // CHUNK) + [RESAMPLES % CHUNK]
+    )
+    return (1 + extreme) / (1 + RESAMPLES)
+
+
 def comparison_rows(
     per_case: dict[str, pd.DataFrame],
     models: Sequence[str],
@@ -54,13 +80,14 @@ def comparison_rows(
     metrics: Sequence[str] = METRICS,
     seed: int = 0,
 ) -> list[dict]:
-    """For each model of `models`, each other method of `per_case` but the references, each
+    """For each model of `models`, each method of `per_case` that is neither a model nor a
+    reference (each
     subset ("last": the rows with is_last; "all": every row) and each metric: the paired
     difference and its bootstrap interval. `per_case` maps method -> report.case_frame, all
     over the same tests in the same order."""
     rows = []
     for model in models:
-        for baseline in (m for m in per_case if m != model and m not in REFERENCES):
+        for baseline in (m for m in per_case if m not in models and m not in REFERENCES):
             for subset in subsets:
                 ours, theirs = per_case[model], per_case[baseline]
                 chosen = ours["is_last"].to_numpy(bool) if subset == "last" else slice(None)
@@ -68,18 +95,20 @@ def comparison_rows(
                     a = ours[metric].to_numpy(np.float64)[chosen]
                     b = theirs[metric].to_numpy(np.float64)[chosen]
                     difference, low, high = paired_bootstrap(a, b, seed=seed)
+                    paired = np.isfinite(a) & np.isfinite(b)
                     rows.append(
                         {
                             "model": model,
                             "baseline": baseline,
                             "subset": subset,
                             "metric": metric,
-                            "n_tests": int(a.size),
-                            "model_value": _mean(a),
-                            "baseline_value": _mean(b),
+                            "n_tests": int(paired.sum()),
+                            "model_value": _mean(a[paired]),
+                            "baseline_value": _mean(b[paired]),
                             "difference": _finite(difference),
                             "low": _finite(low),
                             "high": _finite(high),
+                            "p": sign_flip_p(a, b, seed=seed),
                         }
                     )
     return rows
@@ -96,28 +125,28 @@ def _finite(value: float) -> float | None:
 
 
 def verdict(row: dict) -> str:
-    """ "ahead" or "behind" where the interval excludes 0, else "within noise"."""
-    if row["low"] is None:
+    """`ahead` or `behind` where the sign-flip test finds a difference (p < ALPHA), else
+    `within noise`."""
+    if row["difference"] is None:
         return "-"
-    if row["low"] > 0:
-        return "ahead"
-    if row["high"] < 0:
-        return "behind"
-    return "within noise"
+    if row["p"] >= ALPHA:
+        return "within noise"
+    return "ahead" if row["difference"] > 0 else "behind"
 
 
 def comparison_table(rows: Sequence[dict]) -> str:
     header = ["model", "baseline", "subset", "metric", "tests", "model", "baseline"]
-    header += ["difference", "95% interval", "verdict"]
+    header += ["difference", "95% interval", "p", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         values = [row["model"], row["baseline"], row["subset"], row["metric"].upper()]
         values += [str(row["n_tests"])]
         values += [_figure(row["model_value"]), _figure(row["baseline_value"])]
         if row["difference"] is None:
-            values += ["-", "-"]
+            values += ["-", "-", "-"]
         else:
             values += [f"{row['difference']:+.4f}", f"[{row['low']:+.4f}, {row['high']:+.4f}]"]
+            values += [f"{row['p']:.3f}"]
         values += [verdict(row)]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)

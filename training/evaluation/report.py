@@ -93,7 +93,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] = TABLE_COLUMNS)
 
 def write_metrics_json(path: Path, protocol: str, rows: Sequence[dict], **extra) -> None:
     path.write_text(
-        json.dumps({"protocol": protocol, **extra, "rows": list(rows)}, indent=2) + "\n"
+        json.dumps({"protocol": protocol, **extra, "rows": list(rows)}, indent=2, allow_nan=False)
+        + "\n"
     )
 
 

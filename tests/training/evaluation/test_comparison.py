@@ -14,6 +14,7 @@ from training.evaluation.comparison import (
     comparison_rows,
     comparison_table,
     paired_bootstrap,
+    sign_flip_p,
     verdict,
 )
 from training.evaluation.evaluate import evaluate
@@ -47,6 +48,21 @@ def test_the_interval_covers_the_true_difference_about_95_times_in_100():
     assert 176 <= covered <= 198, covered
 
 
+def test_the_sign_flip_test_against_the_binomial_test():
+    """On 0/1 hits the sign-flip test is the exact two-sided sign test over the tests that
+    differ: 4 won, 0 lost gives 2/16; 20 won, 6 lost the binomial's .0094 (random flips)."""
+    from scipy.stats import binomtest
+
+    model, baseline = np.zeros(728), np.zeros(728)
+    model[:4] = 1.0
+    assert sign_flip_p(model, baseline) == pytest.approx(0.125)
+    model[:20], baseline[20:26] = 1.0, 1.0
+    exact = binomtest(20, 26).pvalue
+    assert sign_flip_p(model, baseline) == pytest.approx(exact, abs=0.006)
+    assert sign_flip_p(np.ones(1), np.zeros(1)) == 1.0
+    assert sign_flip_p(np.zeros(5), np.zeros(5)) == 1.0
+
+
 def test_equal_methods_are_within_noise_and_nan_tests_are_left_out():
     values = np.array([0.0, 1.0, np.nan, 1.0, 0.0])
     difference, low, high = paired_bootstrap(values, values)
@@ -57,22 +73,31 @@ def test_equal_methods_are_within_noise_and_nan_tests_are_left_out():
 
 
 def test_rows_verdicts_and_table():
+    """The model hits every "last" test and half of the others; the weak baseline none; a
+    second model and the oracle are not baselines."""
+    is_last = [True] * 50 + [False] * 50
+    ours = [1.0] * 50 + [1.0, 0.0] * 25
     frames = {
-        "model": pd.DataFrame({"is_last": [True] * 50 + [False] * 50, "r@20": [1.0] * 100}),
-        "weak": pd.DataFrame({"is_last": [True] * 50 + [False] * 50, "r@20": [0.0] * 100}),
-        "oracle": pd.DataFrame({"is_last": [True] * 100, "r@20": [1.0] * 100}),
+        "model": pd.DataFrame({"is_last": is_last, "r@20": ours}),
+        "other-model": pd.DataFrame({"is_last": is_last, "r@20": [0.0] * 100}),
+        "weak": pd.DataFrame({"is_last": is_last, "r@20": [0.0] * 99 + [np.nan]}),
+        "oracle": pd.DataFrame({"is_last": is_last, "r@20": [1.0] * 100}),
     }
-    rows = comparison_rows(frames, ["model"], ["last", "all"], metrics=["r@20"])
-    assert [(r["baseline"], r["subset"], r["n_tests"]) for r in rows] == [
-        ("weak", "last", 50),
-        ("weak", "all", 100),
-    ]  # the oracle is a reference, not a baseline
-    assert all(verdict(r) == "ahead" and r["difference"] == 1.0 for r in rows)
-    assert verdict({**rows[0], "low": -0.1, "high": -0.01}) == "behind"
-    assert verdict({**rows[0], "low": -0.1, "high": 0.01}) == "within noise"
-    assert "| model | weak | last | R@20 | 50 | 1.0000 | 0.0000 | +1.0000 |" in comparison_table(
-        rows
-    )
+    rows = comparison_rows(frames, ["model", "other-model"], ["last", "all"], metrics=["r@20"])
+    assert [(r["model"], r["baseline"], r["subset"], r["n_tests"]) for r in rows] == [
+        ("model", "weak", "last", 50),
+        ("model", "weak", "all", 99),  # the NaN test is left out
+        ("other-model", "weak", "last", 50),
+        ("other-model", "weak", "all", 99),
+    ]
+    last, whole = rows[0], rows[1]
+    assert last["difference"] == 1.0 and whole["difference"] == pytest.approx(75 / 99)
+    assert verdict(last) == verdict(whole) == "ahead"
+    assert verdict(rows[2]) == "within noise" and rows[2]["p"] == 1.0
+    assert verdict({**last, "difference": -0.5}) == "behind"
+    assert verdict({**last, "p": 0.2}) == "within noise"
+    table = comparison_table(rows)
+    assert "| model | weak | last | R@20 | 50 | 1.0000 | 0.0000 | +1.0000 |" in table
 
 
 def test_evaluate_compares_each_model_with_each_baseline(small_marketplace, tmp_path):
