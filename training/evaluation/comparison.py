@@ -146,7 +146,7 @@ def comparison_table(rows: Sequence[dict]) -> str:
             values += ["-", "-", "-"]
         else:
             values += [f"{row['difference']:+.4f}", f"[{row['low']:+.4f}, {row['high']:+.4f}]"]
-            values += [f"{row['p']:.3f}"]
+            values += ["<0.001" if row["p"] < 0.001 else f"{row['p']:.3f}"]
         values += [verdict(row)]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)
