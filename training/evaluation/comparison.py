@@ -44,12 +44,17 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     means = np.concatenate(
         [
-            differences[rng.integers(0, n, size=(min(CHUNK, resamples - start), n))].mean(axis=1)
-            for start in range(0, resamples, CHUNK)
+            differences[rng.integers(0, n, size=(size, n))].mean(axis=1)
+            for size in _chunks(resamples)
         ]
     )
     low, high = np.percentile(means, [2.5, 97.5])
     return float(differences.mean()), float(low), float(high)
+
+
+def _chunks(total: int) -> list[int]:
+    """Sizes of the batches `total` random draws are made in: CHUNK each, the rest last."""
+    return [CHUNK] * (total // CHUNK) + ([total % CHUNK] if total % CHUNK else [])
 
 
 def sign_flip_p(model: np.ndarray, baseline: np.ndarray, seed: int = 0) -> float:
@@ -68,7 +73,7 @@ def sign_flip_p(model: np.ndarray, baseline: np.ndarray, seed: int = 0) -> float
     rng = np.random.default_rng(seed)
     extreme = sum(
         int(np.sum(np.abs(rng.choice((-1.0, 1.0), size=(size, n)) @ differences) >= observed))
-        for size in [CHUNK] * (RESAMPLES // CHUNK) + [RESAMPLES % CHUNK]
+        for size in _chunks(RESAMPLES)
     )
     return (1 + extreme) / (1 + RESAMPLES)
 
@@ -94,17 +99,18 @@ def comparison_rows(
                 for metric in metrics:
                     a = ours[metric].to_numpy(np.float64)[chosen]
                     b = theirs[metric].to_numpy(np.float64)[chosen]
-                    difference, low, high = paired_bootstrap(a, b, seed=seed)
                     paired = np.isfinite(a) & np.isfinite(b)
+                    a, b = a[paired], b[paired]
+                    difference, low, high = paired_bootstrap(a, b, seed=seed)
                     rows.append(
                         {
                             "model": model,
                             "baseline": baseline,
                             "subset": subset,
                             "metric": metric,
-                            "n_tests": int(paired.sum()),
-                            "model_value": _mean(a[paired]),
-                            "baseline_value": _mean(b[paired]),
+                            "n_tests": int(a.size),
+                            "model_value": _mean(a),
+                            "baseline_value": _mean(b),
                             "difference": _finite(difference),
                             "low": _finite(low),
                             "high": _finite(high),
@@ -115,8 +121,7 @@ def comparison_rows(
 
 
 def _mean(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else None
+    return float(values.mean()) if values.size else None
 
 
 def _finite(value: float) -> float | None:
