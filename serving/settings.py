@@ -29,15 +29,21 @@ class Settings(BaseSettings):
     request_read_seconds: float = Field(
         20.0,
         gt=0.0,
+        le=3600.0,
+        allow_inf_nan=False,
         description="a request (line, headers and body) must arrive within this many seconds "
         "of its first byte, a body 1 s more per min_request_bytes_per_second (408 past it)",
     )
     min_request_bytes_per_second: float = Field(
-        10_000.0, gt=0.0, description="the slowest steady upload a request's deadline allows"
+        10_000.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="the slowest steady upload a request's deadline allows",
     )
     max_connections: int = Field(
         1000,
         ge=2,
+        le=1_000_000,
         description="open connections (or requests in progress) past which a request is "
         "answered 503 at once instead of queued (uvicorn's limit_concurrency)",
     )
