@@ -116,10 +116,13 @@ class Catalogue:
         if self.searcher is None:
             self.columns = np.zeros((dim, capacity), np.float32)
             self.columns[:, :n] = model.vectors.T
-        # the profile terms (training/nearest_purchase.py): match vectors, as columns
+        # the profile terms (training/nearest_purchase.py): match vectors, kept like the item
+        # vectors (the export's rows until the first upload; columns for exact search only:
+        # at 1M artworks the transposed copy took 1.9 s of the start and 0.5 GB)
         self.terms = model.nearest.weights if model.nearest is not None else TermWeights()
+        self.match_vectors = model.match_vectors
         self.match_columns = None
-        if model.match_vectors is not None:
+        if model.match_vectors is not None and self.searcher is None:
             self.match_columns = np.zeros((model.match_vectors.shape[1], capacity), np.float32)
             self.match_columns[:, :n] = model.match_vectors.T
         # the terms' own candidates: the exported artworks closest to a profile artwork or to
@@ -266,8 +269,10 @@ class Catalogue:
 
     def _apply_items(self, items: Sequence[NewItem], vectors: np.ndarray) -> None:
         start, end = self.size, self.size + len(items)
-        if end > self.vectors.shape[0]:  # the export's own array at first
+        if end > self.vectors.shape[0]:  # the export's own arrays at first
             self.vectors = _grown(self.vectors, end + end // 4)
+            if self.match_vectors is not None:
+                self.match_vectors = _grown(self.match_vectors, end + end // 4)
         if end > self.one_of_a_kind.shape[0]:
             capacity = max(end, 2 * self.one_of_a_kind.shape[0])
             if self.columns is not None:
@@ -284,9 +289,11 @@ class Catalogue:
         self.vectors[start:end] = vectors
         if self.columns is not None:
             self.columns[:, start:end] = vectors.T
-        if self.match_columns is not None:
+        if self.match_vectors is not None:
             features = np.stack([item.features for item in items]).astype(np.float32)
-            self.match_columns[:, start:end] = self.model.match(features).T
+            self.match_vectors[start:end] = self.model.match(features)
+            if self.match_columns is not None:
+                self.match_columns[:, start:end] = self.match_vectors[start:end].T
         self.one_of_a_kind[start:end] = [item.one_of_a_kind for item in items]
         self.upload_time[start:end] = [item.upload_time for item in items]
         self.artist_codes[start:end] = [self._artist_code(item.artist_id) for item in items]
@@ -305,7 +312,7 @@ class Catalogue:
         rows = np.arange(start, end)
         try:
             if self.match_searcher is not None:
-                self.match_searcher.add(self.match_columns[:, start:end].T, rows)
+                self.match_searcher.add(self.match_vectors[start:end], rows)
             self.searcher.add(self.vectors[start:end], rows)
         except Exception:  # the rows are published: they stay searched exactly, from now on
             log.exception("artworks %d..%d not added to the ScaNN searchers", start, end - 1)
@@ -443,7 +450,7 @@ class Catalogue:
             if self.terms.nearest:
                 scores += self.terms.nearest * self._closest_purchase(profiles, size)
             if self.terms.mean:
-                means = self.terms.mean * profile_means(self.match_columns.T, profiles)  # [b, m]
+                means = self.terms.mean * profile_means(self.match_vectors, profiles)  # [b, m]
                 scores += means @ self.match_columns[:, :size]
             if self.terms.popularity:
                 scores += self.popularity[:size]
@@ -576,9 +583,9 @@ class Catalogue:
         if self.terms.nearest:
             searched = profile[profile < indexed]
             recent = searched[max(0, searched.size - TERM_SEARCH_PROFILE) :]
-            queries += list(self.match_columns[:, recent].T)
+            queries += list(self.match_vectors[recent])
         if self.terms.mean:
-            queries.append(profile_means(self.match_columns.T, [profile])[0])
+            queries.append(profile_means(self.match_vectors, [profile])[0])
         if queries:
             for closest, _ in self.match_searcher.search_batched(np.stack(queries), fetch):
                 candidates.append(closest)
@@ -658,8 +665,8 @@ class Catalogue:
         co-purchase row from `_copurchase_scores`, where that term has a weight)."""
         total = np.zeros(rows.size, np.float32)
         if self.terms.uses_profile:
-            match = self.match_columns.T[profile]  # [p, m]
-            similarity = match @ self.match_columns[:, rows]  # [p, n]
+            match = self.match_vectors[profile]  # [p, m]
+            similarity = match @ self.match_vectors[rows].T  # [p, n]
             if self.terms.nearest:
                 total += self.terms.nearest * similarity.max(axis=0)
             if self.terms.mean:
@@ -700,7 +707,7 @@ class Catalogue:
         vectors); artworks shared by the batch's profiles are multiplied once."""
         stacked = np.concatenate(profiles)
         distinct, position = np.unique(stacked, return_inverse=True)
-        similarity = self.match_columns[:, distinct].T @ self.match_columns[:, :size]
+        similarity = self.match_vectors[distinct] @ self.match_columns[:, :size]
         return closest_per_profile(similarity, position, [len(p) for p in profiles])
 
     def _skipped(

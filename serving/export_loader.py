@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,7 @@ from training.nearest_purchase import FILE_NAME as NEAREST_FILE
 from training.nearest_purchase import NearestPurchase
 from training.trained_towers import MODEL_DIR, embed_items, load_towers
 
+MATCH_VECTORS = "catalogue/match_vectors.npy"  # the profile terms' (with the nearest-purchase term)
 # files every version has (towers.json and model/towers.* are what the service loads)
 REQUIRED_FILES = (
     "towers.json",
@@ -348,6 +349,9 @@ def _load(path: Path) -> ServingModel:
     with ThreadPoolExecutor(max_workers=2) as pool:
         hashing = pool.submit(check_digests, path, manifest.files)
         vectors_read = pool.submit(np.load, catalogue / "item_vectors.npy", allow_pickle=False)
+        match_read = None
+        if MATCH_VECTORS in manifest.files:  # checked against the manifest below
+            match_read = pool.submit(np.load, path / MATCH_VECTORS, allow_pickle=False)
         parse_error = None
         try:
             items = load_items_table(catalogue / "items.csv")
@@ -404,7 +408,7 @@ def _load(path: Path) -> ServingModel:
             f"{path}: {MANIFEST} index.prior_rows_apart is {manifest.index.prior_rows_apart}, "
             f"the item vectors have {apart}"
         )
-    nearest, match_vectors = _load_nearest_purchase(path, manifest)
+    nearest, match_vectors = _load_nearest_purchase(path, manifest, match_read)
     copurchase = _load_copurchase(path, manifest)
     items["artist_id"] = items["artist_id"].fillna("").astype(str)
     match_searcher = None
@@ -438,11 +442,12 @@ def _load_searcher(
 
 
 def _load_nearest_purchase(
-    path: Path, manifest: Manifest
+    path: Path, manifest: Manifest, match_read: Future | None
 ) -> tuple[NearestPurchase | None, np.ndarray | None]:
     """The nearest-purchase term and match vectors the manifest announces, checked against it
-    and the catalogue; (None, None) where it announces none."""
-    files = [f"{MODEL_DIR}/{NEAREST_FILE}", "catalogue/match_vectors.npy"]
+    and the catalogue; (None, None) where it announces none. `match_read`: the match vectors'
+    np.load, begun while the files were hashed (None where the manifest lists none)."""
+    files = [f"{MODEL_DIR}/{NEAREST_FILE}", MATCH_VECTORS]
     described = manifest.nearest_purchase
     if described is None:
         present = [name for name in files if name in manifest.files]
@@ -454,7 +459,7 @@ def _load_nearest_purchase(
         raise ExportError(f"{path}: {MANIFEST} nearest_purchase is set but lacks {missing}")
     try:
         nearest = NearestPurchase.load(path / files[0])
-        match_vectors = np.load(path / files[1], allow_pickle=False)
+        match_vectors = match_read.result()
     except (OSError, ValueError) as error:
         raise ExportError(f"{path}: bad nearest-purchase term: {error}") from None
     said = (
