@@ -44,7 +44,8 @@ def main() -> None:
             load_s = time.perf_counter() - started
             queries = rng.normal(size=(50, args.dim)).astype(np.float32)
             same = all(
-                np.array_equal(built.search(q, 20)[0], loaded.search(q, 20)[0]) for q in queries
+                np.array_equal(built.search(q, 20, vectors)[0], loaded.search(q, 20, vectors)[0])
+                for q in queries
             )
         print(f"| {n:,} | {build_s:.1f} | {save_s:.2f} | {load_s:.2f} | {same} |")
 

@@ -65,8 +65,8 @@ def main() -> None:
         searcher = ScannSearcher(subset, model.index)
         build_s = time.perf_counter() - start
         brute_ms = per_query_ms(brute, queries)
-        scann_ms = per_query_ms(lambda q, s=searcher: s.search(q, 10), queries)
-        found = np.stack([searcher.search(q, 10)[1] for q in queries])
+        scann_ms = per_query_ms(lambda q, s=searcher, v=subset: s.search(q, 10, v), queries)
+        found = np.stack([searcher.search(q, 10, subset)[1] for q in queries])
         exact, _ = exact_top_k(queries, subset, 10)
         rows.append(
             {

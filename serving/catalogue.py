@@ -514,7 +514,8 @@ class Catalogue:
         extra = max(RERANK_FETCH, 4 * k) if with_terms else 64
         excludes = [excluded[excluded < size] for excluded in exclude]
         fetch = min(indexed, k + max((e.size for e in excludes), default=0) + extra)
-        first_round = self.searcher.search_batched(queries, fetch)  # one ScaNN call for all
+        # one ScaNN call for all (the vectors read after `indexed`: they hold every row below it)
+        first_round = self.searcher.search_batched(queries, fetch, self.vectors)
         results = []
         for i, query in enumerate(queries):
             excluded, rule = excludes[i], rules[i]
@@ -565,7 +566,7 @@ class Catalogue:
             exact = returned < fetch or fetch >= indexed
             fetch = min(indexed, fetch * 4)
             if not exact:
-                found = self.searcher.search(query, fetch)
+                found = self.searcher.search(query, fetch, self.vectors)
         rows = np.flatnonzero(~self._skipped(np.arange(indexed), excluded, available_only, rule))
         return rows, self.vectors[rows] @ query
 
@@ -587,8 +588,10 @@ class Catalogue:
         if self.terms.mean:
             queries.append(profile_means(self.match_vectors, [profile])[0])
         if queries:
-            for closest, _ in self.match_searcher.search_batched(np.stack(queries), fetch):
-                candidates.append(closest)
+            closest = self.match_searcher.search_batched(
+                np.stack(queries), fetch, self.match_vectors
+            )
+            candidates += [rows for rows, _ in closest]
         if self.terms.popularity:
             candidates.append(self._leading_indexed("sales", fetch))
         if self.terms.freshness:

@@ -254,7 +254,7 @@ def _recalls(index, encoder, dataset, vectors, profiles, searcher, k=10) -> tupl
     recall = neighbour_recall(np.concatenate(found), exact)
     if searcher is None:
         return recall, 1.0
-    return recall, searcher_recall(searcher, users, exact)
+    return recall, searcher_recall(searcher, users, exact, vectors)
 
 
 def _index_description(settings: IndexConfig, n_items: int, apart: int) -> dict:

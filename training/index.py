@@ -4,6 +4,12 @@ Brute force is exact and fine for small catalogues. From `scann_min_items` artwo
 a tree of about sqrt(n) leaves, asymmetric hashing, and exact re-ordering of the best candidates
 (ScaNN's recommended setup for this size). Its recall@10 against exact search is measured.
 
+The service's `ScannSearcher` re-orders itself: ScaNN keeps only the hashed artworks, and the
+best `reorder` of them by asymmetric hashing are scored exactly from the caller's own item
+vectors. ScaNN's re-ordering would hold a second copy of every vector: at 1M artworks 0.8 GB for
+the towers' and 0.5 GB for the match vectors, in memory and in the export, hashed and read at
+every start while holding the GIL (the searchers' load went from 5.4 s to ... s).
+
 Artworks with a positive prior are searched apart. With a bias slot (`prior_slot`), an item
 vector's last column is an additive prior (the calibrated artist sell-through, an id bias) and
 the query's is 1. The tree partitions by direction, but a prior of +0.3 outweighs the gap
@@ -29,7 +35,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from training.topk import exact_top_k as exact_top_k  # re-exported: the numpy reference
-from training.topk import merge_top_k
+from training.topk import top_k
 
 MAX_PRIOR_SHARE = 0.2
 # Fewest leaves searched: a share of a small tree is too few (4,000 artworks: 63 leaves, 5% = 3,
@@ -135,9 +141,11 @@ class PriorSplitTopK(tf.keras.layers.Layer):
 class ScannSearcher:
     """ScaNN through its pybind API (numpy in, numpy out, no TensorFlow call per query) over
     `vectors` [n, dim], dot product, with the export's parameters; rows with a prior searched
-    apart (see the module doc). `search_batched(queries, k)` -> one (rows, scores) per query,
-    best first; `add(vectors, rows)` puts more rows in (ScaNN's upsert). Searches and adds
-    take one lock: ScaNN does not promise that a search sees a concurrent upsert whole."""
+    apart (see the module doc). `search_batched(queries, k, vectors)` -> one (rows, scores)
+    per query, best first, re-ordered exactly from `vectors` (row r's vector at vectors[r]: the
+    caller's array, not a copy); `add(vectors, rows)` puts more rows in (ScaNN's upsert).
+    Searches and adds take one lock: ScaNN does not promise that a search sees a concurrent
+    upsert whole."""
 
     def __init__(self, vectors: np.ndarray, config: IndexConfig):
         vectors = np.ascontiguousarray(vectors, np.float32)
@@ -197,19 +205,31 @@ class ScannSearcher:
             searcher.apart = scann_ops_pybind.load_searcher(str(directory / "apart"))
         return searcher
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of the (approximately) best k, best first; ties: lower row first."""
-        return self.search_batched(query[None, :], k)[0]
+    def search(
+        self, query: np.ndarray, k: int, vectors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, exact scores) of the (approximately) best k, best first; ties: lower row
+        first. `vectors`: every row's vector (row r at vectors[r]); rows past its end (added
+        after the caller read it) are left out."""
+        return self.search_batched(query[None, :], k, vectors)[0]
 
-    def search_batched(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`search` of every row of `queries` [b, dim], one ScaNN call per part for them all."""
+    def search_batched(
+        self, queries: np.ndarray, k: int, vectors: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` of every row of `queries` [b, dim]: the best max(k, reorder) of each part
+        by asymmetric hashing (one ScaNN call per part for them all), scored exactly."""
         queries = np.ascontiguousarray(queries, np.float32)
-        reorder = max(k, self.config.reorder)
+        candidates = max(k, self.config.reorder)
         with self.lock:
-            parts = [_batched(self.tree, self.tree_rows, queries, k, reorder)]
+            parts = [_batched(self.tree, self.tree_rows, queries, candidates)]
             if self.apart is not None:
-                parts.append(_batched(self.apart, self.apart_rows, queries, k, reorder))
-        return [merge_top_k([part[i] for part in parts], k) for i in range(len(queries))]
+                parts.append(_batched(self.apart, self.apart_rows, queries, candidates))
+        results = []
+        for i, query in enumerate(queries):
+            rows = np.concatenate([part[i] for part in parts])
+            rows = rows[rows < len(vectors)]
+            results.append(top_k(vectors[rows] @ query, k, rows))
+        return results
 
     def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
         """Rows `rows` with `vectors` [n, dim] become searchable: a row with a prior goes to
@@ -234,17 +254,17 @@ class ScannSearcher:
                     )
 
 
-def _batched(searcher, rows: np.ndarray, queries: np.ndarray, k: int, reorder: int) -> list:
-    """(rows, scores) per query of one ScaNN searcher over `rows`; its padding (fewer found
-    than asked: NaN scores) dropped."""
+def _batched(searcher, rows: np.ndarray, queries: np.ndarray, candidates: int) -> list:
+    """The rows of the best `candidates` per query of one ScaNN searcher over `rows` (by its
+    asymmetric hashing; searchers serialized with ScaNN's own re-ordering, before it was
+    dropped, re-order them first); its padding (fewer found than asked: NaN scores) dropped."""
+    wanted = min(candidates, rows.size)
     found, scores = searcher.search_batched(
-        queries, final_num_neighbors=min(k, rows.size), pre_reorder_num_neighbors=reorder
+        queries, final_num_neighbors=wanted, pre_reorder_num_neighbors=wanted
     )
-    results = []
-    for positions, values in zip(found, scores, strict=True):
-        real = ~np.isnan(values)
-        results.append((rows[positions[real]], values[real]))
-    return results
+    return [
+        rows[positions[~np.isnan(values)]] for positions, values in zip(found, scores, strict=True)
+    ]
 
 
 def _upserted(searcher, rows: np.ndarray, vectors: np.ndarray, new_rows: np.ndarray):
@@ -258,15 +278,15 @@ def _upserted(searcher, rows: np.ndarray, vectors: np.ndarray, new_rows: np.ndar
 
 
 def searcher_recall(
-    searcher: ScannSearcher, queries: np.ndarray, exact_scores: np.ndarray
+    searcher: ScannSearcher, queries: np.ndarray, exact_scores: np.ndarray, vectors: np.ndarray
 ) -> float:
-    """`neighbour_recall` of `searcher.search(query, k)` against `exact_scores` [q, k] (the
-    exact top-k scores over the vectors it indexes: `exact_top_k`): the recall of what the
-    service serves."""
+    """`neighbour_recall` of `searcher.search(query, k, vectors)` against `exact_scores`
+    [q, k] (the exact top-k scores over `vectors`, which it indexes: `exact_top_k`): the recall
+    of what the service serves."""
     k = exact_scores.shape[1]
     found = np.full((len(queries), k), -np.inf)
     for i, query in enumerate(np.asarray(queries, np.float32)):
-        scores = searcher.search(query, k)[1]
+        scores = searcher.search(query, k, vectors)[1]
         found[i, : scores.size] = scores
     return neighbour_recall(found, exact_scores)
 
@@ -278,10 +298,9 @@ def _pybind_builder(vectors: np.ndarray, k: int):
 
 
 def _hashed(builder, params: dict):
-    """Asymmetric hashing (anisotropic, for dot product), then exact re-ordering."""
-    return builder.score_ah(
-        params["dimensions_per_block"], anisotropic_quantization_threshold=0.2
-    ).reorder(params["num_reordering_candidates"])
+    """Asymmetric hashing (anisotropic, for dot product); no re-ordering in ScaNN (the
+    searcher re-orders from the caller's vectors: module doc)."""
+    return builder.score_ah(params["dimensions_per_block"], anisotropic_quantization_threshold=0.2)
 
 
 def neighbour_recall(found_scores: np.ndarray, exact_scores: np.ndarray, tolerance=1e-4) -> float:

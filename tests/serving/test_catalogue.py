@@ -792,8 +792,8 @@ def test_when_the_index_returns_nothing_the_search_ends_in_the_exact_one(monkeyp
     vectors = clustered(rng, rng.normal(size=(20, 16)), 2_000)
     catalogue = make_catalogue(2_000, 16, vectors, IndexConfig(k=20, scann_min_items=1000))
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-    monkeypatch.setattr(catalogue.searcher, "search_batched", lambda q, k: [empty] * len(q))
-    monkeypatch.setattr(catalogue.searcher, "search", lambda q, k: empty)
+    monkeypatch.setattr(catalogue.searcher, "search_batched", lambda q, k, v: [empty] * len(q))
+    monkeypatch.setattr(catalogue.searcher, "search", lambda q, k, v: empty)
     answers = []
     query = vectors[:1] * 2
     worker = threading.Thread(

@@ -130,17 +130,17 @@ def test_serving_recall_is_the_searchers_recall_against_brute_force():
     config = IndexConfig(k=10, scann_min_items=100)
     assert config.uses_scann(n)
     searcher = ScannSearcher(vectors, config)
-    recall = searcher_recall(searcher, queries, exact_scores)
+    recall = searcher_recall(searcher, queries, exact_scores, vectors)
     hits = 0
     for query in queries:
-        rows, scores = searcher.search(query, 10)
+        rows, scores = searcher.search(query, 10, vectors)
         np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
         hits += np.isin(rows, np.argsort(-(vectors @ query))[:10]).sum()
     assert recall == pytest.approx(hits / 1_000, abs=0.02)  # by score vs by row: ties aside
     assert 0.5 < recall <= 1.0
     # configured exact (every leaf, every candidate re-scored): the searcher is brute force
     exact = IndexConfig(k=10, scann_min_items=100, leaves_to_search_share=1.0, reorder=n)
-    assert searcher_recall(ScannSearcher(vectors, exact), queries, exact_scores) == 1.0
+    assert searcher_recall(ScannSearcher(vectors, exact), queries, exact_scores, vectors) == 1.0
 
 
 def test_recall_counts_ties_as_hits_and_misses_as_misses():
@@ -255,7 +255,7 @@ def test_split_index_configured_exact_equals_numpy_brute_force(tmp_path):
 
     searcher = ScannSearcher(vectors, exact)
     for query, scores_row in zip(queries, want_scores, strict=True):
-        rows, scores = searcher.search(query, 10)
+        rows, scores = searcher.search(query, 10, vectors)
         np.testing.assert_allclose(scores, scores_row, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
 
@@ -272,7 +272,7 @@ def test_split_index_keeps_recall_where_priors_decide_the_top_10():
     assert np.isin(exact_rows, apart).mean() > 0.5  # 1% of the artworks, most of the top 10
 
     searcher = ScannSearcher(vectors, config)
-    found = np.stack([searcher.search(query, 10)[1] for query in queries])
+    found = np.stack([searcher.search(query, 10, vectors)[1] for query in queries])
     assert neighbour_recall(found, exact_scores) >= 0.97
     scores, _ = build_index(vectors, np.arange(n).astype(str), config)(queries, k=10)
     assert neighbour_recall(scores.numpy(), exact_scores) >= 0.97
@@ -312,7 +312,7 @@ def test_batched_search_equals_brute_force_when_configured_exact():
     assert searcher.apart is not None
     queries = profile_queries(vectors, rng, 20)
     want_scores, want_rows = exact_top_k(queries, vectors, 15)
-    batched = searcher.search_batched(queries, 15)
+    batched = searcher.search_batched(queries, 15, vectors)
     assert len(batched) == 20
     for query, (rows, scores), want in zip(queries, batched, want_scores, strict=True):
         np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
@@ -320,7 +320,9 @@ def test_batched_search_equals_brute_force_when_configured_exact():
     # the default settings (approximate): each answer's scores are its rows' exact scores,
     # best first, with no row twice
     searcher = ScannSearcher(vectors, IndexConfig(k=10, scann_min_items=1, prior_slot=True))
-    for query, (rows, scores) in zip(queries, searcher.search_batched(queries, 15), strict=True):
+    for query, (rows, scores) in zip(
+        queries, searcher.search_batched(queries, 15, vectors), strict=True
+    ):
         assert rows.size == 15 == np.unique(rows).size and np.all(np.diff(scores) <= 0)
         np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
 
@@ -331,7 +333,7 @@ def test_batched_search_drops_the_padding_when_the_leaves_hold_fewer_than_k():
     # 8 leaves of about 55 searched, 2,000 asked: ScaNN pads the answer with NaN scores
     narrow = IndexConfig(k=10, scann_min_items=1, leaves_to_search_share=0.0, reorder=2_000)
     searcher = ScannSearcher(vectors, narrow)
-    answers = searcher.search_batched(vectors[:5], 2_000)
+    answers = searcher.search_batched(vectors[:5], 2_000, vectors)
     for query, (rows, scores) in zip(vectors[:5], answers, strict=True):
         assert 0 < rows.size < 2_000 and np.isfinite(scores).all()
         assert rows.size == np.unique(rows).size
@@ -364,7 +366,59 @@ def test_added_rows_are_searched_as_if_built_with_them(saved, tmp_path):
     want_scores, want_rows = exact_top_k(queries, vectors, 10)
     assert np.isin(want_rows, np.arange(2_500, 3_000)).any()
     for query, (rows, scores), want in zip(
-        queries, searcher.search_batched(queries, 10), want_scores, strict=True
+        queries, searcher.search_batched(queries, 10, vectors), want_scores, strict=True
     ):
         np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(vectors[rows] @ query, scores, atol=1e-4)
+
+
+def test_rows_the_callers_vectors_do_not_hold_yet_are_left_out():
+    """A search given the vectors as read before an upload grew them (the service reads them,
+    then another thread adds artworks): rows past their end are not answered, not an error."""
+    rng = np.random.default_rng(24)
+    vectors = unit_rows(rng.normal(size=(2_000, 16)))
+    exact = IndexConfig(k=10, scann_min_items=1, leaves_to_search_share=1.0, reorder=2_000)
+    searcher = ScannSearcher(vectors[:1_500], exact)
+    searcher.add(vectors[1_500:], np.arange(1_500, 2_000))
+    queries = vectors[1_500:1_510]  # each one's best match is itself, an added row
+    for query, (rows, scores) in zip(
+        queries, searcher.search_batched(queries, 10, vectors[:1_500]), strict=True
+    ):
+        want_scores, want_rows = exact_top_k(query[None], vectors[:1_500], 10)
+        np.testing.assert_array_equal(rows, want_rows[0])
+        np.testing.assert_allclose(scores, want_scores[0], rtol=1e-5)
+
+
+def test_the_serialized_searcher_holds_no_copy_of_the_vectors_and_old_ones_still_load(
+    tmp_path, monkeypatch
+):
+    """ScaNN keeps only the hashed artworks (the searcher re-orders from the caller's vectors):
+    no dataset.npy is written. A searcher serialized with ScaNN's own re-ordering (exports
+    before this) still loads and answers the same exact top k."""
+    import training.index as index_module
+
+    rng = np.random.default_rng(25)
+    vectors = unit_rows(rng.normal(size=(2_000, 16)))
+    exact = IndexConfig(k=10, scann_min_items=1, leaves_to_search_share=1.0, reorder=2_000)
+    ScannSearcher(vectors, exact).save(tmp_path / "now")
+    assert not list((tmp_path / "now").rglob("dataset.npy"))
+    hashed = index_module._hashed
+    monkeypatch.setattr(
+        index_module,
+        "_hashed",
+        lambda builder, params: hashed(builder, params).reorder(
+            params["num_reordering_candidates"]
+        ),
+    )
+    ScannSearcher(vectors, exact).save(tmp_path / "before")
+    monkeypatch.undo()
+    assert list((tmp_path / "before").rglob("dataset.npy"))
+    queries = unit_rows(rng.normal(size=(20, 16)))
+    want_scores, want_rows = exact_top_k(queries, vectors, 10)
+    for saved in ("now", "before"):
+        searcher = ScannSearcher.load(tmp_path / saved, exact)
+        for (rows, scores), row_want, score_want in zip(
+            searcher.search_batched(queries, 10, vectors), want_rows, want_scores, strict=True
+        ):
+            np.testing.assert_array_equal(rows, row_want)
+            np.testing.assert_allclose(scores, score_want, rtol=1e-5)

@@ -138,8 +138,8 @@ def test_a_separate_process_loads_the_export_and_retrieves_the_same_top_k(
         assert Catalogue(served).searcher is served.searcher
         rebuilt = ScannSearcher(served.vectors, served.index)
         query = served.vectors[3]
-        np.testing.assert_array_equal(served.searcher.search(query, 20)[0],
-                                      rebuilt.search(query, 20)[0])  # fmt: skip
+        np.testing.assert_array_equal(served.searcher.search(query, 20, served.vectors)[0],
+                                      rebuilt.search(query, 20, served.vectors)[0])  # fmt: skip
         assert not list(version.rglob("*.pkl"))
         tampered = tmp_path / "tampered"
         shutil.copytree(version, tampered)
