@@ -29,6 +29,7 @@ leave (a 400 for the route).
 from __future__ import annotations
 
 from asyncio import TimerHandle
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -38,10 +39,15 @@ LINGER_SECONDS = 2.0
 
 
 def bounded_httptools_protocol(
-    max_head_bytes: int, read_seconds: float, min_bytes_per_second: float
+    max_head_bytes: int,
+    read_seconds: float,
+    min_bytes_per_second: float,
+    on_refused: Callable[[int], None] = lambda status: None,
 ) -> type[HttpToolsProtocol]:
     """uvicorn's `http` protocol class refusing request heads over `max_head_bytes` (431) and
-    requests not received within `read_seconds` + received bytes / `min_bytes_per_second` (408)."""
+    requests not received within `read_seconds` + received bytes / `min_bytes_per_second` (408).
+    `on_refused(status)` is called once per refusal (the service counts them in /metrics),
+    whether the answer could be written or the connection was only closed."""
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head_open = False  # between a request's first byte and the end of its headers
@@ -143,6 +149,7 @@ def bounded_httptools_protocol(
         def _refuse(self, status: bytes, message: str) -> None:
             self.logger.warning("%s refused: %s", status[9:12].decode(), message)
             self.refused = True
+            on_refused(int(status[9:12]))
             self._stop_reading()
             if not self._may_answer():  # e.g. a 401 went out before the body: only close
                 self.transport.close()

@@ -50,6 +50,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        self.refused = Counter(
+            "curator_refused_requests",
+            "requests the HTTP layer refused before any route saw them (serving/http_protocol.py):"
+            " 408 too slow, 431 head too large; by status",
+            ["status"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "curator_reloads", "model reloads by outcome", ["outcome"], registry=self.registry
         )

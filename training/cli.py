@@ -442,6 +442,7 @@ def serve(
             settings.max_head_bytes,
             settings.request_read_seconds,
             settings.min_request_bytes_per_second,
+            on_refused=lambda status: service.metrics.refused.labels(str(status)).inc(),
         ),
     )
 

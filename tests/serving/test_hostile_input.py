@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from serving.process import REPO, curator_service
+from tests.serving.prometheus_text import sample_value
 from training.data.dataset import load_dataset
 
 KEY = {"X-API-Key": "test-key"}
@@ -173,10 +174,13 @@ def _raw_reply(server, request: bytes) -> str:
 def test_a_request_head_over_the_limit_gets_a_431_and_the_connection_closes(server):
     """A header of 200 KB (the limit is 64 KB): refused before it is buffered whole; a head of
     60 KB still passes."""
+    refused = 'curator_refused_requests_total{status="431"}'
+    before = sample_value(server, refused)
     big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
     reply = _raw_reply(server, big)
     assert reply.startswith("HTTP/1.1 431"), reply[:200]
     assert "exceed 65536 bytes" in reply
+    assert sample_value(server, refused) == before + 1  # in /metrics, which no route saw
     fits = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
     reply = _raw_reply(server, fits + b"a" * 60_000 + b"\r\n\r\n")
     assert reply.startswith("HTTP/1.1 200"), reply[:200]

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from serving.process import curator_service
+from tests.serving.prometheus_text import sample_value
 
 READ_SECONDS, RATE = 1.5, 2000
 SLACK = 2.0 + 5.0  # the service lingers 2 s before it closes; 5 s for a loaded machine
@@ -74,23 +75,21 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server):
     assert READ_SECONDS - 0.2 < seconds < READ_SECONDS + SLACK, seconds
 
 
-def test_a_trickled_head_gets_a_408(server):
+def test_a_trickled_head_gets_a_408_counted_in_the_metrics(server):
+    refused = 'curator_refused_requests_total{status="408"}'
+    before = sample_value(server, refused)
     started = time.monotonic()
     with connect(server) as sock:
         trickle(sock, HEAD + b"X-Slow: " + b"a" * 100, 0.1)  # 10 bytes a second, never ends
         reply, seconds = reply_and_seconds(sock, started)
     assert status_lines(reply) == ["HTTP/1.1 408"], reply
     assert seconds < READ_SECONDS + SLACK, seconds
+    assert sample_value(server, refused) == before + 1
 
 
 def test_a_trickled_body_gets_a_408_and_the_route_sees_the_client_leave(server):
-    metrics = server.client.get("/metrics").text
     counted = 'curator_requests_total{method="POST",route="/v1/recommendations",status="400"}'
-    before = (
-        float(re.search(re.escape(counted) + r" (\S+)", metrics).group(1))
-        if counted in metrics
-        else 0.0
-    )
+    before = sample_value(server, counted)
     started = time.monotonic()
     with connect(server) as sock:
         sock.sendall(HEAD + b"Content-Length: 200\r\n\r\n")
@@ -100,13 +99,7 @@ def test_a_trickled_body_gets_a_408_and_the_route_sees_the_client_leave(server):
     assert seconds < READ_SECONDS + SLACK, seconds
     deadline = time.monotonic() + 10
     while True:  # the handler waiting for the body is released, not left hanging
-        metrics = server.client.get("/metrics").text
-        now = (
-            float(re.search(re.escape(counted) + r" (\S+)", metrics).group(1))
-            if counted in metrics
-            else 0.0
-        )
-        if now == before + 1:
+        if sample_value(server, counted) == before + 1:
             break
         assert time.monotonic() < deadline, "the abandoned request was never counted"
         time.sleep(0.1)
