@@ -8,7 +8,8 @@ The service's `ScannSearcher` re-orders itself: ScaNN keeps only the hashed artw
 best `reorder` of them by asymmetric hashing are scored exactly from the caller's own item
 vectors. ScaNN's re-ordering would hold a second copy of every vector: at 1M artworks 0.8 GB for
 the towers' and 0.5 GB for the match vectors, in memory and in the export, hashed and read at
-every start while holding the GIL (the searchers' load went from 5.4 s to ... s).
+every start while holding the GIL (loading both searchers of the 1M export: 3.0-7.6 s with
+ScaNN's copy, 0.7 s without; docs/benchmarks.md).
 
 Artworks with a positive prior are searched apart. With a bias slot (`prior_slot`), an item
 vector's last column is an additive prior (the calibrated artist sell-through, an id bias) and
