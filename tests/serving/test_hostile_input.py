@@ -4,7 +4,6 @@ that names the field, nothing stored from a refused request, the loop never held
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -16,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.process import REPO, curator_service
-from tests.serving.prometheus_text import sample_value
+from serving.process import REPO
+from tests.serving.live_service import sample_value, serve_copy
 from training.data.dataset import load_dataset
 
 KEY = {"X-API-Key": "test-key"}
@@ -31,18 +30,15 @@ def dataset(small_marketplace):
 
 @pytest.fixture(scope="module")
 def server(tiny_export, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    shutil.copytree(tiny_export, root / "1")
-    running = curator_service(
-        root, root / "live.db", root / "service.log", api_key="test-key", max_k=50
+    running = serve_copy(
+        tiny_export, tmp_path_factory.mktemp("hostile"), api_key="test-key", max_k=50
     )
     yield running
     running.stop()
 
 
 def catalogue_size(server) -> float:
-    metrics = server.client.get("/metrics").text
-    return float(re.search(r"^curator_catalogue_items (\S+)$", metrics, re.M).group(1))
+    return sample_value(server, "curator_catalogue_items")
 
 
 @pytest.mark.parametrize(

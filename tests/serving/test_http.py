@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from serving.process import curator_service
+from tests.serving.live_service import serve_copy
 from training.copurchase import FILE_NAME as COPURCHASE_FILE
 from training.copurchase import CoPurchase
 from training.data.dataset import load_dataset
@@ -34,12 +35,9 @@ def dataset(small_marketplace):
 
 @pytest.fixture(scope="module")
 def server(tiny_export, tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    shutil.copytree(tiny_export, root / "1")
-    running = curator_service(
-        root,
-        root / "live.db",
-        root / "service.log",
+    running = serve_copy(
+        tiny_export,
+        tmp_path_factory.mktemp("served"),
         api_key="test-key",
         max_k=50,
         max_body_bytes=45_000_000,

@@ -4,13 +4,13 @@ the old model still serving; the watcher logs a broken export, skips it, and tak
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 
 import pytest
 
 from serving.process import curator_service
+from tests.serving.live_service import sample_value, serve_copy
 from tests.serving.test_http import copy_export
 
 KEY = {"X-API-Key": "test-key"}
@@ -19,8 +19,7 @@ KEY = {"X-API-Key": "test-key"}
 @pytest.fixture(scope="module")
 def server(tiny_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("reloads")
-    shutil.copytree(tiny_export, root / "1")
-    running = curator_service(root, root / "live.db", root / "service.log", api_key="test-key")
+    running = serve_copy(tiny_export, root, api_key="test-key")
     running.root = root
     yield running
     running.stop()
@@ -34,9 +33,7 @@ def edit_manifest(version_dir, change) -> None:
 
 
 def reloads(server, outcome: str) -> float:
-    metrics = server.client.get("/metrics").text
-    found = re.search(rf'^curator_reloads_total{{outcome="{outcome}"}} (\S+)$', metrics, re.M)
-    return float(found.group(1)) if found else 0.0
+    return sample_value(server, f'curator_reloads_total{{outcome="{outcome}"}}')
 
 
 BREAKAGES = {

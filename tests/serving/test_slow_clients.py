@@ -12,7 +12,7 @@ import time
 import pytest
 
 from serving.process import curator_service
-from tests.serving.prometheus_text import sample_value
+from tests.serving.live_service import sample_value, serve_copy
 
 READ_SECONDS, RATE = 1.5, 2000
 SLACK = 2.0 + 5.0  # the service lingers 2 s before it closes; 5 s for a loaded machine
@@ -22,12 +22,9 @@ HEAD = b"POST /v1/recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: applicati
 
 @pytest.fixture(scope="module")
 def server(tiny_export, tmp_path_factory):
-    root = tmp_path_factory.mktemp("slow")
-    shutil.copytree(tiny_export, root / "1")
-    running = curator_service(
-        root,
-        root / "live.db",
-        root / "service.log",
+    running = serve_copy(
+        tiny_export,
+        tmp_path_factory.mktemp("slow"),
         api_key="test-key",
         request_read_seconds=READ_SECONDS,
         min_request_bytes_per_second=RATE,
