@@ -47,7 +47,8 @@ def bounded_httptools_protocol(
     """uvicorn's `http` protocol class refusing request heads over `max_head_bytes` (431) and
     requests not received within `read_seconds` + received bytes / `min_bytes_per_second` (408).
     `on_refused(status)` is called once per refusal (the service counts them in /metrics),
-    whether the answer could be written or the connection was only closed."""
+    whether the answer could be written or the connection was only closed, and for uvicorn's own
+    400 to a request its parser cannot read."""
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head_open = False  # between a request's first byte and the end of its headers
@@ -105,6 +106,10 @@ def bounded_httptools_protocol(
             if self.read_timer is not None:
                 self.read_timer.cancel()
                 self.read_timer = None
+
+        def send_400_response(self, msg: str) -> None:
+            on_refused(400)  # a request the parser cannot read: uvicorn answers it, no route
+            super().send_400_response(msg)
 
         def _check_reading(self) -> None:
             self.read_timer = None

@@ -53,7 +53,7 @@ class Metrics:
         self.refused = Counter(
             "curator_refused_requests",
             "requests the HTTP layer refused before any route saw them (serving/http_protocol.py):"
-            " 408 too slow, 431 head too large; by status",
+            " 400 unparseable, 408 too slow, 431 head too large; by status",
             ["status"],
             registry=self.registry,
         )

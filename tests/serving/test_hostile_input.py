@@ -182,6 +182,17 @@ def test_a_request_head_over_the_limit_gets_a_431_and_the_connection_closes(serv
     assert reply.startswith("HTTP/1.1 200"), reply[:200]
 
 
+def test_a_request_the_parser_cannot_read_gets_a_400_counted_in_the_metrics(server):
+    """A header name with bytes outside HTTP's token alphabet (non-UTF-8 here): uvicorn's
+    parser answers 400 and closes; no route sees it, /metrics counts it."""
+    refused = 'curator_refused_requests_total{status="400"}'
+    before = sample_value(server, refused)
+    reply = _raw_reply(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-\xff\xfe: 1\r\n\r\n")
+    assert reply.startswith("HTTP/1.1 400"), reply[:200]
+    assert "Invalid HTTP request" in reply
+    assert sample_value(server, refused) == before + 1
+
+
 def test_a_client_leaving_mid_body_is_a_400_not_a_fault(server):
     """Headers announcing 100 bytes, 2 sent, then the client closes: counted as a 400 for the
     route, no 500 and no traceback in the service's log."""
