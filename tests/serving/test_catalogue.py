@@ -532,8 +532,7 @@ def test_scann_candidates_are_re_ranked_with_the_terms(weights):
     artworks, so the served top 10 matches exact search even where the terms outweigh the
     query. ScaNN's builds differ from run to run (its k-means, even on one training thread):
     one build's recall for (0, 0.5, 0, 3.0) ranged from .965 (once, in CI) to 1.0 over 39
-    builds, so the bar is on
-    the mean of five."""
+    builds, so the bar is on the mean of five."""
     recalls = [neighbour_recall(*scann_and_exact_top_10(*weights)) for _ in range(5)]
     assert np.mean(recalls) >= 0.97, recalls
 
