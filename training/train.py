@@ -10,7 +10,8 @@ artwork per customer (training/evaluation/splits.py says which, for every learne
 A run directory holds config.yaml, towers.json (tower configs), best/ (the selected epoch's
 weights), model/ (those weights as finally calibrated: the model that is evaluated and exported),
 checkpoints/ (model, optimizer and progress after every epoch: `--resume` continues from the
-last), history.json (per-epoch loss and validation metrics), summary.json and logs/ (TensorBoard).
+last), history.json (per epoch: the training loss per example and the validation metrics),
+summary.json and logs/ (TensorBoard).
 """
 
 from __future__ import annotations
@@ -357,8 +358,32 @@ def _fit_epoch(
     # Steps only where Keras needs them (a distributed dataset): passed to one process they
     # changed what it trains from the second epoch on (seen on the paper's configuration;
     # cause not found), so one process keeps the results it had before workers existed.
-    fit = model.fit(batches, epochs=1, steps_per_epoch=steps if workers else None, verbose=0)
-    return float(fit.history["loss"][-1]), len(examples)
+    epoch_loss = _EpochLoss()
+    model.fit(
+        batches,
+        epochs=1,
+        steps_per_epoch=steps if workers else None,
+        verbose=0,
+        callbacks=[epoch_loss],
+    )
+    return epoch_loss.per_example(), len(examples)
+
+
+class _EpochLoss(tf.keras.callbacks.Callback):
+    """The epoch's training loss per example: every batch's summed loss over every batch's
+    example count (`CuratorModel.train_step` reports both, summed across replicas). Keras's
+    own "loss" at the end of an epoch is its last batch's, which may hold 2 examples."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss_sum, self.examples = 0.0, 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.loss_sum += float(logs["loss_sum"])
+        self.examples += float(logs["examples"])
+
+    def per_example(self) -> float:
+        return self.loss_sum / self.examples if self.examples else float("nan")
 
 
 def _end_epoch(state: _TrainingState, run_dir: Path, value: float) -> None:

@@ -184,7 +184,24 @@ class CuratorModel(tfrs.models.Model):
             total = loss + regularization
         gradients = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
-        return {"loss": loss, "regularization_loss": regularization, "total_loss": total}
+        examples = self._examples_in_loss(inputs)
+        summed = loss * examples if self.config.loss == "bpr" else loss  # softmax: a sum
+        # Keras sums each of these across replicas: the whole batch's sum and count, from
+        # which `loss_of_epoch` makes the epoch's loss per example
+        return {
+            "loss": loss,
+            "regularization_loss": regularization,
+            "total_loss": total,
+            "loss_sum": summed,
+            "examples": examples,
+        }
+
+    def _examples_in_loss(self, inputs) -> tf.Tensor:
+        """How many of the batch's examples (this replica's) the loss covers: bpr only those
+        with a negative, the in-batch softmax all."""
+        if self.config.loss == "bpr":
+            return tf.reduce_sum(tf.cast(inputs["negative"] >= 0, tf.float32))
+        return tf.cast(tf.shape(inputs["positive"])[0], tf.float32)
 
 
 def _own_first(gathered: tf.Tensor, start) -> tf.Tensor:

@@ -268,3 +268,39 @@ def test_a_holdout_dataset_is_validated_on_its_valid_split(small_marketplace, tm
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["validation_tests"] == len(holdout_cases(dataset, "valid")) > 0
     assert summary["fit_purchases"] == len(dataset.purchases)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bpr"])
+def test_an_epochs_loss_is_its_mean_per_example_not_its_last_batchs(small_marketplace, loss):
+    """At a learning rate too small to move the weights, the epoch's loss is recomputed batch by
+    batch from the same examples: the summed loss over every example it covers."""
+    from training.sampling import sample_examples
+    from training.train import _batches, _build_model, _fit_epoch, _prepare_data
+
+    dataset = load_dataset(small_marketplace)
+    config = tiny_config(
+        learning_rate=1e-12,
+        batch_size=100,
+        loss=loss,
+        artist_embedding=False,
+        artist_prior_weights=(),
+    )
+    data = _prepare_data(dataset, config)
+    model = _build_model(dataset, config, data.fit_purchases)
+    epoch_loss, n_examples = _fit_epoch(model, dataset, data.context, config, 0)
+
+    examples = sample_examples(
+        data.context, config.policy_counts, seed=config.seed * 1_000, negatives=loss == "bpr",
+        in_cluster=config.in_cluster,
+    )  # fmt: skip
+    assert len(examples) == n_examples
+    batches, _ = _batches(examples, dataset.n_items, config.batch_size, [config.seed, 0])
+    summed, counted, last = 0.0, 0.0, None
+    for batch in batches:
+        last = float(model.compute_loss(batch))
+        covered = float(model._examples_in_loss(batch))
+        summed += last * covered if loss == "bpr" else last
+        counted += covered
+    assert counted > 0 and n_examples % config.batch_size  # a short last batch
+    assert epoch_loss == pytest.approx(summed / counted, rel=1e-4)
+    assert epoch_loss != pytest.approx(last, rel=1e-2)
