@@ -5,7 +5,9 @@ Size: uvicorn's pure-Python h11 parser refuses a head past 16 KB. httptools, its
 (several times faster here: docs/benchmarks.md), has no bound: a client that never ends its
 headers makes the service buffer them, unauthenticated (a 200 MB header raised the service's
 resident memory by 280 MB, measured). This protocol counts the bytes received while a
-request's head is open; past `max_head_bytes` it answers 431.
+request's head is open, and the sizes of its request target and headers as the parser completes
+them (a head that ends inside one read is measured too); past `max_head_bytes` it answers 431
+and the request never reaches the application.
 
 Time: uvicorn times out an idle keep-alive connection, but nothing else. A connection that
 sends nothing, or trickles a head or a body a byte at a time (slowloris), is held forever, and
@@ -53,7 +55,9 @@ def bounded_httptools_protocol(
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head_open = False  # between a request's first byte and the end of its headers
         in_request = False  # between a request's first byte and the end of its body
-        head_bytes = 0
+        head_bytes = 0  # received while the head is open
+        parsed_head_bytes = 0  # the request target and headers the parser completed
+        head_too_large = False  # past max_head_bytes: the request is refused, not started
         refused = False  # answered 408 or 431: what arrives is dropped until the close
         read_timer: TimerHandle | None = None  # armed while a request is being received
         read_since = 0.0  # loop time the request (or the connection) began
@@ -70,32 +74,59 @@ def bounded_httptools_protocol(
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.head_open, self.head_bytes, self.in_request = True, 0, True
+            self.parsed_head_bytes = 0
             if self.read_timer is None:  # else: a first request, timed from the opening
                 self._start_reading()
 
+        def on_url(self, url: bytes) -> None:
+            self._count_head(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head(len(name) + len(value) + 4)  # ": " and the line's end
+            super().on_header(name, value)
+
+        def _count_head(self, size: int) -> None:
+            self.parsed_head_bytes += size
+            if self.parsed_head_bytes > max_head_bytes:
+                self.head_too_large = True
+
         def on_headers_complete(self) -> None:
+            if self.head_too_large:  # refused once the parser returns: no route is started
+                return
             self.head_open = False
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self.head_too_large:
+                super().on_body(body)
 
         def on_message_complete(self) -> None:
             self.in_request = False
             self._stop_reading()
-            super().on_message_complete()
+            if not self.head_too_large:
+                super().on_message_complete()
 
         def data_received(self, data: bytes) -> None:
             if self.refused:
                 return
             self.read_bytes += len(data)
             super().data_received(data)
+            if self.head_too_large and not self.refused:
+                self._refuse_head()
+                return
             if not self.head_open or self.transport.is_closing():
                 return
             self.head_bytes += len(data)  # the parser holds them until the head ends
             if self.head_bytes > max_head_bytes:
-                self._refuse(
-                    STATUS_431,
-                    f"the request line and headers exceed {max_head_bytes} bytes "
-                    "(CURATOR_MAX_HEAD_BYTES)",
-                )
+                self._refuse_head()
+
+        def _refuse_head(self) -> None:
+            self._refuse(
+                STATUS_431,
+                f"the request line and headers exceed {max_head_bytes} bytes "
+                "(CURATOR_MAX_HEAD_BYTES)",
+            )
 
         def _start_reading(self) -> None:
             self._stop_reading()

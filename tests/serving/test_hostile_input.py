@@ -182,6 +182,26 @@ def test_a_request_head_over_the_limit_gets_a_431_and_the_connection_closes(serv
     assert reply.startswith("HTTP/1.1 200"), reply[:200]
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 65_600 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"GET /healthz?q=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Many: 12345678\r\n" * 4_000 + b"\r\n",
+    ],
+    ids=["header-65600", "header-100000", "target-70000", "4000-headers"],
+)
+def test_a_head_over_the_limit_that_ends_within_one_read_is_refused_too(server, request_head):
+    """Heads of 64-128 KB sent in one write: the head ends inside one read of the socket, and
+    is measured as the parser completes it (only heads still open were measured before: 200)."""
+    refused = 'curator_refused_requests_total{status="431"}'
+    before = sample_value(server, refused)
+    reply = _raw_reply(server, request_head)
+    assert reply.startswith("HTTP/1.1 431"), reply[:200]
+    assert sample_value(server, refused) == before + 1
+
+
 def test_a_request_the_parser_cannot_read_gets_a_400_counted_in_the_metrics(server):
     """A header name with bytes outside HTTP's token alphabet (non-UTF-8 here): uvicorn's
     parser answers 400 and closes; no route sees it, /metrics counts it."""
