@@ -60,7 +60,9 @@ GUARDED = {
     ("POST", "/v1/customers/{customer_id}/favourites"),
     ("POST", "/admin/reload"),
 }
+# ids in a path: the same alphabet as in bodies (an id outside it cannot exist: 422, not 404)
 CustomerId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description=ID_RULE)]
+ItemId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description=ID_RULE)]
 MANIFEST_PATHS = ("run", "dataset")  # host paths in a manifest, shown by their last part only
 
 
@@ -163,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=Recommendations,
         responses={**error_responses(404, 422, e404="unknown item id"), **not_ready},
     )
-    async def similar(item_id: str, k: int = Query(10, ge=1, le=settings.max_k)) -> Response:
+    async def similar(item_id: ItemId, k: int = Query(10, ge=1, le=settings.max_k)) -> Response:
         return _json(await asyncio.to_thread(service.similar, item_id, k))
 
     @app.post(
@@ -189,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 e404="unknown item ids, or image uploads not enabled (no --image-extractor)",
                 e409="an artwork id that exists, or an extractor that does not fit the model",
                 e413="the body is larger than max_body_bytes or the image than max_image_bytes",
-                e415="the Content-Type is not multipart/form-data",
+                e415="the Content-Type is not multipart/form-data, or the body is compressed",
             ),
             **not_ready,
         },

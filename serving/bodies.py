@@ -47,6 +47,7 @@ class BodyValidator:
             raise UnsupportedMediaType(
                 f"body: Content-Type {content_type!r} is not supported, send application/json"
             )
+        require_identity_encoding(request)
         raw = await request.body()
         if not raw:
             raise BadRequest("body: empty, expected a JSON object")
@@ -65,6 +66,22 @@ class BodyValidator:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)  # the worker exits with us
+
+
+def require_identity_encoding(request: Request) -> None:
+    """UnsupportedMediaType (415, RFC 9110 15.5.16) for a compressed body: the service reads
+    bodies as sent, and a gzip body read as JSON would be a misleading 400."""
+    encodings = [
+        part.strip().lower()
+        for value in request.headers.getlist("content-encoding")
+        for part in value.split(",")
+    ]
+    refused = [e for e in encodings if e not in ("", "identity")]
+    if refused:
+        raise UnsupportedMediaType(
+            f"header Content-Encoding: {refused[0]!r} is not supported, send the body "
+            "uncompressed (identity)"
+        )
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -696,7 +696,8 @@ class Catalogue:
         dims = self.vectors.shape[1] - (1 if self.model.item_tower.bias_slot else 0)
         recommended = _unit(self.vectors[np.concatenate(shown), :dims])
         bought = _unit(self.vectors[np.concatenate(profiles), :dims])
-        similarity = recommended @ bought.T  # [all shown, all profile artworks]
+        # [all shown, all profile artworks]; float32 rounding can pass 1 by an ulp: clipped
+        similarity = np.clip(recommended @ bought.T, -1.0, 1.0)
         answers, row, column = [], 0, 0
         for rows, profile in zip(shown, profiles, strict=True):
             block = similarity[row : row + rows.size, column : column + profile.size]

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from serving.bodies import describe_errors
+from serving.bodies import describe_errors, require_identity_encoding
 from serving.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 from serving.schemas import Id, OptionalId
+from training.data.columns import TIME_RULE
 
 IMAGE_FIELD = "image"
 
@@ -29,7 +30,9 @@ class ImageArtwork(BaseModel):
     artist_id: OptionalId = ""
     one_of_a_kind: bool = True
     upload_time: datetime | None = Field(
-        None, description="default: now; more than 5 minutes ahead of the service's clock: 409"
+        None,
+        description=f"default: now; {TIME_RULE} (else 409); more than 5 minutes ahead of the "
+        "service's clock: 409",
     )
 
 
@@ -41,6 +44,7 @@ async def read_image_upload(request: Request, max_bytes: int) -> tuple[ImageArtw
             f"body: Content-Type {content_type!r} is not supported, send multipart/form-data "
             f"with the fields of ImageArtwork and an `{IMAGE_FIELD}` file"
         )
+    require_identity_encoding(request)
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
     except MultiPartException as error:

@@ -30,7 +30,7 @@ REF = "#/components/schemas/{model}"
 BODY_ERRORS = {
     400: "the body is not valid JSON",
     413: "the body is larger than max_body_bytes",
-    415: "the Content-Type is not application/json",
+    415: "the Content-Type is not application/json, or the body is compressed (Content-Encoding)",
     422: "a field is invalid (the field is named in detail)",
 }
 

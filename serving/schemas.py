@@ -8,6 +8,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from training.data.columns import TIME_RULE
 from training.data.ids import ID_MAX_LENGTH, ID_PATTERN, ID_RULE
 
 # the one id alphabet (training/data/ids.py): every id can be addressed in a URL path
@@ -72,7 +73,9 @@ class RecommendationRequest(Strict):
 
 class Because(BaseModel):
     item_id: str = Field(description="the profile artwork closest to the recommended one")
-    similarity: float = Field(description="their cosine in the towers' item space, [-1, 1]")
+    similarity: float = Field(
+        ge=-1.0, le=1.0, description="their cosine in the towers' item space, [-1, 1]"
+    )
 
 
 class RecommendedItem(BaseModel):
@@ -108,7 +111,9 @@ class NewArtwork(Strict):
         description=f"the artwork's image features: feature_dim values, |x| <= {FEATURE_LIMIT:g}"
     )
     upload_time: datetime | None = Field(
-        None, description="default: now; more than 5 minutes ahead of the service's clock: 409"
+        None,
+        description=f"default: now; {TIME_RULE} (else 409: a bound the schema cannot express); "
+        "more than 5 minutes ahead of the service's clock: 409",
     )
 
 
@@ -120,7 +125,9 @@ class PurchaseIn(Strict):
     customer_id: Id
     item_id: Id
     timestamp: datetime | None = Field(
-        None, description="default: now; more than 5 minutes ahead of the service's clock: 409"
+        None,
+        description=f"default: now; {TIME_RULE} (else 409: a bound the schema cannot express); "
+        "more than 5 minutes ahead of the service's clock: 409",
     )
 
 

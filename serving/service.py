@@ -33,7 +33,7 @@ from serving.schemas import (
 from serving.settings import Settings
 from serving.store import Cursor, NewItem, Purchase, Store
 from serving.telemetry import Metrics
-from training.data.columns import format_seconds
+from training.data.columns import TIME_RULE, format_seconds, within_time_range
 
 log = logging.getLogger("curator.serving")
 
@@ -327,13 +327,17 @@ CLOCK_SKEW_SECONDS = 300.0
 
 def _seconds(moment: datetime | None, now: float, field: str) -> float:
     """`moment` in unix seconds (naive times are UTC; None: `now`); Conflict naming `field` if
-    it is more than CLOCK_SKEW_SECONDS after `now` (a conflict with the service's clock, which
-    the schema cannot express, like a purchase dated before its artwork's upload)."""
+    it is outside the range datasets take (TIME_RULE) or more than CLOCK_SKEW_SECONDS after
+    `now` (a conflict with the service's clock). Both are bounds the schema cannot express
+    (a date-time has no range in JSON Schema), answered like a purchase dated before its
+    artwork's upload."""
     if moment is None:
         return now
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     seconds = moment.timestamp()
+    if not within_time_range(seconds):
+        raise Conflict(f"{field}: {moment.isoformat()} is not {TIME_RULE}")
     if seconds > now + CLOCK_SKEW_SECONDS:
         raise Conflict(
             f"{field}: {format_seconds(seconds)} is in the future (the service's clock says "

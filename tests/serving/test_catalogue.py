@@ -831,3 +831,12 @@ def test_artworks_the_searcher_refuses_are_searched_exactly(monkeypatch, caplog)
     assert catalogue.size == 2_003 and catalogue.indexed == 2_000
     (result,) = catalogue.top_k(query, 3, exclude=[np.array([], int)], available_only=[False])
     assert set(result.rows) == {2_000, 2_001, 2_002}
+
+
+def test_because_of_an_artwork_in_its_own_profile_is_a_cosine_of_at_most_1(catalogue):
+    """An artwork shown beside itself in the profile (and its duplicates): float32 rounding
+    once gave 1.0000001, outside the documented [-1, 1]."""
+    rows = np.arange(40)
+    (closest, similarity), *_ = catalogue.closest_in_profiles([rows], [rows])
+    np.testing.assert_array_equal(closest, rows)
+    assert similarity.max() <= 1.0 and similarity.min() >= 0.999

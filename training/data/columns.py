@@ -10,6 +10,7 @@ import csv
 import io
 import re
 from collections import deque
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,14 @@ _ID_BODY = ID_PATTERN.removeprefix("^").removesuffix("$").replace("{0,199}", "{0
 _IDS = re.compile(rf"{_ID_BODY}(?:\n{_ID_BODY})*+")
 _EMPTY_OR_IDS = re.compile(rf"(?:{_ID_BODY})?+(?:\n(?:{_ID_BODY})?+)*+")
 
+# The times Curator takes, in datasets and through the HTTP API alike: from the unix epoch (an
+# untimed dataset's default) to 2200, within what pandas and Python's datetime can hold and
+# write back. A time outside is a mistake in the data (a year 1 or 9999), not a sale.
+EARLIEST_SECONDS = 0.0  # 1970-01-01T00:00:00Z
+LATEST_SECONDS = 7_258_118_400.0  # 2200-01-01T00:00:00Z
+TIME_RULE = "between 1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
 
@@ -147,7 +156,22 @@ def parse_timestamps(values: pd.Series, file: str, field: str) -> np.ndarray:
             line=line_of(row),
             field=field,
         )
+    outside = np.flatnonzero(~within_time_range(result))
+    if outside.size:
+        row = int(outside[0])
+        raise DatasetError(
+            file,
+            f"{values.iloc[row]!r} is not {TIME_RULE}",
+            line=line_of(row),
+            field=field,
+        )
     return result
+
+
+def within_time_range(seconds) -> np.ndarray | bool:
+    """Whether unix `seconds` (a number or an array) are TIME_RULE."""
+    seconds = np.asarray(seconds, np.float64)
+    return (seconds >= EARLIEST_SECONDS) & (seconds < LATEST_SECONDS)
 
 
 def parse_booleans(values: pd.Series, file: str, field: str) -> np.ndarray:
@@ -234,10 +258,15 @@ def _all_ids(values: list, allow_empty: bool) -> bool:
 
 
 def format_seconds(seconds: float) -> str:
-    """Unix seconds -> ISO 8601 UTC, with milliseconds only when there are any."""
-    stamp = pd.Timestamp(round(seconds * 1000), unit="ms", tz="UTC")
-    text = stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-    return (text[:-4] if text.endswith(".000") else text) + "Z"
+    """Unix seconds -> ISO 8601 UTC, with milliseconds only when there are any; a time that
+    ISO 8601's four-digit years cannot write (or not a number) as "<seconds> unix seconds":
+    error messages use it, and must never fail themselves."""
+    try:
+        moment = _EPOCH + timedelta(milliseconds=round(seconds * 1000))
+    except (OverflowError, ValueError, TypeError):
+        return f"{seconds!r} unix seconds"
+    text = moment.isoformat(timespec="milliseconds").removesuffix("+00:00")
+    return text.removesuffix(".000") + "Z"
 
 
 def require_after_upload(

@@ -184,19 +184,32 @@ def test_split_user_id_outside_the_alphabet_is_refused(tmp_path, split):
     )
 
 
-def test_unicode_and_punctuated_ids_are_accepted(tmp_path):
-    items = TINY_ITEMS.replace("a,x,", "Émile-1,x~1,").replace("b,x,", "b:2@v+1,x~1,")
-    items = items.replace("c,y,", "ŝ.c_3,,")  # an empty artist is allowed
+def test_punctuated_ids_are_accepted(tmp_path):
+    items = TINY_ITEMS.replace("a,x,", "Emile-1,x~1,").replace("b,x,", "b:2@v+1,x~1,")
+    items = items.replace("c,y,", "s.c_3,,")  # an empty artist is allowed
     purchases = (
-        TINY_PURCHASES.replace("u1,a,", "用户-1,Émile-1,")
+        TINY_PURCHASES.replace("u1,a,", "user_1,Emile-1,")
         .replace(",b,", ",b:2@v+1,")
-        .replace(",c,", ",ŝ.c_3,")
+        .replace(",c,", ",s.c_3,")
     )
     dataset = load_dataset(write_dataset(tmp_path / "d", items, purchases))
-    assert dataset.item_ids[:3].tolist() == ["Émile-1", "b:2@v+1", "ŝ.c_3"]
+    assert dataset.item_ids[:3].tolist() == ["Emile-1", "b:2@v+1", "s.c_3"]
     assert dataset.items["artist_id"].iloc[2] == ""
-    assert dataset.purchases["user_id"].iloc[0] == "用户-1"
+    assert dataset.purchases["user_id"].iloc[0] == "user_1"
     assert dataset.purchases["item"].tolist() == [0, 1, 1, 3, 2, 4, 2]
+
+
+@pytest.mark.parametrize("bad", ["Émile-1", "用户-1", "x²", "art-7\u200d", "e\u0301"])
+def test_ids_outside_ascii_are_refused_as_the_http_api_refuses_them(tmp_path, bad):
+    """Letters of other scripts, superscripts, an invisible joiner, a combining accent: the
+    HTTP API (whose published pattern JSON Schema reads as ASCII) and every checker agree."""
+    from serving.schemas import PurchaseIn
+
+    purchases = TINY_PURCHASES.replace("u1,a,", f"{bad},a,")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message.startswith(f"purchases.csv, line 2, field 'user_id': {bad!r} is not a valid id")
+    with pytest.raises(ValueError, match="customer_id"):
+        PurchaseIn.model_validate({"customer_id": bad, "item_id": "a"})
 
 
 def test_ugallery_import_refuses_bad_customer_id(tmp_path):
@@ -315,3 +328,31 @@ def test_non_utf8_in_a_field_beyond_the_header(tmp_path):
     assert str(caught.value) == (
         "x.csv, line 2: not valid UTF-8 (byte 0xff at column 6), in field 3 of a header with 2"
     )
+
+
+# --- the time range ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("-1", "'-1'"), ("1e300", "'1e300'"), ("7258118400", "'7258118400'"),
+     ("1969-12-31T23:59:59Z", "'1969-12-31T23:59:59Z'")],
+)  # fmt: skip
+def test_times_outside_1970_to_2200_are_refused_naming_line_and_field(tmp_path, value, shown):
+    """The range the HTTP API takes too; 1e300 seconds once reached format_seconds and failed."""
+    purchases = TINY_PURCHASES.replace("u1,d,2020-02-10", f"u1,d,{value}")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == (
+        f"purchases.csv, line 5, field 'timestamp': {shown} is not between "
+        "1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z"
+    )
+
+
+def test_format_seconds_writes_what_iso_8601_can_and_never_fails():
+    from training.data.columns import format_seconds
+
+    assert format_seconds(0) == "1970-01-01T00:00:00Z"
+    assert format_seconds(1580515199.5) == "2020-01-31T23:59:59.500Z"
+    assert format_seconds(-62135596800) == "0001-01-01T00:00:00Z"  # four digits, padded
+    for unwritable in (-62135683140.0, 253402387139.0, float("nan"), float("inf"), 1e300):
+        assert format_seconds(unwritable) == f"{unwritable!r} unix seconds"
