@@ -413,3 +413,21 @@ def test_an_item_id_in_a_path_outside_the_alphabet_is_a_short_422(server, item_i
     assert response.status_code == 422, response.text[:300]
     assert response.json()["detail"].startswith("item_id: ")
     assert len(response.content) < 1_000
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "identity, gzip"])
+def test_a_compressed_body_is_a_415_naming_the_header(server, encoding):
+    """Once read as if uncompressed: a plain body marked gzip got a 200, a real gzip body a
+    misleading "not valid JSON"."""
+    import gzip
+
+    for content in (b'{"k": 2}', gzip.compress(b'{"k": 2}')):
+        response = server.client.post(
+            "/v1/recommendations",
+            content=content,
+            headers={**JSON, "Content-Encoding": encoding},
+        )
+        assert response.status_code == 415, response.text
+        assert response.json()["detail"].startswith("header Content-Encoding: ")
+    plain = {**JSON, "Content-Encoding": "identity"}
+    assert server.client.post("/v1/recommendations", content=b'{"k": 2}', headers=plain).is_success
