@@ -10,6 +10,7 @@ import csv
 import io
 import re
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,25 +148,28 @@ def parse_timestamps(values: pd.Series, file: str, field: str) -> np.ndarray:
         parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
         seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
         result = numeric.astype("float64").fillna(seconds).to_numpy()
-    bad = np.flatnonzero(~np.isfinite(result))
-    if bad.size:
-        row = int(bad[0])
-        raise DatasetError(
-            file,
-            f"cannot parse {values.iloc[row]!r} as a timestamp (ISO 8601 or unix seconds)",
-            line=line_of(row),
-            field=field,
-        )
-    outside = np.flatnonzero(~within_time_range(result))
-    if outside.size:
-        row = int(outside[0])
-        raise DatasetError(
-            file,
-            f"{values.iloc[row]!r} is not {TIME_RULE}",
-            line=line_of(row),
-            field=field,
-        )
+    refuse_first(
+        ~np.isfinite(result),
+        values,
+        file,
+        field,
+        lambda value: f"cannot parse {value!r} as a timestamp (ISO 8601 or unix seconds)",
+    )
+    refuse_first(
+        ~within_time_range(result), values, file, field, lambda v: f"{v!r} is not {TIME_RULE}"
+    )
     return result
+
+
+def refuse_first(
+    bad: np.ndarray, values: pd.Series, file: str, field: str, problem: Callable[[str], str]
+) -> None:
+    """DatasetError at the first row where `bad` [n] is true, naming its line and `field`;
+    `problem(value)` says what is wrong with that row's value."""
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        row = int(rows[0])
+        raise DatasetError(file, problem(values.iloc[row]), line=line_of(row), field=field)
 
 
 def within_time_range(seconds) -> np.ndarray | bool:
@@ -177,15 +181,9 @@ def within_time_range(seconds) -> np.ndarray | bool:
 def parse_booleans(values: pd.Series, file: str, field: str) -> np.ndarray:
     lowered = values.str.lower()
     is_true, is_false = lowered.isin(_TRUE).to_numpy(), lowered.isin(_FALSE).to_numpy()
-    bad = np.flatnonzero(~(is_true | is_false))
-    if bad.size:
-        row = int(bad[0])
-        raise DatasetError(
-            file,
-            f"{values.iloc[row]!r} is not a boolean (true/false)",
-            line=line_of(row),
-            field=field,
-        )
+    refuse_first(
+        ~(is_true | is_false), values, file, field, lambda v: f"{v!r} is not a boolean (true/false)"
+    )
     return is_true
 
 

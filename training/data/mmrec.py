@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data.columns import DatasetError, line_of, read_text, require_nonempty
+from training.data.columns import (
+    DatasetError,
+    line_of,
+    read_text,
+    refuse_first,
+    require_nonempty,
+)
 from training.data.dataset import Dataset, check_features, read_npy
 
 INTER_FIELDS = ("userID", "itemID", "x_label")  # the header may name more; they are ignored
@@ -184,13 +190,6 @@ def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
 def _parse_ids(values: pd.Series, file: str, field: str) -> pd.Series:
     """Non-negative integers as canonical text (no leading zeros: '007' -> '7')."""
     require_nonempty(values, file, field)
-    bad = np.flatnonzero(~values.str.fullmatch(r"[0-9]+").to_numpy(dtype=bool))
-    if bad.size:
-        row = int(bad[0])
-        raise DatasetError(
-            file,
-            f"{values.iloc[row]!r} is not a non-negative integer",
-            line=line_of(row),
-            field=field,
-        )
+    integers = values.str.fullmatch(r"[0-9]+").to_numpy(dtype=bool)
+    refuse_first(~integers, values, file, field, lambda v: f"{v!r} is not a non-negative integer")
     return values.str.lstrip("0").replace("", "0")
