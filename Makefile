@@ -41,7 +41,7 @@ train: data
 	done
 
 evaluate: train
-	$(BIN)/curator evaluate --data $(DATA_DIR) --out $(REPORT_DIR) \
+	$(BIN)/curator evaluate --data $(DATA_DIR) --out $(REPORT_DIR) --force \
 	  --model $(RUNS_DIR)/curator --model $(RUNS_DIR)/curatornet-paper
 
 export: evaluate

@@ -38,6 +38,39 @@ def test_generate_then_evaluate_writes_table_and_metrics(tmp_path):
     assert (tmp_path / "report" / "replay-popular.csv").exists()
 
 
+def test_evaluate_replaces_an_existing_report_only_with_force_and_never_a_file(tmp_path):
+    """Once, --out wiped an existing directory without asking, and renamed a file out of the
+    way before failing with a traceback."""
+    done = curator("data", "generate", "--out", "store", "--scale", "60", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "file").write_text("keep")
+    for out in ("mine", "file"):
+        done = curator("evaluate", "--data", "store", "--out", out, "--baselines", "random",
+                       cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"error: {out} ")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert (tmp_path / "file").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine", "store"]
+    done = curator("evaluate", "--data", "store", "--out", "mine", "--baselines", "random",
+                   "--force", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
+        "metrics.json", "replay-random.csv"
+    ]  # fmt: skip
+    # as the umask allows, not mkdtemp's 0700 (a container's other USER reads the exports)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "mine").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "store").stat().st_mode & 0o777 == 0o777 & ~umask
+    from training.atomic import write_text_atomic  # the export's manifest, history.json, ...
+
+    write_text_atomic(tmp_path / "manifest.json", "{}")
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_bad_dataset_exits_2_with_file_line_and_field(tmp_path):
     write_dataset(tmp_path / "bad", TINY_ITEMS, TINY_PURCHASES + "u1,nope,2020-05-01\n")
     done = curator("evaluate", "--data", "bad", "--out", "report", cwd=tmp_path)

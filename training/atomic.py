@@ -21,12 +21,12 @@ def atomic_directory(out: Path | str, *, overwrite: bool = False) -> Iterator[Pa
     `overwrite`, an existing `out` is replaced only after the new one is complete.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --force to replace it)")
+    check_output_directory(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -37,6 +37,29 @@ def atomic_directory(out: Path | str, *, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_directory(out: Path | str, *, overwrite: bool) -> None:
+    """FileExistsError if `out` exists and is not a directory (never replaced: a user's file),
+    or exists and `overwrite` is off. Commands call it before their work, too."""
+    out = Path(out)
+    if out.is_symlink() or out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a directory: choose another output")
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists (pass --force to replace it)")
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets one to read it, which
+    another thread could see); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def write_npz_atomic(path: Path | str, arrays: dict[str, np.ndarray]) -> None:
@@ -61,6 +84,7 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -333,6 +333,7 @@ def evaluate(
     ] = None,
     split: Annotated[str, typer.Option(help="Holdout split: test or valid.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Write metrics.json and per-test CSVs.")] = None,
+    force: Force = False,
     model: Annotated[
         list[Path] | None, typer.Option(help="A training run to add as a row; repeatable.")
     ] = None,
@@ -356,6 +357,7 @@ def evaluate(
         models=models,
         split=split,
         out=out,
+        overwrite=force,
         seed=seed,
         progress=True,
     )

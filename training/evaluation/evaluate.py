@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from training.atomic import atomic_directory
+from training.atomic import atomic_directory, check_output_directory
 from training.data.dataset import Dataset
 from training.evaluation.baselines import build_baselines, default_baselines
 from training.evaluation.comparison import comparison_rows, comparison_table
@@ -57,6 +57,7 @@ def evaluate(
     models: Sequence[Recommender] = (),
     split: str = "test",
     out: Path | str | None = None,
+    overwrite: bool = False,
     seed: int = 0,
     progress: bool = False,
 ) -> EvaluationResult:
@@ -68,10 +69,13 @@ def evaluate(
     those alone (see report.summary_rows). Each of `models` is also compared with each
     baseline, test by test, on AUC and R@20 of the subsets "last" and "all" (a paired bootstrap
     interval: training/evaluation/comparison.py). With `out`, writes metrics.json (rows and
-    comparisons) and one CSV of per-test results per method, all at once at the end.
+    comparisons) and one CSV of per-test results per method, all at once at the end; an
+    existing `out` directory is replaced only with `overwrite`.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if out is not None:  # before the work: an existing output is replaced only when asked
+        check_output_directory(out, overwrite=overwrite)
     cases = replay_cases(dataset) if protocol == "replay" else holdout_cases(dataset, split)
     if not cases:
         raise ValueError(f"the {protocol} protocol found no tests in {dataset.path}")
@@ -90,7 +94,7 @@ def evaluate(
     comparisons = comparison_rows(frames, [m.name for m in models], whole, seed=seed)
 
     if out is not None:
-        with atomic_directory(out, overwrite=True) as tmp:
+        with atomic_directory(out, overwrite=overwrite) as tmp:
             info = {"dataset": dataset.location, "seed": seed}
             if protocol == "holdout":
                 info["split"] = split
