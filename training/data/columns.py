@@ -67,14 +67,22 @@ def read_text(path, name: str, *, delimiter: str = ",", quoted: bool = True) -> 
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        start = error.start
-    # Everything before the first bad byte decodes: locate it by line, field and column.
+        _refuse_byte(raw, error.start, "not valid UTF-8", name, delimiter, quoted)
+    nul = raw.find(b"\x00")  # the csv parser would end the field there: ids cut short, merged
+    if nul >= 0:
+        _refuse_byte(raw, nul, "a NUL character, which no field may hold", name, delimiter, quoted)
+    return text
+
+
+def _refuse_byte(raw: bytes, start: int, what: str, name: str, delimiter: str, quoted: bool):
+    """DatasetError locating raw[start] by line, field and column (everything before it
+    decodes)."""
     line_start = raw.rfind(b"\n", 0, start) + 1
     line = raw.count(b"\n", 0, start) + 1
     column = len(raw[line_start:start].decode("utf-8")) + 1  # characters, as an editor counts
-    problem = f"not valid UTF-8 (byte 0x{raw[start]:02x} at column {column})"
+    problem = f"{what} (byte 0x{raw[start]:02x} at column {column})"
     field = None
     if line > 1:
         header_end = raw.find(b"\n")
@@ -117,6 +125,8 @@ def read_csv(path, name: str, required: list[str], optional: list[str] = ()) -> 
         raise DatasetError(name, "file is empty") from None
     except pd.errors.ParserError as error:
         raise DatasetError(name, f"not a valid CSV file ({error})") from None
+    header = _last_record(text.split("\n", 1)[0], ",", True) or []
+    require_distinct_columns([column.strip() for column in header], name)
     frame.columns = [column.strip() for column in frame.columns]
     missing = [column for column in required if column not in frame.columns]
     if missing:
@@ -131,6 +141,15 @@ def read_csv(path, name: str, required: list[str], optional: list[str] = ()) -> 
     for column in required:
         require_nonempty(frame[column], name, column)
     return frame
+
+
+def require_distinct_columns(header: list[str], file: str) -> None:
+    """DatasetError naming a column the header has twice (a reader would keep one silently)."""
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise DatasetError(file, f"column {column!r} appears twice in the header", line=1)
+        seen.add(column)
 
 
 def require_nonempty(values: pd.Series, file: str, field: str) -> None:

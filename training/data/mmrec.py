@@ -24,6 +24,7 @@ from training.data.columns import (
     line_of,
     read_text,
     refuse_first,
+    require_distinct_columns,
     require_nonempty,
 )
 from training.data.dataset import Dataset, check_features, read_npy
@@ -139,6 +140,7 @@ def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
     if not lines:
         raise DatasetError(name, "file is empty")
     header = [column.strip() for column in lines[0].rstrip("\r").split("\t")]
+    require_distinct_columns(header, name)
     missing = [column for column in INTER_FIELDS if column not in header]
     if missing:
         raise DatasetError(

@@ -356,3 +356,36 @@ def test_format_seconds_writes_what_iso_8601_can_and_never_fails():
     assert format_seconds(-62135596800) == "0001-01-01T00:00:00Z"  # four digits, padded
     for unwritable in (-62135683140.0, 253402387139.0, float("nan"), float("inf"), 1e300):
         assert format_seconds(unwritable) == f"{unwritable!r} unix seconds"
+
+
+# --- NUL characters and repeated columns ------------------------------------------------------
+
+
+def test_a_nul_character_is_refused_naming_line_field_and_column(tmp_path):
+    """Once the csv parser ended the field there: 'u1\\0zzz' became user 'u1', silently merging
+    two customers' purchases."""
+    purchases = TINY_PURCHASES.replace("u2,b,", "u1\x00zzz,b,").encode()
+    message = _error(_write_bytes(tmp_path, purchases=purchases))
+    assert message == (
+        "purchases.csv, line 3, field 'user_id': a NUL character, which no field may hold "
+        "(byte 0x00 at column 3)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("file", "header"),
+    [
+        ("items", "item_id,item_id,upload_time,one_of_a_kind"),
+        ("purchases", "user_id,item_id,item_id"),
+        ("purchases", "user_id,item_id, timestamp,timestamp"),
+    ],
+)
+def test_a_column_named_twice_is_refused(tmp_path, file, header):
+    """Once accepted: the second copy was dropped (a purchases file lost its times)."""
+    text = {"items": TINY_ITEMS, "purchases": TINY_PURCHASES}[file]
+    text = header + text[text.index("\n") :]
+    items = text if file == "items" else TINY_ITEMS
+    purchases = text if file == "purchases" else TINY_PURCHASES
+    message = _error(write_dataset(tmp_path / "d", items, purchases))
+    repeated = "item_id" if "item_id,item_id" in header else "timestamp"
+    assert message == f"{file}.csv, line 1: column {repeated!r} appears twice in the header"

@@ -147,6 +147,14 @@ def _error(tmp_path, line: str, number: int = 3) -> str:
     return str(caught.value)
 
 
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path):
+    """Once the first of the two was used silently."""
+    header = "userID\titemID\titemID\ttimestamp\tx_label"
+    assert _error(tmp_path, header, number=1) == (
+        "tiny.inter, line 1: column 'itemID' appears twice in the header"
+    )
+
+
 def test_wrong_number_of_columns_names_the_line(tmp_path):
     assert _error(tmp_path, "0\t1\t5\t1400000001") == (
         "tiny.inter, line 3: 4 tab-separated fields, expected 5 as in the header"
