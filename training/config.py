@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -24,6 +25,28 @@ TERM_GRIDS = (
     "era_weights",
 )
 SELECTION_METRICS = ("auc", "r@20", "r@100", "ndcg@20", "mean_recall", "auc_recall")
+ACTIVATIONS = (
+    "selu", "relu", "relu6", "elu", "gelu", "silu", "swish", "mish", "leaky_relu", "tanh",
+    "sigmoid", "hard_sigmoid", "softplus", "softsign", "exponential", "linear",
+)  # fmt: skip
+TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+}
+
+
+def _has_type(value, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if kind == "int":
+        return isinstance(value, numbers.Integral)
+    return math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -100,6 +123,7 @@ class TrainConfig:
         return self.hybrid or self.bias_head or self.artist_embedding
 
     def __post_init__(self) -> None:
+        self._check_types()
         pairs = self.policies.items() if isinstance(self.policies, dict) else self.policies
         object.__setattr__(self, "policies", tuple((str(k), int(v)) for k, v in pairs))
         object.__setattr__(self, "item_hidden", tuple(int(u) for u in self.item_hidden))
@@ -113,11 +137,26 @@ class TrainConfig:
                 self.selection_metric in SELECTION_METRICS,
                 f"one of {SELECTION_METRICS}",
             ),
-            "policies": (set(self.policy_counts) <= set(POLICIES), f"names from {POLICIES}"),
+            "policies": (
+                set(self.policy_counts) <= set(POLICIES)
+                and all(n >= 0 for n in self.policy_counts.values()),
+                f"names from {POLICIES} with counts >= 0",
+            ),
+            "activation": (self.activation in ACTIVATIONS, f"one of {ACTIVATIONS}"),
+            "item_hidden": (all(u >= 1 for u in self.item_hidden), "units >= 1"),
+            "user_hidden": (all(u >= 1 for u in self.user_hidden), "units >= 1"),
             "temperature": (self.temperature > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "batch_size": (self.batch_size >= 2, ">= 2"),
             "learning_rate": (self.learning_rate > 0, "> 0"),
+            "lr_decay": (self.lr_decay > 0, "> 0"),
             "epochs": (self.epochs >= 1, ">= 1"),
+            "patience": (self.patience >= 1, ">= 1"),
+            "n_clusters": (self.n_clusters >= 1, ">= 1"),
+            "seed": (0 <= self.seed < 2**32, "in [0, 2**32)"),
+            "scann_min_items": (self.scann_min_items >= 1, ">= 1"),
+            "scann_dimensions_per_block": (self.scann_dimensions_per_block >= 1, ">= 1"),
+            "scann_reorder": (self.scann_reorder >= 1, ">= 1"),
             "max_profile": (self.max_profile >= 1, ">= 1"),
             "in_cluster": (0.0 <= self.in_cluster <= 1.0, "in [0, 1]"),
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
@@ -160,6 +199,27 @@ class TrainConfig:
             raise ValueError("config: artist_prior_weights needs artist_embedding: true")
         if self.loss == "bpr" and not self.policies:
             raise ValueError("config: the bpr loss needs at least one sampling policy")
+
+    def _check_types(self) -> None:
+        """Each field's type as declared, before any conversion: an integer field takes no bool
+        or 2.5 (once `epochs: true` trained one epoch and `batch_size: 2.5` failed deep in
+        sampling), a number field only finite numbers (once `learning_rate: .inf` failed after
+        an epoch), a flag only true/false; in lists, each element."""
+        for field in fields(self):
+            value, kind = getattr(self, field.name), field.type
+            if kind.startswith("tuple[tuple"):  # policies: checked as pairs below
+                continue
+            element = kind.removeprefix("tuple[").removesuffix(", ...]")
+            values = value if kind.startswith("tuple[") else (value,)
+            if kind.startswith("tuple[") and isinstance(value, str | bytes):
+                values = (value,)  # a string is no list of numbers
+            for one in values:
+                if not _has_type(one, element):
+                    where = "" if values is not value else " element"
+                    raise ValueError(
+                        f"config field {field.name!r}{where} must be {TYPE_WORDS[element]}, "
+                        f"got {one!r}"
+                    )
 
     @property
     def policy_counts(self) -> dict[str, int]:
