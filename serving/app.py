@@ -60,9 +60,9 @@ GUARDED = {
     ("POST", "/v1/customers/{customer_id}/favourites"),
     ("POST", "/admin/reload"),
 }
-# ids in a path: the same alphabet as in bodies (an id outside it cannot exist: 422, not 404)
-CustomerId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description=ID_RULE)]
-ItemId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description=ID_RULE)]
+# an id in a path (customer, artwork): the same alphabet as in bodies (an id outside it cannot
+# exist: 422, not 404)
+PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description=ID_RULE)]
 MANIFEST_PATHS = ("run", "dataset")  # host paths in a manifest, shown by their last part only
 
 
@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=Recommendations,
         responses={**error_responses(404, 422, e404="unknown item id"), **not_ready},
     )
-    async def similar(item_id: ItemId, k: int = Query(10, ge=1, le=settings.max_k)) -> Response:
+    async def similar(item_id: PathId, k: int = Query(10, ge=1, le=settings.max_k)) -> Response:
         return _json(await asyncio.to_thread(service.similar, item_id, k))
 
     @app.post(
@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={**writes, **not_ready},
         openapi_extra=body_spec(FavouritesChange),
     )
-    async def change_favourites(request: Request, customer_id: CustomerId) -> Favourites:
+    async def change_favourites(request: Request, customer_id: PathId) -> Favourites:
         """Add and remove favourites (`remove` first); they join the customer's profile."""
         body = await bodies.read(request, FavouritesChange)
         return await asyncio.to_thread(service.change_favourites, customer_id, body)
@@ -231,7 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=Favourites,
         responses={**error_responses(422), **not_ready},
     )
-    async def favourites(customer_id: CustomerId) -> Favourites:
+    async def favourites(customer_id: PathId) -> Favourites:
         return service.favourites(customer_id)
 
     @app.get("/healthz")

@@ -17,8 +17,7 @@ from starlette.formparsers import MultiPartException
 
 from serving.bodies import describe_errors, require_identity_encoding
 from serving.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
-from serving.schemas import Id, OptionalId
-from training.data.columns import TIME_RULE
+from serving.schemas import TIME_FIELD, Id, OptionalId
 
 IMAGE_FIELD = "image"
 
@@ -31,8 +30,7 @@ class ImageArtwork(BaseModel):
     one_of_a_kind: bool = True
     upload_time: datetime | None = Field(
         None,
-        description=f"default: now; {TIME_RULE} (else 409); more than 5 minutes ahead of the "
-        "service's clock: 409",
+        description=TIME_FIELD,
     )
 
 

@@ -29,6 +29,11 @@ Feature = Annotated[float, Field(ge=-FEATURE_LIMIT, le=FEATURE_LIMIT)]
 # validated as JSON numbers, held as a float32 array
 Float32Vector = Annotated[list[Feature], AfterValidator(lambda v: np.asarray(v, np.float32))]
 MAX_GIVEN_ITEMS = 1_000  # profiles use the most recent max_profile artworks anyway
+# an upload or purchase time (serving/service.py checks both bounds: JSON Schema has none)
+TIME_FIELD = (
+    f"default: now; {TIME_RULE} (else 409: a bound the schema cannot express); more than 5 "
+    "minutes ahead of the service's clock: 409"
+)
 
 
 class Strict(BaseModel):
@@ -112,8 +117,7 @@ class NewArtwork(Strict):
     )
     upload_time: datetime | None = Field(
         None,
-        description=f"default: now; {TIME_RULE} (else 409: a bound the schema cannot express); "
-        "more than 5 minutes ahead of the service's clock: 409",
+        description=TIME_FIELD,
     )
 
 
@@ -126,8 +130,7 @@ class PurchaseIn(Strict):
     item_id: Id
     timestamp: datetime | None = Field(
         None,
-        description=f"default: now; {TIME_RULE} (else 409: a bound the schema cannot express); "
-        "more than 5 minutes ahead of the service's clock: 409",
+        description=TIME_FIELD,
     )
 
 

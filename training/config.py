@@ -210,12 +210,11 @@ class TrainConfig:
             if kind.startswith("tuple[tuple"):  # policies: checked as pairs below
                 continue
             element = kind.removeprefix("tuple[").removesuffix(", ...]")
-            values = value if kind.startswith("tuple[") else (value,)
-            if kind.startswith("tuple[") and isinstance(value, str | bytes):
-                values = (value,)  # a string is no list of numbers
-            for one in values:
+            # a list's elements; a string given for a list is checked whole (it is no list)
+            is_list = kind.startswith("tuple[") and not isinstance(value, str | bytes)
+            where = " element" if is_list else ""
+            for one in value if is_list else (value,):
                 if not _has_type(one, element):
-                    where = "" if values is not value else " element"
                     raise ValueError(
                         f"config field {field.name!r}{where} must be {TYPE_WORDS[element]}, "
                         f"got {one!r}"

@@ -125,7 +125,8 @@ def read_csv(path, name: str, required: list[str], optional: list[str] = ()) -> 
         raise DatasetError(name, "file is empty") from None
     except pd.errors.ParserError as error:
         raise DatasetError(name, f"not a valid CSV file ({error})") from None
-    header = _last_record(text.split("\n", 1)[0], ",", True) or []
+    header_end = text.find("\n")  # the first line, not a copy of the whole file's text
+    header = _last_record(text if header_end < 0 else text[:header_end], ",", True) or []
     require_distinct_columns([column.strip() for column in header], name)
     frame.columns = [column.strip() for column in frame.columns]
     missing = [column for column in required if column not in frame.columns]
