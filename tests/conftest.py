@@ -48,6 +48,24 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
     return names
 
 
+def write_untrained_run(run_dir: Path, feature_dim: int) -> Path:
+    """A run's towers (towers.json and final weights) for `feature_dim`-d features, untrained:
+    enough for `--model` without a training run."""
+    import tensorflow as tf
+
+    from towers.item_tower import ItemTower
+    from towers.user_tower import UserTower
+    from training.trained_towers import MODEL_PREFIX, save_towers
+
+    item_tower = ItemTower(np.zeros(feature_dim), np.ones(feature_dim), hidden_units=(8,))
+    user_tower = UserTower(hidden_units=(8,))
+    vectors = item_tower(tf.zeros([1, feature_dim]))[:, None, :]  # builds the variables
+    user_tower((vectors, tf.ones([1, 1], tf.bool)))
+    run_dir.mkdir(parents=True)
+    save_towers(run_dir, item_tower, user_tower, MODEL_PREFIX)
+    return run_dir
+
+
 TINY_ITEMS = """item_id,artist_id,upload_time,one_of_a_kind
 a,x,2020-01-01,true
 b,x,2020-01-01,false

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import REPO, TINY_ITEMS, TINY_PURCHASES, write_dataset
+from tests.conftest import REPO, TINY_ITEMS, TINY_PURCHASES, write_dataset, write_untrained_run
 
 
 def curator(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -245,3 +245,74 @@ def test_features_command_writes_a_dataset_and_names_a_bad_file(tmp_path):
     done = curator("features", "--images", "photos", "--out", "again", *args, cwd=tmp_path)
     assert done.returncode == 2 and "broken.png" in done.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_a_directory_or_a_symbolic_link_loop_for_a_dataset_file_exits_2_in_one_line(tmp_path):
+    """Once a traceback from `curator train`, `evaluate` and `data holdout`."""
+    (write_dataset(tmp_path / "dir", TINY_ITEMS, TINY_PURCHASES) / "items.csv").unlink()
+    (tmp_path / "dir" / "items.csv").mkdir()
+    (write_dataset(tmp_path / "loop", TINY_ITEMS, TINY_PURCHASES) / "purchases.csv").unlink()
+    (tmp_path / "loop" / "purchases.csv").symlink_to("purchases.csv")
+    for command, data in [
+        (["evaluate", "--out", "report"], "dir"),
+        (["evaluate", "--out", "report"], "loop"),
+        (["train", "--out", "run"], "dir"),
+        (["data", "holdout", "--out", "held"], "loop"),
+    ]:
+        done = curator(*command, "--data", data, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert (
+            done.stderr
+            == {
+                "dir": "error: items.csv: is a directory, expected a file\n",
+                "loop": "error: purchases.csv: is a symbolic link loop\n",
+            }[data]
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "loop"]
+
+
+def test_train_refuses_an_out_that_is_a_file_before_any_work(tmp_path):
+    """Once a traceback (NotADirectoryError), after loading the dataset."""
+    (tmp_path / "notes.txt").write_text("keep")
+    done = curator("train", "--data", "no-such-dataset", "--out", "notes.txt", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "error: notes.txt exists and is not a directory: choose another output\n"
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_evaluate_refuses_a_run_trained_on_features_of_another_dimension(tmp_path):
+    """Once a Keras traceback."""
+    write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)  # 4-d features
+    write_untrained_run(tmp_path / "run", feature_dim=2048)
+    done = curator("evaluate", "--data", "d", "--model", "run", "--out", "report", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "error: run was trained on 2048-d features; d/features.npy has 4-d\n"
+    assert not (tmp_path / "report").exists()
+
+
+def test_empty_baselines_evaluate_the_models_alone_and_without_a_model_are_refused(tmp_path):
+    """Once an empty table."""
+    write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    for baselines in ("", " , "):
+        done = curator("evaluate", "--data", "d", "--baselines", baselines, cwd=tmp_path)
+        assert done.returncode == 2
+        assert done.stderr == (
+            "error: --baselines names no baseline and there is no --model: nothing to evaluate\n"
+        )
+    write_untrained_run(tmp_path / "run", feature_dim=4)
+    done = curator("evaluate", "--data", "d", "--baselines", "", "--model", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    methods = {line.split(" | ")[0] for line in done.stdout.splitlines()[2:] if line}
+    assert methods == {"| run"}
+
+
+def test_holdout_fraction_outside_its_range_names_the_option_and_writes_nothing(tmp_path):
+    write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    for fraction in ("0.5", "0", "nan"):
+        done = curator("data", "holdout", "--data", "d", "--out", "held", "--fraction", fraction,
+                       cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.startswith("error: --fraction must be in (0, 0.5)"), done.stderr
+        assert done.stderr.endswith(f"got {float(fraction)}\n")
+    assert not (tmp_path / "held").exists()

@@ -43,11 +43,26 @@ def check_output_directory(out: Path | str, *, overwrite: bool) -> None:
     """FileExistsError if `out` exists and is not a directory (never replaced: a user's file),
     or exists and `overwrite` is off. Commands call it before their work, too."""
     out = Path(out)
-    if out.is_symlink() or out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory: choose another output")
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists (pass --force to replace it)")
+    refuse_non_directory(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --force to replace it)")
+
+
+def check_run_directory(run_dir: Path | str, *, resume: bool) -> None:
+    """FileExistsError if `run_dir` exists and is not a directory, or holds a run and `resume`
+    is off (a training run is continued on request, never replaced)."""
+    run_dir = Path(run_dir)
+    refuse_non_directory(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
+
+
+def refuse_non_directory(out: Path | str) -> None:
+    """FileExistsError if something other than a directory (a file, a symbolic link that loops
+    or leads nowhere) is at `out`: an output directory never replaces it."""
+    out = Path(out)
+    if (out.is_symlink() or out.exists()) and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory: choose another output")
 
 
 def _umask() -> int:

@@ -150,14 +150,17 @@ def publish_tfds(
 def holdout(
     data: DataRef,
     out: Annotated[Path, typer.Option(help="Dataset directory to write.")],
-    fraction: Annotated[float, typer.Option(help="Share of each user's artworks per split.")] = 0.2,
+    fraction: Annotated[
+        float, typer.Option(help="Share of each user's artworks per split, in (0, 0.5).")
+    ] = 0.2,
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
     """Copy a dataset with a fixed random holdout split (valid.csv, test.csv)."""
     from training.data.dataset import open_dataset, save_dataset
-    from training.data.history import holdout_split
+    from training.data.history import check_holdout_fraction, holdout_split
 
+    check_holdout_fraction(fraction)  # before the dataset is read
     dataset = holdout_split(open_dataset(data), fraction=fraction, seed=seed)
     save_dataset(dataset, out, overwrite=force, readme=f"Holdout split of {data} (seed {seed}).\n")
     typer.echo(f"wrote {out}: {len(dataset.test)} test and {len(dataset.valid)} valid purchases")
@@ -258,6 +261,9 @@ def train(
     ] = 1,
 ) -> None:
     """Train the towers: choose a configuration on the validation split, keep its best epoch."""
+    from training.atomic import refuse_non_directory
+
+    refuse_non_directory(out)  # before any work, TensorFlow's import included
     import os
     import shutil
 
@@ -329,7 +335,11 @@ def evaluate(
     data: DataRef,
     protocol: Annotated[str, typer.Option(help="replay or holdout.")] = "replay",
     baselines: Annotated[
-        str | None, typer.Option(help="Comma-separated baselines (default: all that apply).")
+        str | None,
+        typer.Option(
+            help='Comma-separated baselines (default: all that apply; "": none, the --model '
+            "rows alone)."
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="Holdout split: test or valid.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Write metrics.json and per-test CSVs.")] = None,
@@ -343,13 +353,17 @@ def evaluate(
     from training.data.dataset import open_dataset
     from training.evaluation.evaluate import evaluate as run_evaluation
 
+    names = None if baselines is None else [n.strip() for n in baselines.split(",") if n.strip()]
+    if names == [] and not model:
+        raise ValueError(
+            "--baselines names no baseline and there is no --model: nothing to evaluate"
+        )
     dataset = open_dataset(data)
     models = []
     if model:
         from training.trained_towers import load_run_recommender
 
         models = [load_run_recommender(run, dataset) for run in model]
-    names = None if baselines is None else [n.strip() for n in baselines.split(",") if n.strip()]
     result = run_evaluation(
         dataset,
         protocol=protocol,

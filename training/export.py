@@ -70,6 +70,7 @@ from training.nearest_purchase import load_if_present
 from training.trained_towers import (
     MODEL_DIR,
     MODEL_PREFIX,
+    check_feature_dim,
     embed_items,
     load_towers,
     pad_profiles,
@@ -273,11 +274,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     config = TrainConfig(**yaml.safe_load((run_dir / "config.yaml").read_text()))
     summary = json.loads((run_dir / "summary.json").read_text())
     item_tower, user_tower = load_towers(run_dir)
-    if item_tower.feature_dim != dataset.features.shape[1]:
-        raise ValueError(
-            f"{run_dir} was trained on {item_tower.feature_dim}-d features; "
-            f"{dataset.path} has {dataset.features.shape[1]}-d"
-        )
+    check_feature_dim(run_dir, item_tower, dataset)
     nearest = load_if_present(run_dir / MODEL_DIR)
     if nearest is not None and not nearest.weights.any:
         nearest = None  # calibrated to 0: validation said the towers alone rank better

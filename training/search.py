@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from training.atomic import write_text_atomic
+from training.atomic import check_run_directory, write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
@@ -158,8 +158,7 @@ def search(
     run_dir = Path(run_dir)
     if trials < 1:
         raise ValueError(f"--trials must be >= 1, got {trials}")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
+    check_run_directory(run_dir, resume=resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     base = adapt_to_data(base, dataset)
     space = space_for(dataset) if space is None else space

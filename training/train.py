@@ -31,7 +31,7 @@ import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
-from training.atomic import write_text_atomic
+from training.atomic import check_run_directory, write_text_atomic
 from training.calibration import calibrate_artist_prior, calibrate_terms, uses_terms, validate
 from training.config import TrainConfig
 from training.data.dataset import Dataset
@@ -184,8 +184,7 @@ def train(
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
     """Create the run directory with config.yaml, or check that a resumed one matches `config`."""
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{run_dir} already exists: pass --resume to continue it")
+    check_run_directory(run_dir, resume=resume)
     if resume and not (run_dir / "checkpoints").exists():
         raise ValueError(f"--resume: {run_dir} has no checkpoints to resume from")
     run_dir.mkdir(parents=True, exist_ok=True)

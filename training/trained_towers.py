@@ -209,11 +209,23 @@ def load_towers(run_dir: Path | str, prefix: str = MODEL_PREFIX) -> tuple[ItemTo
     return item_tower, user_tower
 
 
+def check_feature_dim(run_dir: Path | str, item_tower: ItemTower, dataset: Dataset) -> None:
+    """ValueError unless `dataset`'s features are of the dimension the run was trained on."""
+    trained, given = item_tower.feature_dim, dataset.features.shape[1]
+    if trained != given:
+        if dataset.path is not None:
+            features = Path(dataset.path) / "features.npy"
+        else:
+            features = f"features.npy of {dataset.source or 'the dataset'}"
+        raise ValueError(f"{run_dir} was trained on {trained}-d features; {features} has {given}-d")
+
+
 def load_run_recommender(run_dir: Path | str, dataset: Dataset) -> TowerRecommender:
     """A finished run's final model: its towers and, if calibrated, its profile terms (the
     popularity term counts `dataset`'s purchases before each query, as `popular` does; the
     co-purchase matrix is the run's, fitted on its training split)."""
     item_tower, user_tower = load_towers(run_dir)
+    check_feature_dim(run_dir, item_tower, dataset)
     nearest = load_if_present(Path(run_dir) / MODEL_DIR)
     copurchase = load_copurchase(Path(run_dir) / MODEL_DIR)
     sales = PopularRecommender.from_dataset(dataset)

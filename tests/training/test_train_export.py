@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,6 +69,22 @@ def test_artist_prior_needs_artist_embeddings():
 def test_a_run_directory_is_never_overwritten(trained_run, small_marketplace):
     with pytest.raises(FileExistsError, match="--resume"):
         train(load_dataset(small_marketplace), tiny_config(), trained_run, progress=False)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_directory_that_is_a_file_is_refused_and_kept(tiny_dataset_dir, tmp_path, resume):
+    """Once NotADirectoryError, a traceback from `curator train --out FILE`."""
+    from training.search import search
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    dataset = load_dataset(tiny_dataset_dir)
+    message = f"^{re.escape(str(notes))} exists and is not a directory: choose another output$"
+    with pytest.raises(FileExistsError, match=message):
+        train(dataset, tiny_config(), notes, resume=resume, progress=False)
+    with pytest.raises(FileExistsError, match=message):
+        search(dataset, tiny_config(), notes, trials=2, resume=resume)
+    assert notes.read_text() == "keep"
 
 
 def test_resume_refuses_a_different_config(trained_run, small_marketplace):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import io
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,6 +53,39 @@ class DatasetError(ValueError):
         self.file, self.line, self.field, self.problem = file, line, field, problem
 
 
+@contextmanager
+def reading(name: str) -> Iterator[None]:
+    """Around the reading of file `name`: an OSError becomes a DatasetError that says what is
+    in the file's place (nothing, a directory, a symbolic link loop, ...)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DatasetError(name, "file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(name, "is a directory, expected a file") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DatasetError(name, "is a symbolic link loop") from None
+        raise DatasetError(name, f"cannot read ({error.strerror or error})") from None
+
+
+SHOWN_CHARACTERS = 60  # of a value echoed in an error message
+
+
+def show_value(value) -> str:
+    """A value as an error message shows it: quoted, and a long one (a 10 MB field) cut to its
+    first SHOWN_CHARACTERS characters, followed by its length."""
+    text = str(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"
+
+
+def show_values(values) -> str:
+    """Values (a header's columns) as an error message shows them: a list of show_value()s."""
+    return "[" + ", ".join(show_value(value) for value in values) + "]"
+
+
 def line_of(row: int) -> int:
     """Editor line of 0-based data row `row` (the header is line 1)."""
     return row + 2
@@ -60,10 +95,8 @@ def read_text(path, name: str, *, delimiter: str = ",", quoted: bool = True) -> 
     """A UTF-8 text file as str (a leading byte order mark is dropped). A byte that is not
     UTF-8 is an error naming its line, its field (the header's name for that column of a
     `delimiter`-separated file, with `"` quoting when `quoted`) and its column."""
-    try:
+    with reading(name):
         raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(name, "file not found") from None
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     try:
@@ -132,7 +165,9 @@ def read_csv(path, name: str, required: list[str], optional: list[str] = ()) -> 
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise DatasetError(
-            name, f"missing column(s) {missing}; the header has {list(frame.columns)}", line=1
+            name,
+            f"missing column(s) {missing}; the header has {show_values(frame.columns)}",
+            line=1,
         )
     if frame.empty:
         raise DatasetError(name, "no data rows (only a header)")
@@ -149,7 +184,9 @@ def require_distinct_columns(header: list[str], file: str) -> None:
     seen: set[str] = set()
     for column in header:
         if column in seen:
-            raise DatasetError(file, f"column {column!r} appears twice in the header", line=1)
+            raise DatasetError(
+                file, f"column {show_value(column)} appears twice in the header", line=1
+            )
         seen.add(column)
 
 
@@ -173,10 +210,10 @@ def parse_timestamps(values: pd.Series, file: str, field: str) -> np.ndarray:
         values,
         file,
         field,
-        lambda value: f"cannot parse {value!r} as a timestamp (ISO 8601 or unix seconds)",
+        lambda shown: f"cannot parse {shown} as a timestamp (ISO 8601 or unix seconds)",
     )
     refuse_first(
-        ~within_time_range(result), values, file, field, lambda v: f"{v!r} is not {TIME_RULE}"
+        ~within_time_range(result), values, file, field, lambda v: f"{v} is not {TIME_RULE}"
     )
     return result
 
@@ -185,11 +222,12 @@ def refuse_first(
     bad: np.ndarray, values: pd.Series, file: str, field: str, problem: Callable[[str], str]
 ) -> None:
     """DatasetError at the first row where `bad` [n] is true, naming its line and `field`;
-    `problem(value)` says what is wrong with that row's value."""
+    `problem(shown)` says what is wrong with that row's value, as show_value() shows it."""
     rows = np.flatnonzero(bad)
     if rows.size:
         row = int(rows[0])
-        raise DatasetError(file, problem(values.iloc[row]), line=line_of(row), field=field)
+        shown = show_value(values.iloc[row])
+        raise DatasetError(file, problem(shown), line=line_of(row), field=field)
 
 
 def within_time_range(seconds) -> np.ndarray | bool:
@@ -202,7 +240,7 @@ def parse_booleans(values: pd.Series, file: str, field: str) -> np.ndarray:
     lowered = values.str.lower()
     is_true, is_false = lowered.isin(_TRUE).to_numpy(), lowered.isin(_FALSE).to_numpy()
     refuse_first(
-        ~(is_true | is_false), values, file, field, lambda v: f"{v!r} is not a boolean (true/false)"
+        ~(is_true | is_false), values, file, field, lambda v: f"{v} is not a boolean (true/false)"
     )
     return is_true
 
@@ -214,7 +252,7 @@ def require_unique(values: pd.Series, file: str, field: str) -> None:
         first = int(np.flatnonzero((values == values.iloc[row]).to_numpy())[0])
         raise DatasetError(
             file,
-            f"duplicate {field} {values.iloc[row]!r} (first on line {line_of(first)})",
+            f"duplicate {field} {show_value(values.iloc[row])} (first on line {line_of(first)})",
             line=line_of(row),
             field=field,
         )
@@ -230,16 +268,12 @@ def lookup_items(
         row = int(unknown[0])
         raise DatasetError(
             file,
-            f"unknown item {item_ids.iloc[row]!r} (not in items.csv; "
+            f"unknown item {show_value(item_ids.iloc[row])} (not in items.csv; "
             f"{unknown.size} row(s) with unknown items in all)",
             line=line_of(row),
             field=field,
         )
     return rows.astype(np.int64)
-
-
-def _quoted(value: str, limit: int = 60) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def require_ids(values: pd.Series, file: str, field: str, *, allow_empty: bool = False) -> None:
@@ -255,7 +289,7 @@ def require_ids(values: pd.Series, file: str, field: str, *, allow_empty: bool =
         row = int(bad[0])
         raise DatasetError(
             file,
-            f"{_quoted(str(values.iloc[row]))} is not a valid id ({ID_RULE}; "
+            f"{show_value(values.iloc[row])} is not a valid id ({ID_RULE}; "
             f"{bad.size} row(s) with invalid ids in all)",
             line=line_of(row),
             field=field,
@@ -306,7 +340,7 @@ def require_after_upload(
         item = int(rows[row])
         raise DatasetError(
             file,
-            f"purchase of {_quoted(str(items['item_id'].iloc[item]))} at "
+            f"purchase of {show_value(items['item_id'].iloc[item])} at "
             f"{format_seconds(float(times[row]))} is before the artwork's upload at "
             f"{format_seconds(float(upload[row]))} ({items_file} line {line_of(item)}; "
             f"{early.size} purchase(s) before their upload in all)",

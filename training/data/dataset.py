@@ -18,6 +18,7 @@ leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,12 @@ import pandas as pd
 from training.atomic import atomic_directory
 from training.data.columns import (
     DatasetError,
+    line_of,
     lookup_items,
     parse_booleans,
     parse_timestamps,
     read_csv,
+    reading,
     require_after_upload,
     require_ids,
     require_unique,
@@ -61,7 +64,7 @@ class SimulatorTruth:
 
     @classmethod
     def load(cls, path: Path) -> SimulatorTruth:
-        with np.load(path, allow_pickle=False) as arrays:
+        with reading(path.name), np.load(path, allow_pickle=False) as arrays:
             return cls(**{name: arrays[name] for name in arrays.files})
 
 
@@ -128,11 +131,17 @@ def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
     index = pd.Index(items["item_id"])
     purchases = load_purchases_table(path / "purchases.csv", index, items=items)
     splits = {
-        name: _load_split(path / f"{name}.csv", index) if (path / f"{name}.csv").exists() else None
+        name: _load_split(path / f"{name}.csv", index) if _present(path / f"{name}.csv") else None
         for name in ("valid", "test")
     }
-    truth = SimulatorTruth.load(path / "truth.npz") if (path / "truth.npz").exists() else None
+    truth = SimulatorTruth.load(path / "truth.npz") if _present(path / "truth.npz") else None
     return Dataset(items, features, purchases, splits["valid"], splits["test"], truth, path)
+
+
+def _present(path: Path) -> bool:
+    """Whether an optional file is there, in any form: a directory or a symbolic link that
+    loops or leads nowhere in its place is an error when read, not an absent file."""
+    return path.is_symlink() or path.exists()
 
 
 def load_items_table(path: Path) -> pd.DataFrame:
@@ -161,18 +170,59 @@ def load_items_table(path: Path) -> pd.DataFrame:
     )
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive
+NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
 def read_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
-    """A plain numeric .npy array; object arrays (pickles) are refused, never unpickled."""
+    """A plain numeric .npy array; object arrays (pickles) are refused, never unpickled, and so
+    is a header that declares other than the data the file holds (before anything is
+    allocated: a 40-byte file may declare terabytes)."""
     name = path.name
-    if not path.exists():
-        raise DatasetError(name, "file not found")
-    try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except ValueError as error:
-        # numpy refuses object arrays without allow_pickle; we never unpickle here.
-        raise DatasetError(name, f"not a plain numeric .npy array ({error})") from None
-    except (OSError, EOFError) as error:
-        raise DatasetError(name, f"cannot read as .npy ({error})") from None
+    with reading(name):
+        _check_npy_header(path, name)
+        try:
+            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        except ValueError as error:
+            raise DatasetError(name, f"not a plain numeric .npy array ({error})") from None
+        except EOFError as error:
+            raise DatasetError(name, f"cannot read as .npy ({error})") from None
+
+
+def _check_npy_header(path: Path, name: str) -> None:
+    """DatasetError unless `path` starts with a .npy header of a plain (no Python objects) array
+    whose declared size is the size of the data after it."""
+    with open(path, "rb") as file:
+        start = file.read(len(NPY_MAGIC))
+        if start.startswith(ZIP_MAGIC):
+            raise DatasetError(name, "is a zip archive (an .npz?), not a .npy array")
+        if start != NPY_MAGIC:
+            raise DatasetError(name, "not a .npy file (it does not start with numpy's magic)")
+        file.seek(0)
+        try:
+            version = np.lib.format.read_magic(file)
+            if version not in NPY_HEADER_READERS:
+                raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+            shape, _, dtype = NPY_HEADER_READERS[version](file)
+        except ValueError as error:
+            raise DatasetError(name, f"not a valid .npy header ({error})") from None
+        held = os.fstat(file.fileno()).st_size - file.tell()
+    if dtype.hasobject:
+        raise DatasetError(
+            name,
+            "not a plain numeric .npy array (it holds Python objects, which are never unpickled)",
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != held:
+        raise DatasetError(
+            name,
+            f"the header declares a {dtype} array of shape {shape} ({declared:,} bytes) but "
+            f"the file holds {held:,} bytes after it",
+        )
 
 
 def _load_features(path: Path, *, n_items: int, mmap: bool) -> np.ndarray:
@@ -181,14 +231,23 @@ def _load_features(path: Path, *, n_items: int, mmap: bool) -> np.ndarray:
     return features
 
 
-def check_features(features: np.ndarray, *, n_items: int, name: str = "features.npy") -> None:
-    """float32, [n_items, d], finite; raises DatasetError naming the first bad row."""
+def check_features(
+    features: np.ndarray,
+    *,
+    n_items: int,
+    name: str = "features.npy",
+    items_file: str | None = "items.csv",
+) -> None:
+    """float32, [n_items, d], finite; raises DatasetError naming the first bad row and its
+    item's line in `items_file` (None: the rows are the items, as in the MMRec layout)."""
     if features.dtype != np.float32:
         raise DatasetError(name, f"dtype is {features.dtype}, expected float32")
     if features.ndim != 2:
         raise DatasetError(name, f"shape is {features.shape}, expected [n_items, d]")
     if features.shape[0] != n_items:
-        raise DatasetError(name, f"has {features.shape[0]} rows but items.csv has {n_items} items")
+        raise DatasetError(
+            name, f"has {features.shape[0]} rows but {items_file} has {n_items} items"
+        )
     if features.shape[1] == 0:
         raise DatasetError(name, "has zero feature columns")
     for start in range(0, n_items, FEATURE_CHECK_ROWS):
@@ -196,9 +255,8 @@ def check_features(features: np.ndarray, *, n_items: int, name: str = "features.
         bad_rows = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
         if bad_rows.size:
             row = start + int(bad_rows[0])
-            raise DatasetError(
-                name, f"row {row} (the item on items.csv line {row + 2}) has NaN or inf values"
-            )
+            item = f" (the item on {items_file} line {line_of(row)})" if items_file else ""
+            raise DatasetError(name, f"row {row}{item} has NaN or inf values")
 
 
 def load_purchases_table(

@@ -87,14 +87,23 @@ def visual_clusters(
     return kmeans.fit_predict(reduced).astype(np.int64)
 
 
+def check_holdout_fraction(fraction: float) -> None:
+    """ValueError naming `--fraction` unless 0 < fraction < 0.5 (test and valid take a share
+    each, and training keeps the rest)."""
+    if not 0.0 < fraction < 0.5:
+        raise ValueError(
+            "--fraction must be in (0, 0.5): the share of each user's artworks held out for "
+            f"test, and as many again for valid; got {fraction}"
+        )
+
+
 def holdout_split(
     dataset: Dataset, *, fraction: float = 0.2, min_items: int = 3, seed: int = 0
 ) -> Dataset:
     """A copy of `dataset` with a fixed holdout split: for each user with at least `min_items`
     distinct purchased artworks, `fraction` of them (at least one) move to test.csv and as many
     again to valid.csv, chosen at random (seeded); purchases.csv keeps the rest."""
-    if not 0.0 < fraction < 0.5:
-        raise ValueError(f"fraction must be in (0, 0.5), got {fraction}")
+    check_holdout_fraction(fraction)
     rng = np.random.default_rng(seed)
     purchases = dataset.purchases
     held = {"valid": [], "test": []}

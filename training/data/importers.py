@@ -16,6 +16,7 @@ from training.data.columns import (
     require_after_upload,
     require_ids,
     require_unique,
+    show_value,
 )
 from training.data.dataset import Dataset
 from training.data.features import FeatureRenderer
@@ -171,7 +172,7 @@ def import_ugallery_release(
         first = int(np.flatnonzero(rows < 0)[0])
         raise DatasetError(
             inv_name,
-            f"artwork {inv['artwork_id_hash'].iloc[first]!r} has no embedding "
+            f"artwork {show_value(inv['artwork_id_hash'].iloc[first])} has no embedding "
             f"({int((rows < 0).sum())} artworks without one)",
             line=first + 2,
             field="artwork_id_hash",

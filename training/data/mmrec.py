@@ -25,7 +25,9 @@ from training.data.columns import (
     read_text,
     refuse_first,
     require_distinct_columns,
+    require_ids,
     require_nonempty,
+    show_value,
 )
 from training.data.dataset import Dataset, check_features, read_npy
 
@@ -126,7 +128,7 @@ def _read_features(path: Path) -> np.ndarray:
     if array.ndim != 2 or len(array) == 0:
         raise DatasetError(path.name, f"shape is {array.shape}, expected [n_items, d]")
     features = array.astype(np.float32, copy=False)
-    check_features(features, n_items=len(features), name=path.name)
+    check_features(features, n_items=len(features), name=path.name, items_file=None)
     return features
 
 
@@ -169,8 +171,8 @@ def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
         row = int(out_of_range[0])
         raise DatasetError(
             name,
-            f"item {fields['itemID'].iloc[row]!r} has no feature row (image_feat.npy has "
-            f"{n_items} rows; {out_of_range.size} row(s) out of range in all)",
+            f"item {show_value(fields['itemID'].iloc[row])} has no feature row (image_feat.npy "
+            f"has {n_items} rows; {out_of_range.size} row(s) out of range in all)",
             line=line_of(row),
             field="itemID",
         )
@@ -180,7 +182,7 @@ def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
         row = int(unknown[0])
         raise DatasetError(
             name,
-            f"{labels.iloc[row]!r} is not a split label (0 train, 1 valid, 2 test)",
+            f"{show_value(labels.iloc[row])} is not a split label (0 train, 1 valid, 2 test)",
             line=line_of(row),
             field="x_label",
         )
@@ -190,8 +192,11 @@ def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
 
 
 def _parse_ids(values: pd.Series, file: str, field: str) -> pd.Series:
-    """Non-negative integers as canonical text (no leading zeros: '007' -> '7')."""
+    """Non-negative integers as canonical text (no leading zeros: '007' -> '7'), each an id
+    (training/data/ids.py: at most 200 digits), checked here to name this file's lines."""
     require_nonempty(values, file, field)
     integers = values.str.fullmatch(r"[0-9]+").to_numpy(dtype=bool)
-    refuse_first(~integers, values, file, field, lambda v: f"{v!r} is not a non-negative integer")
-    return values.str.lstrip("0").replace("", "0")
+    refuse_first(~integers, values, file, field, lambda v: f"{v} is not a non-negative integer")
+    canonical = values.str.lstrip("0").replace("", "0")
+    require_ids(canonical, file, field)
+    return canonical

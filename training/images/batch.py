@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 
 from training.atomic import atomic_directory, write_text_atomic
-from training.data.columns import DatasetError, line_of, read_csv, require_ids, require_unique
+from training.data.columns import (
+    DatasetError,
+    line_of,
+    read_csv,
+    require_ids,
+    require_unique,
+    show_value,
+)
 from training.data.ids import ID_RULE, is_valid_id
 from training.images.decode import EXTENSIONS, check_image, decode_and_resize, load_image
 from training.images.extractor import DEFAULT_SEED, FeatureExtractor
@@ -78,7 +85,10 @@ def _csv_images(csv_path: Path) -> list[ImageSource]:
         path = csv_path.parent / relative
         if not path.is_file():
             raise DatasetError(
-                name, f"no such file {relative!r}", line=line_of(row), field="image_path"
+                name,
+                f"no such file {show_value(relative)}",
+                line=line_of(row),
+                field="image_path",
             )
         sources.append(ImageSource(item_id, path, f"{name}, line {line_of(row)} ({relative})"))
     return sources
@@ -93,7 +103,8 @@ def align_to_items(sources: list[ImageSource], items: pd.DataFrame, name: str) -
         first = items["item_id"].iloc[missing[0]]
         raise DatasetError(
             name,
-            f"no image for item {first!r} ({len(missing)} item(s) without an image in all)",
+            f"no image for item {show_value(first)} "
+            f"({len(missing)} item(s) without an image in all)",
             line=line_of(missing[0]),
             field="item_id",
         )

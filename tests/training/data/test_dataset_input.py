@@ -130,7 +130,7 @@ def test_item_id_outside_the_alphabet_is_refused(tmp_path, bad):
     items = TINY_ITEMS.replace("c,y,", f"{bad},y,")
     root = write_dataset(tmp_path / "d", items, TINY_PURCHASES.replace(",c,", f",{bad},"))
     message = _error(root)
-    shown = repr(bad if len(bad) <= 60 else bad[:60] + "...")
+    shown = repr(bad) if len(bad) <= 60 else f"{bad[:60]!r}... ({len(bad)} characters)"
     assert message == (
         f"items.csv, line 4, field 'item_id': {shown} is not a valid id "
         f"({ID_RULE}; 1 row(s) with invalid ids in all)"
@@ -389,3 +389,81 @@ def test_a_column_named_twice_is_refused(tmp_path, file, header):
     message = _error(write_dataset(tmp_path / "d", items, purchases))
     repeated = "item_id" if "item_id,item_id" in header else "timestamp"
     assert message == f"{file}.csv, line 1: column {repeated!r} appears twice in the header"
+
+
+# --- files that are not what their names say ------------------------------------------------
+
+DATASET_FILES = ["items.csv", "purchases.csv", "features.npy", "valid.csv", "truth.npz"]
+
+
+@pytest.mark.parametrize("name", DATASET_FILES)
+def test_a_directory_in_place_of_a_dataset_file_is_refused_naming_it(tmp_path, name):
+    """Once a traceback (IsADirectoryError) for the CSV files."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    (root / name).unlink(missing_ok=True)
+    (root / name).mkdir()
+    assert _error(root) == f"{name}: is a directory, expected a file"
+
+
+@pytest.mark.parametrize("name", DATASET_FILES)
+def test_a_symbolic_link_loop_in_place_of_a_dataset_file_is_refused_naming_it(tmp_path, name):
+    """Once a traceback for the CSV files, 'file not found' for features.npy, and an optional
+    file (valid.csv, truth.npz) that loops was taken for absent."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    (root / name).unlink(missing_ok=True)
+    (root / name).symlink_to(name)
+    assert _error(root) == f"{name}: is a symbolic link loop"
+
+
+def test_an_npz_archive_named_features_npy_is_refused(tmp_path):
+    """Once a traceback: np.load gave an NpzFile, which has no dtype."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    with open(root / "features.npy", "wb") as file:
+        np.savez(file, features=np.zeros((5, 4), np.float32))
+    assert _error(root) == ("features.npy: is a zip archive (an .npz?), not a .npy array")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "declared"), [((5, 2**40), "21,990,232,555,520"), ((5, 4), "80")]
+)
+def test_an_npy_header_that_declares_more_data_than_the_file_holds_is_refused(
+    tmp_path, mmap, shape, declared
+):
+    """Checked before allocating: a 20 TiB shape in a 40-byte file was a MemoryError."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    with open(root / "features.npy", "wb") as file:
+        header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(file, header)
+        file.write(bytes(40))
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(root, mmap=mmap)
+    assert str(caught.value) == (
+        f"features.npy: the header declares a float32 array of shape {shape} ({declared} "
+        "bytes) but the file holds 40 bytes after it"
+    )
+
+
+# --- huge values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "field", "problem"),
+    [
+        ("purchases", 9, "timestamp", "cannot parse {} as a timestamp (ISO 8601 or unix seconds)"),
+        ("items", 7, "one_of_a_kind", "{} is not a boolean (true/false)"),
+        ("items", 7, "item_id", "{} is not a valid id ({rule}; 1 row(s) with invalid ids in all)"),
+    ],
+)
+def test_a_huge_bad_value_is_shown_cut_short_with_its_length(tmp_path, file, line, field, problem):
+    """Once a 10 MB field was echoed whole in the one-line error."""
+    huge = "2" * 10_000_000
+    items = TINY_ITEMS + {"one_of_a_kind": f"f,x,2020-01-01,{huge}\n",
+                          "item_id": f"f{huge},x,2020-01-01,true\n"}.get(field, "")  # fmt: skip
+    purchases = TINY_PURCHASES + (f"u1,e,{huge}\n" if file == "purchases" else "")
+    message = _error(write_dataset(tmp_path / "d", items, purchases))
+    value = huge if field != "item_id" else "f" + huge
+    shown = f"{value[:60]!r}... ({len(value):,} characters)"
+    assert message == (
+        f"{file}.csv, line {line}, field '{field}': " + problem.format(shown, rule=ID_RULE)
+    )

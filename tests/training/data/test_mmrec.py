@@ -6,6 +6,7 @@ import pytest
 
 from training.data.columns import DatasetError
 from training.data.dataset import load_dataset, save_dataset
+from training.data.ids import ID_RULE
 from training.data.mmrec import import_mmrec
 
 HEADER = "userID\titemID\trating\ttimestamp\tx_label"
@@ -228,5 +229,26 @@ def test_non_finite_feature_row_is_refused(tmp_path):
     text = np.ones((N_ITEMS, TEXT_DIM), np.float32)
     text[5, 1] = np.nan
     np.save(root / "text_feat.npy", text)
-    with pytest.raises(DatasetError, match=r"^text_feat.npy: row 5 .* has NaN or inf values$"):
+    with pytest.raises(DatasetError, match=r"^text_feat.npy: row 5 has NaN or inf values$"):
         import_mmrec(root)
+
+
+def test_a_user_id_too_long_for_an_id_names_the_inter_file_and_line(tmp_path):
+    """Once accepted here, then refused on saving as if it were in purchases.csv (its line
+    there, not the .inter file's)."""
+    long = "1" * 201
+    assert _error(tmp_path, f"{long}\t1\t5\t1\t0", number=4) == (
+        f"tiny.inter, line 4, field 'userID': {long[:60]!r}... (201 characters) is not a valid "
+        f"id ({ID_RULE}; 1 row(s) with invalid ids in all)"
+    )
+
+
+def test_a_non_finite_image_feature_names_its_row_and_no_items_csv(tmp_path):
+    """Once "row 3 (the item on items.csv line 5)": there is no items.csv in the layout."""
+    root = write_mmrec(tmp_path / "mm")
+    image = np.ones((N_ITEMS, IMAGE_DIM))
+    image[3, 0] = np.inf
+    np.save(root / "image_feat.npy", image)
+    with pytest.raises(DatasetError) as caught:
+        import_mmrec(root)
+    assert str(caught.value) == "image_feat.npy: row 3 has NaN or inf values"
