@@ -9,9 +9,13 @@ profile grows and sold one-of-a-kind artworks leave the inventory. At equal time
 come before sessions, and sessions are taken in customer-id order. A ground-truth artwork is warm
 if some customer bought it in a session consumed before the test's session, else cold.
 
-Holdout: each user of test.csv (or valid.csv) with training purchases ranks every artwork except
-those training purchases; the ground truth is the user's held-out artworks. A ground-truth
-artwork is warm if it occurs in the training purchases (purchases.csv), else cold.
+Holdout: each user of test.csv (or valid.csv) with training purchases ranks every artwork for
+sale, profile = the user's training purchases; the ground truth is the user's held-out artworks.
+As in the replay, a one-of-a-kind artwork somebody bought is no longer for sale: the purchases a
+split's tests may know of (purchases.csv; for test.csv, valid.csv too) take their one-of-a-kind
+artworks out of the candidates and the ground truth, and the user's training purchases are not
+candidates either. A ground-truth artwork is warm if it occurs in the training purchases
+(purchases.csv), else cold.
 """
 
 from __future__ import annotations
@@ -113,12 +117,18 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
     train = dataset.purchases.groupby("user_id")["item"].unique()
     sold = np.zeros(dataset.n_items, dtype=bool)
     sold[dataset.purchases["item"].to_numpy()] = True
+    known = [dataset.purchases]
+    if split == "test" and dataset.valid is not None:
+        known.append(dataset.valid)
+    sold_out = sold_originals(dataset, known)
+    sold_out_rows = np.flatnonzero(sold_out)
     cases: list[Case] = []
     for user, rows in held_out.groupby("user_id", sort=True)["item"]:
         if user not in train.index:
             continue
         profile = np.sort(train[user].astype(np.int64))
         ground_truth = np.setdiff1d(rows.to_numpy(), profile)
+        ground_truth = ground_truth[~sold_out[ground_truth]]
         if ground_truth.size:
             cases.append(
                 Case(
@@ -128,8 +138,17 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
                     profile=profile,
                     ground_truth=ground_truth,
                     is_last=True,
-                    excluded=profile,
+                    excluded=np.union1d(profile, sold_out_rows),
                     ground_truth_sold=sold[ground_truth],
                 )
             )
     return cases
+
+
+def sold_originals(dataset: Dataset, purchase_tables) -> np.ndarray:
+    """[n_items] bool: the one-of-a-kind artworks bought in any of `purchase_tables` (tables
+    with an `item` column of catalogue rows): no longer for sale."""
+    bought = np.zeros(dataset.n_items, dtype=bool)
+    for table in purchase_tables:
+        bought[table["item"].to_numpy()] = True
+    return bought & dataset.items["one_of_a_kind"].to_numpy(dtype=bool)

@@ -188,4 +188,9 @@ def test_learned_baselines_run_through_the_evaluation(small_marketplace, protoco
     assert list(rows) == [*LEARNED, "random"]
     for name in LEARNED:
         assert rows[name]["n_tests"] == rows["random"]["n_tests"] > 0
+    # on the holdout split most targets are originals nobody bought in training, which EASE and
+    # item-kNN score 0: their AUC is chance there (about .5, as random's), so only VBPR must
+    # beat random on both protocols
+    ahead = LEARNED if protocol == "replay" else ["vbpr"]
+    for name in ahead:
         assert rows[name]["auc"] > rows["random"]["auc"]

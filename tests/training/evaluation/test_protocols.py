@@ -68,11 +68,11 @@ def test_replay_needs_timestamps(tmp_path):
         replay_cases(dataset)
 
 
-def test_holdout_ranks_everything_but_training_purchases(tmp_path):
+def test_holdout_ranks_everything_for_sale_but_training_purchases(tmp_path):
     root = write_dataset(
         tmp_path / "d",
         TINY_ITEMS,
-        "user_id,item_id\nu1,a\nu1,b\nu2,c\n",
+        "user_id,item_id\nu1,a\nu1,b\nu2,b\n",
         test="user_id,item_id\nu1,e\nu1,a\nu9,b\n",
     )
     (case,) = holdout_cases(load_dataset(root))  # u9 has no training purchases: no test
@@ -81,16 +81,37 @@ def test_holdout_ranks_everything_but_training_purchases(tmp_path):
     assert case.candidates(5).tolist() == [2, 3, 4]
 
 
+def test_holdout_takes_sold_one_of_a_kind_artworks_out_of_the_candidates(tmp_path):
+    # TINY_ITEMS: a, c, d, e are one of a kind, b is not
+    root = write_dataset(
+        tmp_path / "d",
+        TINY_ITEMS,
+        "user_id,item_id\nu1,a\nu2,b\nu2,c\n",
+        valid="user_id,item_id\nu2,d\n",
+        test="user_id,item_id\nu1,b\nu1,c\nu1,e\nu2,e\n",
+    )
+    dataset = load_dataset(root)
+    first, second = holdout_cases(dataset)
+    # c was sold to u2 in training and d in validation: neither is for sale any more;
+    # b, a print u2 bought, still is
+    assert first.candidates(5).tolist() == [1, 4]
+    assert first.ground_truth.tolist() == [1, 4]  # c, sold to another, is no target
+    assert second.candidates(5).tolist() == [4]  # a sold to u1, b and c its own, d in valid
+    (validation,) = [case for case in holdout_cases(dataset, "valid") if case.user_id == "u2"]
+    # the validation's tests know only the training purchases: d is their target, e for sale
+    assert validation.candidates(5).tolist() == [3, 4]
+
+
 def test_holdout_warm_means_in_training_purchases(tmp_path):
     root = write_dataset(
         tmp_path / "d",
         TINY_ITEMS,
-        "user_id,item_id\nu1,a\nu2,c\n",
-        test="user_id,item_id\nu1,c\nu1,e\nu2,d\nu2,e\n",
+        "user_id,item_id\nu1,a\nu2,b\n",
+        test="user_id,item_id\nu1,b\nu1,e\nu2,d\nu2,e\n",
     )
     first, second = holdout_cases(load_dataset(root))
-    assert first.ground_truth.tolist() == [2, 4]
-    assert first.ground_truth_sold.tolist() == [True, False]  # u2 bought c in training
+    assert first.ground_truth.tolist() == [1, 4]
+    assert first.ground_truth_sold.tolist() == [True, False]  # u2 bought b in training
     assert second.ground_truth_sold.tolist() == [False, False]  # test purchases do not count
 
 
