@@ -38,8 +38,11 @@ class Case:
     profile: np.ndarray  # [n_profile] unique rows the user bought before
     ground_truth: np.ndarray  # [n_truth] unique rows, all among the candidates
     is_last: bool  # the user's last session (replay); always True in holdout
-    inventory: np.ndarray | None = None  # candidates; None: every item but `excluded`
-    excluded: np.ndarray | None = None
+    inventory: np.ndarray | None = None  # candidates; None: every item but these two
+    excluded: np.ndarray | None = None  # this test's own exclusions (the profile)
+    # rows no longer for sale, one array shared by every test of a split (not copied per test:
+    # a large catalogue's sold originals times many tests would not fit in memory)
+    unavailable: np.ndarray | None = None
     ground_truth_sold: np.ndarray | None = None  # [n_truth] bool: warm; None: not recorded
 
     def truth_of_kind(self, kind: str) -> np.ndarray:
@@ -59,6 +62,8 @@ class Case:
             return self.inventory
         keep = np.ones(n_items, dtype=bool)
         keep[self.excluded] = False
+        if self.unavailable is not None:
+            keep[self.unavailable] = False
         return np.flatnonzero(keep)
 
 
@@ -138,7 +143,8 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
                     profile=profile,
                     ground_truth=ground_truth,
                     is_last=True,
-                    excluded=np.union1d(profile, sold_out_rows),
+                    excluded=profile,
+                    unavailable=sold_out_rows,
                     ground_truth_sold=sold[ground_truth],
                 )
             )

@@ -97,6 +97,7 @@ def test_holdout_takes_sold_one_of_a_kind_artworks_out_of_the_candidates(tmp_pat
     assert first.candidates(5).tolist() == [1, 4]
     assert first.ground_truth.tolist() == [1, 4]  # c, sold to another, is no target
     assert second.candidates(5).tolist() == [4]  # a sold to u1, b and c its own, d in valid
+    assert first.unavailable is second.unavailable  # one array for the split, not one per test
     (validation,) = [case for case in holdout_cases(dataset, "valid") if case.user_id == "u2"]
     # the validation's tests know only the training purchases: d is their target, e for sale
     assert validation.candidates(5).tolist() == [3, 4]
