@@ -281,6 +281,17 @@ def test_train_refuses_an_out_that_is_a_file_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_train_refuses_an_export_root_that_is_a_file_before_any_work(tmp_path):
+    """Once refused only after the whole training run."""
+    (tmp_path / "exports").write_text("keep")
+    done = curator(
+        "train", "--data", "no-such-dataset", "--out", "run", "--export", "exports", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert done.stderr == "error: exports exists and is not a directory: choose another output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+
+
 def test_evaluate_refuses_a_run_trained_on_features_of_another_dimension(tmp_path):
     """Once a Keras traceback."""
     write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)  # 4-d features

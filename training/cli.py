@@ -263,7 +263,8 @@ def train(
     """Train the towers: choose a configuration on the validation split, keep its best epoch."""
     from training.atomic import refuse_non_directory
 
-    refuse_non_directory(out)  # before any work, TensorFlow's import included
+    for directory in (out, export) if export is not None else (out,):
+        refuse_non_directory(directory)  # before any work, TensorFlow's import included
     import os
     import shutil
 

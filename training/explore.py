@@ -8,15 +8,9 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from training.data.dataset import Dataset
+from training.data.history import sold_originals
 from training.evaluation.interface import QueryBatch
 from training.trained_towers import TowerRecommender
-
-
-def sold_originals(dataset: Dataset) -> np.ndarray:
-    """[n_items] bool: one-of-a-kind artworks someone bought (no longer for sale)."""
-    sold = np.zeros(dataset.n_items, bool)
-    sold[dataset.purchases["item"].to_numpy()] = True
-    return sold & dataset.items["one_of_a_kind"].to_numpy()
 
 
 def customer_purchases(dataset: Dataset, user_id: str) -> np.ndarray:

@@ -3,9 +3,9 @@
 import numpy as np
 
 from training.data.dataset import load_dataset
-from training.data.history import visual_clusters
+from training.data.history import sold_originals, visual_clusters
 from training.evaluation.interface import QueryBatch
-from training.explore import artwork_table, item_map, recommend, sold_originals
+from training.explore import artwork_table, item_map, recommend
 from training.trained_towers import load_run_recommender
 
 

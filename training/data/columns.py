@@ -9,7 +9,9 @@ import codecs
 import csv
 import errno
 import io
+import os
 import re
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,10 +56,17 @@ class DatasetError(ValueError):
 
 
 @contextmanager
-def reading(name: str) -> Iterator[None]:
-    """Around the reading of file `name`: an OSError becomes a DatasetError that says what is
-    in the file's place (nothing, a directory, a symbolic link loop, ...)."""
+def reading(path, name: str) -> Iterator[None]:
+    """Around the reading of file `path` (called `name` in messages): anything but a regular
+    file in its place is refused before it is opened (a named pipe would block, a device could
+    read without end), and an OSError becomes a DatasetError that says what is in the file's
+    place (nothing, a directory, a symbolic link loop, ...)."""
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
+            raise DatasetError(name, "is not a regular file (a pipe, socket or device?)")
         yield
     except FileNotFoundError:
         raise DatasetError(name, "file not found") from None
@@ -81,9 +90,17 @@ def show_value(value) -> str:
     return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"
 
 
+SHOWN_VALUES = 10  # of a list (a header's columns) echoed in an error message
+
+
 def show_values(values) -> str:
-    """Values (a header's columns) as an error message shows them: a list of show_value()s."""
-    return "[" + ", ".join(show_value(value) for value in values) + "]"
+    """Values (a header's columns) as an error message shows them: a list of the first
+    SHOWN_VALUES show_value()s, followed by how many there are when there are more."""
+    values = list(values)
+    shown = ", ".join(show_value(value) for value in values[:SHOWN_VALUES])
+    if len(values) > SHOWN_VALUES:
+        shown += f", ... ({len(values):,} in all)"
+    return f"[{shown}]"
 
 
 def line_of(row: int) -> int:
@@ -95,7 +112,7 @@ def read_text(path, name: str, *, delimiter: str = ",", quoted: bool = True) -> 
     """A UTF-8 text file as str (a leading byte order mark is dropped). A byte that is not
     UTF-8 is an error naming its line, its field (the header's name for that column of a
     `delimiter`-separated file, with `"` quoting when `quoted`) and its column."""
-    with reading(name):
+    with reading(path, name):
         raw = Path(path).read_bytes()
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from training.data.columns import (
     require_after_upload,
     require_ids,
     require_unique,
+    show_values,
 )
 
 FEATURE_CHECK_ROWS = 65_536  # rows per chunk when scanning (possibly memory-mapped) features
@@ -64,8 +68,34 @@ class SimulatorTruth:
 
     @classmethod
     def load(cls, path: Path) -> SimulatorTruth:
-        with reading(path.name), np.load(path, allow_pickle=False) as arrays:
-            return cls(**{name: arrays[name] for name in arrays.files})
+        """The arrays `save` wrote; anything else under that name is a DatasetError naming it."""
+        name = path.name
+        with reading(path, name):
+            with open(path, "rb") as file:
+                if not file.read(len(ZIP_MAGIC)).startswith(ZIP_MAGIC):
+                    raise DatasetError(name, "not an .npz archive (it does not start as a zip)")
+            with _npz_errors(name), np.load(path, allow_pickle=False) as arrays:
+                found = sorted(arrays.files)
+                if found != sorted(TRUTH_ARRAYS):
+                    raise DatasetError(
+                        name, f"holds arrays {show_values(found)}, expected {TRUTH_ARRAYS}"
+                    )
+                return cls(**{key: arrays[key] for key in TRUTH_ARRAYS})
+
+
+TRUTH_ARRAYS = ["user_ids", "user_vectors", "item_vectors", "item_bias"]
+
+
+@contextmanager
+def _npz_errors(name: str) -> Iterator[None]:
+    """numpy's errors on a damaged .npz (a broken zip, an array of Python objects, a cut-off
+    member) as a DatasetError naming the file; a DatasetError passes as it is."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, ValueError, EOFError) as error:
+        raise DatasetError(name, f"cannot read as .npz ({error})") from None
 
 
 @dataclass(frozen=True)
@@ -183,7 +213,7 @@ def read_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
     is a header that declares other than the data the file holds (before anything is
     allocated: a 40-byte file may declare terabytes)."""
     name = path.name
-    with reading(name):
+    with reading(path, name):
         _check_npy_header(path, name)
         try:
             return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
@@ -216,6 +246,8 @@ def _check_npy_header(path: Path, name: str) -> None:
             name,
             "not a plain numeric .npy array (it holds Python objects, which are never unpickled)",
         )
+    if any(size < 0 for size in shape):
+        raise DatasetError(name, f"the header declares a negative dimension, shape {shape}")
     declared = math.prod(shape) * dtype.itemsize
     if declared != held:
         raise DatasetError(

@@ -30,6 +30,16 @@ def baskets(purchases: pd.DataFrame) -> pd.DataFrame:
     return result.reset_index(drop=True)
 
 
+def sold_originals(dataset: Dataset, purchase_tables=None) -> np.ndarray:
+    """[n_items] bool: the one-of-a-kind artworks bought in any of `purchase_tables` (tables
+    with an `item` column of catalogue rows; default: the dataset's purchases). A sold
+    original has left the gallery: it is no longer for sale."""
+    bought = np.zeros(dataset.n_items, dtype=bool)
+    for table in [dataset.purchases] if purchase_tables is None else purchase_tables:
+        bought[table["item"].to_numpy()] = True
+    return bought & dataset.items["one_of_a_kind"].to_numpy(dtype=bool)
+
+
 def paper_split(purchases: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, hidden): each user's last basket is hidden when the user has two or more."""
     table = baskets(purchases)

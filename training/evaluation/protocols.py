@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.data.dataset import Dataset
-from training.data.history import baskets
+from training.data.history import baskets, sold_originals
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,3 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
                 )
             )
     return cases
-
-
-def sold_originals(dataset: Dataset, purchase_tables) -> np.ndarray:
-    """[n_items] bool: the one-of-a-kind artworks bought in any of `purchase_tables` (tables
-    with an `item` column of catalogue rows): no longer for sale."""
-    bought = np.zeros(dataset.n_items, dtype=bool)
-    for table in purchase_tables:
-        bought[table["item"].to_numpy()] = True
-    return bought & dataset.items["one_of_a_kind"].to_numpy(dtype=bool)

@@ -2,6 +2,7 @@
 their artwork's upload. Each error names file, line and field."""
 
 import codecs
+import os
 
 import numpy as np
 import pandas as pd
@@ -413,6 +414,55 @@ def test_a_symbolic_link_loop_in_place_of_a_dataset_file_is_refused_naming_it(tm
     (root / name).unlink(missing_ok=True)
     (root / name).symlink_to(name)
     assert _error(root) == f"{name}: is a symbolic link loop"
+
+
+@pytest.mark.parametrize("name", DATASET_FILES)
+def test_a_named_pipe_in_place_of_a_dataset_file_is_refused_without_blocking(tmp_path, name):
+    """Once the load blocked for ever, waiting for a writer on the pipe."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    (root / name).unlink(missing_ok=True)
+    os.mkfifo(root / name)
+    assert _error(root) == f"{name}: is not a regular file (a pipe, socket or device?)"
+
+
+@pytest.mark.parametrize(
+    ("write", "problem"),
+    [
+        (lambda path: path.write_bytes(b"PK\x03\x04 not really a zip"), "cannot read as .npz"),
+        (lambda path: np.save(path.open("wb"), np.zeros(3)), "not an .npz archive"),
+        (lambda path: path.write_text("user_ids\n"), "not an .npz archive"),
+        (
+            lambda path: np.savez(path.open("wb"), other=np.zeros(3)),
+            "holds arrays ['other'], expected ['user_ids', 'user_vectors'",
+        ),
+    ],
+)
+def test_a_damaged_truth_file_is_refused_naming_it(tmp_path, write, problem):
+    """Once tracebacks: BadZipFile, TypeError (an .npy has no context manager), and a
+    constructor's TypeError for unexpected arrays."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    write(root / "truth.npz")
+    error = _error(root)
+    assert error.startswith("truth.npz: ") and problem in error
+
+
+def test_an_npy_header_with_a_negative_dimension_is_refused(tmp_path):
+    """(-5, -4) has the product of (5, 4): numpy's own message named no file and no shape."""
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    with open(root / "features.npy", "wb") as file:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (-5, -4)}
+        np.lib.format.write_array_header_1_0(file, header)
+        file.write(bytes(80))
+    assert _error(root) == "features.npy: the header declares a negative dimension, shape (-5, -4)"
+
+
+def test_a_header_of_many_columns_is_shown_cut_short(tmp_path):
+    """Once every column was echoed: 200,000 columns made a 2 MB message."""
+    header = ",".join(f"column{i}" for i in range(200_000))
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, header + "\n" + ",".join(["x"] * 200_000))
+    error = _error(root)
+    assert len(error) < 1_000
+    assert error.endswith("'column9', ... (200,000 in all)]")
 
 
 def test_an_npz_archive_named_features_npy_is_refused(tmp_path):

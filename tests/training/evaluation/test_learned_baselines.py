@@ -189,8 +189,9 @@ def test_learned_baselines_run_through_the_evaluation(small_marketplace, protoco
     for name in LEARNED:
         assert rows[name]["n_tests"] == rows["random"]["n_tests"] > 0
     # on the holdout split most targets are originals nobody bought in training, which EASE and
-    # item-kNN score 0: their AUC is chance there (about .5, as random's), so only VBPR must
-    # beat random on both protocols
+    # item-kNN score 0: their AUC there is about .5 (.49-.52 with and without the sold originals
+    # among the candidates), within the noise of random's over these 132 tests (.47 and .54);
+    # VBPR, .78-.80, must beat random on both protocols
     ahead = LEARNED if protocol == "replay" else ["vbpr"]
     for name in ahead:
         assert rows[name]["auc"] > rows["random"]["auc"]
