@@ -9,7 +9,7 @@ the factors only in part. The last item of each customer is the test, the one be
 validation (x_label 2 / 1). Writes OUT/shop.inter and OUT/image_feat.npy; import with
 `curator data import-mmrec --dir OUT --out DATA`.
 
-    python benchmarks/make_shop_like_mmrec.py OUT [--seed 0]
+    python benchmarks/make_shop_like_mmrec.py OUT [--seed 0] [--feature-noise 2.0]
 
 On seed 0 the validation split gives popular R@20 .079, EASE .109, item-kNN .046, VisRank
 .021-.027 (`curator evaluate --protocol holdout --split valid`): popularity and co-purchases
@@ -28,6 +28,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--feature-noise",
+        type=float,
+        default=2.0,
+        help="standard deviation of the noise added to the features (higher: the features "
+        "show the item factors less, and co-purchases carry more of the signal)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     centres = rng.normal(size=(CATEGORIES, FACTORS))
@@ -66,7 +73,7 @@ def main() -> None:
     projection = rng.normal(size=(FACTORS, FEATURES)) / np.sqrt(FACTORS)
     features = (
         factors @ projection
-        + rng.normal(size=(ITEMS, FEATURES)) * 2.0
+        + rng.normal(size=(ITEMS, FEATURES)) * args.feature_noise
         + 0.3 * rng.normal(size=(CATEGORIES, FEATURES))[category]
     )
     args.out.mkdir(parents=True, exist_ok=True)
