@@ -40,10 +40,10 @@ class Case:
     is_last: bool  # the user's last session (replay); always True in holdout
     inventory: np.ndarray | None = None  # candidates; None: every item but these two
     excluded: np.ndarray | None = None  # this test's own exclusions (the profile)
+    ground_truth_sold: np.ndarray | None = None  # [n_truth] bool: warm; None: not recorded
     # rows no longer for sale, one array shared by every test of a split (not copied per test:
     # a large catalogue's sold originals times many tests would not fit in memory)
     unavailable: np.ndarray | None = None
-    ground_truth_sold: np.ndarray | None = None  # [n_truth] bool: warm; None: not recorded
 
     def truth_of_kind(self, kind: str) -> np.ndarray:
         """[n_truth] bool: which ground-truth artworks are `kind`, "cold" (never sold before the
