@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from serving.errors import Conflict, RequestError, UnknownItems
 from serving.export_loader import ServingModel
@@ -140,10 +141,16 @@ class Catalogue:
                 if owned
                 else ScannSearcher(model.match_vectors, replace(self.index, prior_slot=False))
             )
-        # the co-purchase term (training/copurchase.py) over the exported artworks' rows
-        self.copurchase = None
-        if model.copurchase is not None and self.terms.copurchase:
-            self.copurchase = model.copurchase.on_catalogue(self.item_ids)
+        # the co-purchase terms (training/copurchase.py: item-kNN's and EASE's) with a weight
+        # above 0, each (weight, its matrix over the exported artworks' rows)
+        self.item_item = [
+            (weight, matrix.on_catalogue(self.item_ids))
+            for weight, matrix in (
+                (self.terms.copurchase, model.copurchase),
+                (self.terms.ease, model.ease),
+            )
+            if matrix is not None and weight > 0
+        ]
         self.one_of_a_kind = np.zeros(capacity, bool)
         self.one_of_a_kind[:n] = model.items["one_of_a_kind"].to_numpy()
         self.upload_time = np.zeros(capacity)
@@ -454,14 +461,10 @@ class Catalogue:
                 scores += means @ self.match_columns[:, :size]
             if self.terms.popularity:
                 scores += self.popularity[:size]
-            if self.terms.copurchase:
+            if self.item_item:
                 bought = self._copurchase_scores(profiles).tocoo()
                 keep = bought.col < size
-                np.add.at(
-                    scores,
-                    (bought.row[keep], bought.col[keep]),
-                    self.terms.copurchase * bought.data[keep],
-                )
+                np.add.at(scores, (bought.row[keep], bought.col[keep]), bought.data[keep])
             if self.terms.freshness:
                 scores += self._freshness(np.s_[:size], now)
             if self.terms.era:  # per distinct upload day, then one gather for the batch
@@ -526,7 +529,7 @@ class Catalogue:
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
             if with_terms:
-                bought = self._copurchase_scores([profiles[i]]) if self.terms.copurchase else None
+                bought = self._copurchase_scores([profiles[i]]) if self.item_item else None
                 rows = self._with_term_candidates(
                     rows, profiles[i], excluded, available_only[i], rule, indexed, bought
                 )
@@ -657,15 +660,18 @@ class Catalogue:
         return self.terms.freshness * freshness(ages, self.terms.freshness_days)
 
     def _copurchase_scores(self, profiles: Sequence[np.ndarray]):
-        """[b, n_exported] sparse: the co-purchase term per profile (its exported artworks)."""
-        exported = self.copurchase.shape[0]
-        return profile_scores(self.copurchase, [p[p < exported] for p in profiles])
+        """[b, n_exported] sparse csr: per profile (its exported artworks), the co-purchase
+        terms, each times its weight, summed."""
+        exported = self.item_item[0][1].shape[0]
+        profiles = [p[p < exported] for p in profiles]
+        total = sum(weight * profile_scores(matrix, profiles) for weight, matrix in self.item_item)
+        return sp.csr_matrix(total)
 
     def _term_scores(
         self, profile: np.ndarray, rows: np.ndarray, now: float, bought=None
     ) -> np.ndarray:
         """[rows.size]: the profile terms' weighted sum for one query at `now` (`bought`: its
-        co-purchase row from `_copurchase_scores`, where that term has a weight)."""
+        co-purchase row from `_copurchase_scores`, where those terms have a weight)."""
         total = np.zeros(rows.size, np.float32)
         if self.terms.uses_profile:
             match = self.match_vectors[profile]  # [p, m]
@@ -679,7 +685,7 @@ class Catalogue:
         if bought is not None:
             exported = rows < bought.shape[1]
             values = bought[:, rows[exported]].toarray()[0]
-            total[exported] += self.terms.copurchase * values
+            total[exported] += values
         if self.terms.freshness:
             total += self._freshness(rows, now)
         if self.terms.era:

@@ -34,7 +34,7 @@ from pydantic import (
 
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
-from training.copurchase import FILE_NAME as COPURCHASE_FILE
+from training.copurchase import FILE_NAMES as COPURCHASE_FILES
 from training.copurchase import CoPurchase
 from training.data.dataset import load_items_table, load_purchases_table
 from training.export import (
@@ -85,8 +85,9 @@ class ServingModel:
     # the service's ScaNN searchers as the export serialized them (None: built at load)
     searcher: ScannSearcher | None = None
     match_searcher: ScannSearcher | None = None
-    # the co-purchase term's matrix (training/copurchase.py), when its weight is above 0
+    # the co-purchase terms' matrices (training/copurchase.py), each when its weight is above 0
     copurchase: CoPurchase | None = None
+    ease: CoPurchase | None = None
 
     @property
     def version(self) -> int:
@@ -163,6 +164,7 @@ class NearestPurchaseManifest(_Strict):
     freshness_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     era_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     era_days: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    ease_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     dim: int = Field(ge=1)
 
     @model_validator(mode="after")
@@ -174,6 +176,7 @@ class NearestPurchaseManifest(_Strict):
             self.copurchase_weight,
             self.freshness_weight,
             self.era_weight,
+            self.ease_weight,
         )
         if not any(w > 0 for w in weights):
             raise ValueError("every weight is 0: the export should have no terms (null)")
@@ -409,7 +412,8 @@ def _load(path: Path) -> ServingModel:
             f"the item vectors have {apart}"
         )
     nearest, match_vectors = _load_nearest_purchase(path, manifest, match_read)
-    copurchase = _load_copurchase(path, manifest)
+    copurchase = _load_copurchase(path, manifest, "item-knn")
+    ease = _load_copurchase(path, manifest, "ease")
     items["artist_id"] = items["artist_id"].fillna("").astype(str)
     match_searcher = None
     if match_vectors is not None:
@@ -419,7 +423,7 @@ def _load(path: Path) -> ServingModel:
         )
     return ServingModel(
         path, as_written, item_tower, kernel, items, vectors, purchases, index,
-        nearest, match_vectors, searcher, match_searcher, copurchase,
+        nearest, match_vectors, searcher, match_searcher, copurchase, ease,
     )  # fmt: skip
 
 
@@ -471,6 +475,7 @@ def _load_nearest_purchase(
         described.freshness_days,
         described.era_weight,
         described.era_days,
+        described.ease_weight,
         described.dim,
         manifest.catalogue.feature_dim,
     )
@@ -483,13 +488,15 @@ def _load_nearest_purchase(
         nearest.freshness_days,
         nearest.era_weight,
         nearest.era_days,
+        nearest.ease_weight,
         nearest.dim,
         nearest.feature_dim,
     )
     if said != found:
         raise ExportError(
             f"{path}: {MANIFEST} nearest_purchase (weight, mean_weight, popularity_weight, "
-            "copurchase_weight, freshness_weight, freshness_days, era_weight, era_days, dim, "
+            "copurchase_weight, freshness_weight, freshness_days, era_weight, era_days, "
+            "ease_weight, dim, "
             f"feature_dim) is {said}, {files[0]} has {found}"
         )
     expected = (manifest.catalogue.items, nearest.dim)
@@ -503,18 +510,23 @@ def _load_nearest_purchase(
     return nearest, match_vectors
 
 
-def _load_copurchase(path: Path, manifest: Manifest) -> CoPurchase | None:
-    """The co-purchase matrix, present exactly when the manifest gives it a weight above 0."""
-    name = f"{MODEL_DIR}/{COPURCHASE_FILE}"
+def _load_copurchase(path: Path, manifest: Manifest, kind: str) -> CoPurchase | None:
+    """A co-purchase term's matrix of `kind` ("item-knn" or "ease"), present exactly when the
+    manifest gives it a weight above 0."""
+    name = f"{MODEL_DIR}/{COPURCHASE_FILES[kind]}"
     described = manifest.nearest_purchase
-    wanted = described is not None and described.copurchase_weight > 0
+    weight = {"item-knn": "copurchase_weight", "ease": "ease_weight"}[kind]
+    wanted = described is not None and getattr(described, weight) > 0
     if not wanted:
         if name in manifest.files:
             raise ExportError(f"{path}: {name} present but {MANIFEST} gives it no weight")
         return None
     if name not in manifest.files:
-        raise ExportError(f"{path}: {MANIFEST} gives a co-purchase weight but lacks {name}")
+        raise ExportError(f"{path}: {MANIFEST} gives {weight} above 0 but lacks {name}")
     try:
-        return CoPurchase.load(path / name)
+        matrix = CoPurchase.load(path / name)
     except ValueError as error:
         raise ExportError(f"{path}: bad co-purchase term: {error}") from None
+    if matrix.kind != kind:
+        raise ExportError(f"{path}: {name} holds the {matrix.kind} kind, expected {kind}")
+    return matrix

@@ -8,7 +8,9 @@ Two calibrations run on the selected epoch's towers, in this order:
   training/nearest_purchase.py): every combination of the three grids is scored on the
   validation, and the best by `calibration_metric` is kept; then, with those profile weights,
   every combination of the popularity and co-purchase grids (`copurchase_weights`;
-  training/copurchase.py); then, with all of those, one time term (`time_term_grids`):
+  training/copurchase.py); then, with those, each weight of `ease_weights` for the co-purchase
+  term over EASE's weights (its L2 weight the one the `ease` baseline chooses on the same
+  validation); then, with all of those, one time term (`time_term_grids`):
   freshness (`freshness_weights` x `freshness_days`) where the validation has times and the
   artworks more than one upload time, else the era term (`era_weights` x `era_days`) where
   the artworks have more than one upload time.
@@ -25,6 +27,7 @@ the figures.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,11 +36,13 @@ import numpy as np
 import pandas as pd
 
 from training.config import TrainConfig
+from training.copurchase import EASE_FILE_NAME as EASE_FILE
 from training.copurchase import FILE_NAME as COPURCHASE_FILE
 from training.copurchase import CoPurchase
 from training.data.dataset import Dataset
 from training.data.history import artist_sell_through
 from training.evaluation.baselines import PopularRecommender
+from training.evaluation.learned_baselines import fit_ease
 from training.evaluation.ranking import (
     batches,
     case_tiebreak,
@@ -178,6 +183,34 @@ def sales_grid(config: TrainConfig, chosen: TermWeights) -> list[TermWeights]:
     ]
 
 
+def ease_grid(config: TrainConfig, chosen: TermWeights) -> list[TermWeights]:
+    """The third stage: `chosen` with each EASE weight above 0 (0 is `chosen`, scored before)."""
+    return [replace(chosen, ease=w) for w in config.ease_weights if w > 0]
+
+
+# the last EASE fit: (its purchases' and validation's key, (the term, its L2 weight))
+_last_ease: tuple[str, tuple[CoPurchase, float]] | None = None
+
+
+def _fitted_ease(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> tuple[CoPurchase, float]:
+    """(EASE's W, its L2 weight) on the fitted purchases, with the L2 weight that the `ease`
+    baseline chooses on the same validation tests (training/evaluation/learned_baselines.py),
+    fitted once per purchases and tests: every trial of a search passes the same ones, and the
+    choice scores eight fits (about 130 s at 5,400 sold artworks)."""
+    global _last_ease
+    key = hashlib.sha256()
+    key.update(pd.util.hash_pandas_object(fit_purchases[["user_id", "item"]], index=False).values)
+    key.update(np.asarray(dataset.item_ids).astype(str).astype(bytes).tobytes())
+    for case in cases:
+        key.update(np.asarray(case.ground_truth, np.int64).tobytes())
+        key.update(np.asarray(case.profile, np.int64).tobytes())
+    if _last_ease is None or _last_ease[0] != key.hexdigest():
+        l2 = fit_ease(fit_purchases, cases, dataset.n_items).chosen["lambda"]
+        term = CoPurchase.fit_ease(fit_purchases, dataset.item_ids, l2)
+        _last_ease = (key.hexdigest(), (term, float(l2)))
+    return _last_ease[1]
+
+
 def freshness_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermWeights]]:
     """The time stage for freshness, one grid per tau of `freshness_days`: `chosen` with each
     freshness weight above 0 (weight 0 is `chosen` itself, scored before)."""
@@ -225,6 +258,7 @@ def uses_terms(config: TrainConfig) -> bool:
     return (
         any(weights.any for weights in term_grid(config))
         or any(w > 0 for w in config.copurchase_weights)
+        or any(w > 0 for w in config.ease_weights)
         or any(w > 0 for w in config.freshness_weights)
         or any(w > 0 for w in config.era_weights)
     )
@@ -242,19 +276,23 @@ def calibrate_terms(
     """Fits the match vectors' projection on the catalogue's features and the co-purchase
     matrix on the fitted purchases, picks the terms' weights on the validation by
     `config.calibration_metric` in two stages (ties: the earlier in the grid, all-zero first):
-    the three profile terms' grid (`term_grid`), then popularity with co-purchase (`sales_grid`);
+    the three profile terms' grid (`term_grid`), then popularity with co-purchase (`sales_grid`),
+    then EASE's weight (`ease_grid`);
     then freshness or the era term by `config.selection_metric` (`time_term_grids`; the module
     docstring says why; kept only if it beats the stages before).
-    Saves them in `model_dir` (copurchase.npz only when its weight is above 0). The popularity
-    term counts the fitted purchases before each validation test, so a held-out purchase never
-    counts."""
+    Saves them in `model_dir` (copurchase.npz and ease.npz only when their weight is above 0).
+    The popularity term counts the fitted purchases before each validation test, so a held-out
+    purchase never counts."""
     term = _fitted_term(dataset, config.nearest_purchase_dim, config.seed)
     sales = PopularRecommender.from_purchases(fit_purchases, dataset.n_items)
     copurchase = None
     if any(w > 0 for w in config.copurchase_weights):
         copurchase = CoPurchase.fit(fit_purchases, dataset.item_ids)
+    ease, ease_l2 = None, None
+    if any(w > 0 for w in config.ease_weights):
+        ease, ease_l2 = _fitted_ease(dataset, fit_purchases, validation_cases)
     recommender = TowerRecommender(
-        "validation", item_tower, user_tower, dataset, term, sales, copurchase
+        "validation", item_tower, user_tower, dataset, term, sales, copurchase, ease
     )
     grid = term_grid(config)
     rows = _grid_figures(recommender, dataset, validation_cases, grid)
@@ -263,6 +301,11 @@ def calibrate_terms(
         second = sales_grid(config, grid[best])
         rows += _grid_figures(recommender, dataset, validation_cases, second)
         grid += second
+        best = _best(rows, config.calibration_metric)
+    if ease is not None:
+        third = ease_grid(config, grid[best])
+        rows += _grid_figures(recommender, dataset, validation_cases, third)
+        grid += third
         best = _best(rows, config.calibration_metric)
     time_stage = time_term_grids(config, dataset, validation_cases)
     if time_stage is not None:
@@ -274,16 +317,21 @@ def calibrate_terms(
         best = max(contenders, key=lambda i: (rows[i][config.selection_metric], -i))
     chosen = grid[best]
     term.with_weights(chosen).save(model_dir)
-    stale = model_dir / COPURCHASE_FILE
-    if chosen.copurchase > 0:
-        copurchase.save(model_dir)
-    elif stale.exists():  # an earlier calibration's, in a resumed run
-        stale.unlink()
+    for weight, matrix, name in (
+        (chosen.copurchase, copurchase, COPURCHASE_FILE),
+        (chosen.ease, ease, EASE_FILE),
+    ):
+        if weight > 0:
+            matrix.save(model_dir)
+        elif (model_dir / name).exists():  # an earlier calibration's, in a resumed run
+            (model_dir / name).unlink()
     return {
         "weight": chosen.nearest,
         "mean_weight": chosen.mean,
         "popularity_weight": chosen.popularity,
         "copurchase_weight": chosen.copurchase,
+        "ease_weight": chosen.ease,
+        "ease_lambda": ease_l2,
         "freshness_weight": chosen.freshness,
         "freshness_days": chosen.freshness_days,
         "era_weight": chosen.era,

@@ -21,6 +21,7 @@ TERM_GRIDS = (
     "profile_mean_weights",
     "popularity_weights",
     "copurchase_weights",
+    "ease_weights",
     "freshness_weights",
     "era_weights",
 )
@@ -78,6 +79,9 @@ class TrainConfig:
     # + w x the normalised item-kNN score, chosen with the popularity weight once the three
     # profile terms are (training/calibration.py)
     copurchase_weights: tuple[float, ...] = ()
+    # the same over EASE^R's weights (negative where an artwork is bought instead of another),
+    # + w x its normalised score, chosen after the co-purchase weight (training/copurchase.py)
+    ease_weights: tuple[float, ...] = ()
     # freshness (training/nearest_purchase.py): + w x exp(-the artwork's age / tau), every w of
     # `freshness_weights` at every tau (days) of `freshness_days`, chosen by `selection_metric`
     # after the others (training/calibration.py)

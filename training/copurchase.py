@@ -1,21 +1,31 @@
-"""The co-purchase term: what customers who bought the profile's artworks also bought.
+"""The co-purchase terms: what customers who bought the profile's artworks also bought.
 
 Where the same items sell to many customers (prints, most shops' catalogues), what was bought
 together says more than pixels: on such benchmarks item-to-item baselines beat visual ones. The
-towers learn that only through id embeddings; this term adds it directly, as item-kNN does:
+towers learn that only through id embeddings; these terms add it directly, as the item-to-item
+baselines do:
 
-    copurchase(profile, item) = sum over p in profile of W[p, item] / (that sum's largest value
-                                over the catalogue)
+    copurchase(profile, item) = sum over p in profile of W[p, item] / (the largest |sum| over
+                                the catalogue)
 
-W is the cosine similarity between two artworks' buyer sets in the fitted purchases (each row
-keeping its `neighbours` largest; training/item_item.py's `knn_weights`),
-and dividing by the profile's largest sum puts the term in [0, 1] whatever the profile's length,
+for two weight matrices W over the fitted purchases, each with its own weight (`TermWeights.
+copurchase` and `.ease`):
+
+- "item-knn" (copurchase.npz): the cosine similarity between two artworks' buyer sets, each
+  row keeping its `NEIGHBOURS` largest (training/item_item.py's `knn_weights`);
+- "ease" (ease.npz): EASE^R's weights (`ease_weights`), its L2 weight chosen on the validation
+  as the `ease` baseline chooses it, each row keeping its `EASE_NEIGHBOURS` largest by |w|.
+  EASE's weights are negative where an artwork is bought instead of another, which cosine
+  cannot say; on a shop-like synthetic where co-purchases carry most of the signal, it beside
+  item-kNN raised validation R@20 from .1151 to .1211-.1239 (docs/training.md).
+
+Dividing by the profile's largest |sum| puts each term in [-1, 1] whatever the profile's length,
 the scale of the other terms. An artwork that never sold, and a profile none of whose artworks
-sold with another, get 0: on one-of-a-kind catalogues validation keeps this term's weight at 0.
+sold with another, get 0: on one-of-a-kind catalogues validation keeps these weights at 0.
 
-Saved as `copurchase.npz` (the fitted artworks' ids and W's CSR arrays, loaded with
-allow_pickle=False) beside nearest_purchase.npz; W is fixed at training (purchases recorded by
-the service do not change it).
+Saved beside nearest_purchase.npz (the fitted artworks' ids, W's CSR arrays and the kind,
+loaded with allow_pickle=False); W is fixed at training (purchases recorded by the service do
+not change it).
 """
 
 from __future__ import annotations
@@ -29,16 +39,47 @@ import pandas as pd
 import scipy.sparse as sp
 
 from training.atomic import write_npz_atomic
-from training.item_item import interactions, knn_weights, profile_indicators
+from training.item_item import (
+    ease_weights,
+    interactions,
+    keep_strongest,
+    knn_weights,
+    profile_indicators,
+)
 
-FILE_NAME = "copurchase.npz"
+FILE_NAMES = {"item-knn": "copurchase.npz", "ease": "ease.npz"}  # per kind
+FILE_NAME = FILE_NAMES["item-knn"]
+EASE_FILE_NAME = FILE_NAMES["ease"]
 NEIGHBOURS = 50  # per artwork: on an Amazon-like synthetic 50 and 200 validated alike
+# per artwork, by |w|: on the noisier shop-like synthetic (5,400 sold artworks) 300 and 1,000
+# validated as the dense matrix did (R@20 .1211-.1240), 100 a little lower
+EASE_NEIGHBOURS = 300
 
 
 @dataclass(frozen=True)
 class CoPurchase:
     item_ids: np.ndarray  # [n_fit] str: the artworks that sold in the fitted purchases
     weights: sp.csr_matrix  # [n_fit, n_fit] float32 W, rows and columns in item_ids' order
+    kind: str = "item-knn"  # or "ease" (the module docstring)
+
+    @property
+    def file_name(self) -> str:
+        return FILE_NAMES[self.kind]
+
+    @classmethod
+    def fit_ease(
+        cls,
+        purchases: pd.DataFrame,
+        item_ids: np.ndarray,
+        l2: float,
+        neighbours: int = EASE_NEIGHBOURS,
+    ) -> CoPurchase:
+        """EASE^R's W over `purchases` with L2 weight `l2`, each row's `neighbours` strongest
+        by |w| (catalogue rows in "item", customers in "user_id"; `item_ids` names the rows)."""
+        matrix, rows = interactions(purchases)
+        weights = keep_strongest(ease_weights(matrix, l2), neighbours, by_magnitude=True)
+        ids = np.asarray(item_ids).astype(str)[rows]
+        return cls(ids, sp.csr_matrix(weights.astype(np.float32)), "ease")
 
     @classmethod
     def fit(
@@ -70,8 +111,9 @@ class CoPurchase:
         )
 
     def save(self, directory: Path | str) -> Path:
-        path = Path(directory) / FILE_NAME
+        path = Path(directory) / self.file_name
         arrays = {
+            "kind": np.array(self.kind),
             "item_ids": self.item_ids.astype(str),
             "indptr": self.weights.indptr.astype(np.int64),
             "indices": self.weights.indices.astype(np.int64),
@@ -89,8 +131,14 @@ class CoPurchase:
                 ids, indptr, indices, data = (
                     saved[key] for key in ("item_ids", "indptr", "indices", "data")
                 )
+                # files written before the EASE term have no kind: item-kNN
+                kind = saved["kind"] if "kind" in saved.files else np.array("item-knn")
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(f"{path}: not a co-purchase file ({error})") from error
+        if kind.shape != () or kind.dtype.kind != "U" or str(kind) not in FILE_NAMES:
+            shown = str(kind)[:40] if kind.dtype.kind == "U" else kind.dtype
+            raise ValueError(f"{path}: kind {shown!r} is not one of {sorted(FILE_NAMES)}")
+        kind = str(kind)
         n = ids.shape[0] if ids.ndim == 1 else -1
         if (
             n < 0
@@ -106,23 +154,32 @@ class CoPurchase:
             or (indices.size and (indices.min() < 0 or indices.max() >= n))
         ):
             raise ValueError(f"{path}: inconsistent co-purchase arrays")
-        if data.dtype.kind != "f" or not np.isfinite(data).all() or (data < 0).any():
-            raise ValueError(f"{path}: weights are not all finite non-negative floats")
+        if data.dtype.kind != "f" or not np.isfinite(data).all():
+            raise ValueError(f"{path}: weights are not all finite floats")
+        if kind == "item-knn" and (data < 0).any():
+            raise ValueError(f"{path}: item-kNN weights are cosines, and some are negative")
         weights = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n, n))
-        return cls(ids.astype(str), weights)
+        return cls(ids.astype(str), weights, kind)
 
 
 def profile_scores(weights: sp.csr_matrix, profiles: Sequence[np.ndarray]) -> sp.csr_matrix:
     """[B, n] sparse: per profile (rows of `weights`' catalogue), the term of the module
-    docstring for every artwork (the summed rows, each divided by its largest value)."""
+    docstring for every artwork (the summed rows, each divided by its largest |value|)."""
     queries = profile_indicators(profiles, weights.shape[0], np.float32)
     summed = (queries @ weights).tocsr()
     summed.sum_duplicates()
-    largest = summed.max(axis=1).toarray().ravel()  # [B]; 0 where nothing co-sold
+    largest = abs(summed).max(axis=1).toarray().ravel()  # [B]; 0 where nothing co-sold
     scale = np.divide(1.0, largest, out=np.zeros_like(largest), where=largest > 0)
     return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ summed)
 
 
-def load_if_present(directory: Path | str) -> CoPurchase | None:
-    path = Path(directory) / FILE_NAME
-    return CoPurchase.load(path) if path.exists() else None
+def load_if_present(directory: Path | str, kind: str = "item-knn") -> CoPurchase | None:
+    """The saved term of `kind` in `directory`, if any (ValueError if its file says another
+    kind)."""
+    path = Path(directory) / FILE_NAMES[kind]
+    if not path.exists():
+        return None
+    term = CoPurchase.load(path)
+    if term.kind != kind:
+        raise ValueError(f"{path}: holds the {term.kind} kind, expected {kind}")
+    return term

@@ -21,10 +21,10 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
   (training/nearest_purchase.py) and each catalogue artwork's match vector, when the run has a
   term with a weight above 0 (manifest "nearest_purchase": {"weight", "mean_weight",
   "popularity_weight", "copurchase_weight", "freshness_weight", "freshness_days", "era_weight",
-  "era_days", "dim"}, else null). The retrieval/ SavedModel ranks by the towers alone; the
-  service adds the terms.
-- model/copurchase.npz: the co-purchase matrix (training/copurchase.py), when its weight is
-  above 0.
+  "era_days", "ease_weight", "dim"}, else null). The retrieval/ SavedModel ranks by the towers
+  alone; the service adds the terms.
+- model/copurchase.npz, model/ease.npz: the co-purchase terms' matrices, item-kNN's and
+  EASE's (training/copurchase.py), each when its weight is above 0.
 - manifest.json (format 3): version, run, config, data fingerprint, training metrics, the
                catalogue's size, and
   - "index": the search: "kind" ("brute_force" or "scann"), its ScaNN parameters, "settings"
@@ -55,7 +55,7 @@ from towers.item_tower import ItemTower, item_inputs
 from towers.profile_encoder import ProfileEncoder
 from training.atomic import atomic_directory
 from training.config import TrainConfig
-from training.copurchase import FILE_NAME as COPURCHASE
+from training.copurchase import FILE_NAMES as COPURCHASE_FILES
 from training.copurchase import load_if_present as load_copurchase
 from training.data.dataset import Dataset, format_time
 from training.index import (
@@ -278,11 +278,14 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     nearest = load_if_present(run_dir / MODEL_DIR)
     if nearest is not None and not nearest.weights.any:
         nearest = None  # calibrated to 0: validation said the towers alone rank better
-    copurchase = None
-    if nearest is not None and nearest.copurchase_weight > 0:
-        copurchase = load_copurchase(run_dir / MODEL_DIR)
-        if copurchase is None:
-            raise ValueError(f"{run_dir / MODEL_DIR}: a co-purchase weight but no {COPURCHASE}")
+    matrices = []  # the co-purchase terms' (training/copurchase.py) with a weight above 0
+    for kind, weight in (("item-knn", "copurchase_weight"), ("ease", "ease_weight")):
+        if nearest is not None and getattr(nearest, weight) > 0:
+            matrix = load_copurchase(run_dir / MODEL_DIR, kind)
+            if matrix is None:
+                name = COPURCHASE_FILES[kind]
+                raise ValueError(f"{run_dir / MODEL_DIR}: a {weight} but no {name}")
+            matrices.append(matrix)
     encoder = ProfileEncoder(item_tower, user_tower)
     ids = dataset.item_ids.astype(str)
     progress(f"embedding {dataset.n_items:,} artworks")
@@ -339,8 +342,8 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         if nearest is not None:
             nearest.save(tmp / MODEL_DIR)
             np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
-        if copurchase is not None:
-            copurchase.save(tmp / MODEL_DIR)
+        for matrix in matrices:
+            matrix.save(tmp / MODEL_DIR)
         if searcher is not None:
             searcher.save(tmp / SEARCHER_DIR)
         if match_searcher is not None:
@@ -385,6 +388,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
                     "freshness_days": nearest.freshness_days,
                     "era_weight": nearest.era_weight,
                     "era_days": nearest.era_days,
+                    "ease_weight": nearest.ease_weight,
                     "dim": nearest.dim,
                 }
             ),

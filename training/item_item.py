@@ -1,8 +1,8 @@
-"""Item-to-item weights from co-purchases, shared by the co-purchase term of the towers
+"""Item-to-item weights from co-purchases, shared by the co-purchase terms of the towers
 (training/copurchase.py) and the item-kNN and EASE baselines
 (training/evaluation/learned_baselines.py): the customer x artwork matrix of the purchases a
-method may fit on, item-kNN's cosine weights over it, and the indicator matrix that sums a
-weight matrix's rows over each profile.
+method may fit on, item-kNN's cosine weights and EASE^R's weights over it, each row's strongest
+entries, and the indicator matrix that sums a weight matrix's rows over each profile.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 
 def profile_indicators(
@@ -50,12 +51,62 @@ def knn_weights(matrix: sp.csr_matrix, neighbours: int | None) -> sp.csr_matrix:
     similarity.sort_indices()
     if neighbours is None:
         return similarity
-    keep = np.ones(similarity.nnz, dtype=bool)
-    for row in range(similarity.shape[0]):
-        start, end = similarity.indptr[row], similarity.indptr[row + 1]
-        if end - start > neighbours:
-            ranked = np.lexsort((similarity.indices[start:end], -similarity.data[start:end]))
-            keep[start + ranked[neighbours:]] = False
-    similarity.data[~keep] = 0.0
-    similarity.eliminate_zeros()
-    return similarity
+    return keep_strongest(similarity, neighbours)
+
+
+def keep_strongest(
+    matrix: sp.csr_matrix, per_row: int, by_magnitude: bool = False
+) -> sp.csr_matrix:
+    """`matrix` with each row keeping its `per_row` largest entries (`by_magnitude`: largest
+    |w|, so that a strong negative weight stays; ties: the lower column), the rest dropped."""
+    if per_row < 1:
+        raise ValueError(f"per_row must be at least 1, got {per_row}")
+    matrix = sp.csr_matrix(matrix, copy=True)
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    keep = np.ones(matrix.nnz, dtype=bool)
+    for row in range(matrix.shape[0]):
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        if end - start > per_row:
+            values = matrix.data[start:end]
+            strength = np.abs(values) if by_magnitude else values
+            ranked = np.lexsort((matrix.indices[start:end], -strength))
+            keep[start + ranked[per_row:]] = False
+    matrix.data[~keep] = 0.0
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def ease_weights(matrix: sp.csr_matrix, l2: float) -> sp.csr_matrix:
+    """EASE^R's W [n_fit, n_fit] for X = `matrix` [n_customers, n_fit] (Steck, "Embarrassingly
+    Shallow Autoencoders", WWW 2019): G = X^T X + lambda I, P = G^-1, W = -P / diag(P) (column
+    j divided by P[j, j]), diag(W) = 0.
+
+    G is block diagonal over the connected components of the co-purchase graph, so each block
+    is inverted alone (exact, and fast when the graph is fragmented, as real stores' are); an
+    artwork co-purchased with nothing has a zero row and column in W.
+    """
+    if l2 <= 0:
+        raise ValueError(f"lambda must be positive, got {l2}")
+    gram = (matrix.T @ matrix).tocsr()  # [n_fit, n_fit] co-purchase counts
+    n = gram.shape[0]
+    _, labels = connected_components(gram, directed=False)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels))])
+    rows, columns, values = [], [], []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end - start < 2:
+            continue
+        members = order[start:end]  # [m] one component's artworks
+        block = gram[members][:, members].toarray() + l2 * np.eye(members.size)  # [m, m]
+        inverse = np.linalg.inv(block)
+        weights = -inverse / np.diag(inverse)[None, :]  # column j divided by P[j, j]
+        np.fill_diagonal(weights, 0.0)
+        rows.append(np.repeat(members, members.size))
+        columns.append(np.tile(members, members.size))
+        values.append(weights.ravel())
+    if not values:
+        return sp.csr_matrix((n, n))
+    return sp.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(n, n)
+    )

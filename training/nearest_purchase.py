@@ -13,7 +13,8 @@ These terms add those views back:
                            + w_max  * max over p in profile of cos(m_p, m_item)
                            + w_mean * mean over p in profile of cos(m_p, m_item)
                            + w_pop  * log(1 + sales of item so far)
-                           + w_co   * copurchase(profile, item)  (training/copurchase.py)
+                           + w_co   * copurchase(profile, item)  (training/copurchase.py,
+                           + w_ease * ease(profile, item)          item-kNN's and EASE's W)
                            + w_new  * exp(-(the item's age at the query's time) / tau)
                            + w_era  * exp(-(days from the item's upload to the closest
                                             upload day of the profile's items) / tau_era)
@@ -61,6 +62,7 @@ OPTIONAL_WEIGHTS = (
     "freshness_days",
     "era_weight",
     "era_days",
+    "ease_weight",
 )
 DAY_SECONDS = 86_400.0
 PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
@@ -69,7 +71,9 @@ PCA_SAMPLE_ROWS = 20_000  # rows the principal components are computed on
 @dataclass(frozen=True)
 class TermWeights:
     """w_max, w_mean, w_pop, w_co (the co-purchase term, training/copurchase.py), w_new and
-    w_era of the module docstring's formula, and the freshness and era terms' taus in days."""
+    w_era of the module docstring's formula, the freshness and era terms' taus in days, and
+    w_ease (the co-purchase term over EASE's weights; last, so that positional construction
+    from before it still holds)."""
 
     nearest: float = 0.0
     mean: float = 0.0
@@ -79,6 +83,7 @@ class TermWeights:
     freshness_days: float = 0.0  # tau; used only where `freshness` is above 0
     era: float = 0.0
     era_days: float = 0.0  # tau_era; used only where `era` is above 0
+    ease: float = 0.0
 
     @property
     def any(self) -> bool:
@@ -87,6 +92,7 @@ class TermWeights:
             or self.mean > 0
             or self.popularity > 0
             or self.copurchase > 0
+            or self.ease > 0
             or self.freshness > 0
             or self.era > 0
         )
@@ -109,6 +115,7 @@ class NearestPurchase:
     freshness_days: float = 0.0  # tau
     era_weight: float = 0.0  # w_era: exp(-days to the profile's closest upload day / tau_era)
     era_days: float = 0.0  # tau_era
+    ease_weight: float = 0.0  # w_ease: training/copurchase.py's term over EASE's weights
 
     @classmethod
     def fit(cls, features: np.ndarray, dim: int = 128, *, seed: int = 0) -> NearestPurchase:
@@ -138,6 +145,7 @@ class NearestPurchase:
             freshness_days=float(weights.freshness_days),
             era_weight=float(weights.era),
             era_days=float(weights.era_days),
+            ease_weight=float(weights.ease),
         )
 
     @property
@@ -151,6 +159,7 @@ class NearestPurchase:
             self.freshness_days,
             self.era_weight,
             self.era_days,
+            self.ease_weight,
         )
 
     @property
@@ -193,6 +202,7 @@ class NearestPurchase:
             "freshness_days": np.float64(self.freshness_days),
             "era_weight": np.float64(self.era_weight),
             "era_days": np.float64(self.era_days),
+            "ease_weight": np.float64(self.ease_weight),
         }
         write_npz_atomic(path, arrays)
         return path
@@ -243,6 +253,7 @@ class NearestPurchase:
             float(arrays["freshness_days"]),
             float(arrays["era_weight"]),
             float(arrays["era_days"]),
+            float(arrays["ease_weight"]),
         )
 
 

@@ -83,11 +83,12 @@ class TowerRecommender:
         nearest: NearestPurchase | None = None,
         sales: SalesSoFar | None = None,
         copurchase: CoPurchase | None = None,
+        ease: CoPurchase | None = None,
     ):
         self.name, self.user_tower, self.sales = name, user_tower, sales
-        self.copurchase = None  # W over the dataset's rows (training/copurchase.py)
-        if copurchase is not None:
-            self.copurchase = copurchase.on_catalogue(dataset.item_ids)
+        # item-kNN's and EASE's W over the dataset's rows (training/copurchase.py)
+        self.copurchase = None if copurchase is None else copurchase.on_catalogue(dataset.item_ids)
+        self.ease = None if ease is None else ease.on_catalogue(dataset.item_ids)
         self.item_vectors = embed_items(
             item_tower, dataset.features, dataset.item_ids, dataset.items["artist_id"]
         )
@@ -102,6 +103,8 @@ class TowerRecommender:
             raise ValueError(f"{name}: a popularity weight needs the sales log")
         if self.weights.copurchase > 0 and copurchase is None:
             raise ValueError(f"{name}: a co-purchase weight needs the co-purchase matrix")
+        if self.weights.ease > 0 and ease is None:
+            raise ValueError(f"{name}: an EASE weight needs EASE's matrix")
 
     def with_weights(self, weights: TermWeights) -> TowerRecommender:
         """The same scores with other term weights (the calibration's grid)."""
@@ -111,6 +114,8 @@ class TowerRecommender:
             raise ValueError("this recommender has no sales log")
         if self.copurchase is None and weights.copurchase > 0:
             raise ValueError("this recommender has no co-purchase matrix")
+        if self.ease is None and weights.ease > 0:
+            raise ValueError("this recommender has no EASE matrix")
         other = copy.copy(self)
         other.weights = weights
         return other
@@ -124,8 +129,8 @@ class TowerRecommender:
         self, batch: QueryBatch, candidates: np.ndarray, weights: TermWeights | None = None
     ) -> dict[str, np.ndarray]:
         """[B, n_candidates] each: "towers", and the terms that `weights` (default: this
-        recommender's) use: "nearest", "mean", "popularity", "copurchase", "freshness", "era"
-        (unweighted; freshness at each query's time)."""
+        recommender's) use: "nearest", "mean", "popularity", "copurchase", "ease", "freshness",
+        "era" (unweighted; freshness at each query's time)."""
         weights = weights or self.weights
         users = self.user_vectors(batch.profiles)  # [batch, dim]
         parts = {"towers": users @ self.item_vectors[candidates].T}
@@ -138,6 +143,8 @@ class TowerRecommender:
         if weights.copurchase > 0:
             scores = profile_scores(self.copurchase, batch.profiles)
             parts["copurchase"] = scores[:, candidates].toarray()
+        if weights.ease > 0:
+            parts["ease"] = profile_scores(self.ease, batch.profiles)[:, candidates].toarray()
         if weights.freshness > 0:
             ages = np.asarray(batch.times, np.float64)[:, None] - self.upload_times[candidates]
             parts["freshness"] = freshness(ages, weights.freshness_days)
@@ -151,7 +158,7 @@ class TowerRecommender:
 
 
 # TermWeights' fields, in the order they are added
-TERMS = ("nearest", "mean", "popularity", "copurchase", "freshness", "era")
+TERMS = ("nearest", "mean", "popularity", "copurchase", "ease", "freshness", "era")
 
 
 def combine(parts: dict[str, np.ndarray], weights: TermWeights) -> np.ndarray:
@@ -223,11 +230,12 @@ def check_feature_dim(run_dir: Path | str, item_tower: ItemTower, dataset: Datas
 def load_run_recommender(run_dir: Path | str, dataset: Dataset) -> TowerRecommender:
     """A finished run's final model: its towers and, if calibrated, its profile terms (the
     popularity term counts `dataset`'s purchases before each query, as `popular` does; the
-    co-purchase matrix is the run's, fitted on its training split)."""
+    co-purchase matrices are the run's, fitted on its training split)."""
     item_tower, user_tower = load_towers(run_dir)
     check_feature_dim(run_dir, item_tower, dataset)
     nearest = load_if_present(Path(run_dir) / MODEL_DIR)
     copurchase = load_copurchase(Path(run_dir) / MODEL_DIR)
+    ease = load_copurchase(Path(run_dir) / MODEL_DIR, "ease")
     sales = PopularRecommender.from_dataset(dataset)
     name = Path(run_dir).name
-    return TowerRecommender(name, item_tower, user_tower, dataset, nearest, sales, copurchase)
+    return TowerRecommender(name, item_tower, user_tower, dataset, nearest, sales, copurchase, ease)

@@ -37,10 +37,11 @@ def make_catalogue(
     nearest=None,
     copurchase=None,
     upload_times=None,
+    ease=None,
 ):
     """A catalogue of random vectors; with `nearest` (a NearestPurchase over FEATURES-d
-    features), random features give the match vectors; `copurchase`: the co-purchase term's
-    matrix; upload times random in 0-1,000 hours unless given."""
+    features), random features give the match vectors; `copurchase`, `ease`: the co-purchase
+    terms' matrices; upload times random in 0-1,000 hours unless given."""
     rng = np.random.default_rng(7)
     item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(dim,))
     item_tower(tf.zeros([1, FEATURES]))
@@ -87,6 +88,7 @@ def make_catalogue(
         nearest,
         None if nearest is None else nearest.vectors(rng.normal(size=(n_items, FEATURES))),
         copurchase=copurchase,
+        ease=ease,
     )
     return Catalogue(model, index)
 
@@ -365,28 +367,51 @@ def random_term(
     freshness: float = 0.0,
     era: float = 0.0,
     era_days: float = ERA_DAYS,
+    ease: float = 0.0,
 ) -> NearestPurchase:
     features = np.random.default_rng(11).normal(size=(200, FEATURES))
-    weights = TermWeights(weight, mean, popularity, copurchase, freshness, TEST_DAYS, era, era_days)
+    weights = TermWeights(
+        weight, mean, popularity, copurchase, freshness, TEST_DAYS, era, era_days, ease
+    )
     return NearestPurchase.fit(features, dim=4).with_weights(weights)
 
 
-def random_copurchase(n_items: int) -> CoPurchase:
-    """Item-kNN over 300 customers who bought 4 each of the first 150 artworks (every
-    neighbour kept, so that the reference below needs no cut)."""
+def random_copurchase(n_items: int, kind: str = "item-knn") -> CoPurchase:
+    """Item-kNN (or EASE, L2 weight 10) over 300 customers who bought 4 each of the first 150
+    artworks (every neighbour kept, so that the references below need no cut)."""
     rng = np.random.default_rng(12)
     items = np.concatenate([rng.choice(150, 4, replace=False) for _ in range(300)])
     purchases = pd.DataFrame({"user_id": np.repeat(np.arange(300), 4), "item": items})
     ids = np.array([f"i{n}" for n in range(n_items)])
+    if kind == "ease":
+        return CoPurchase.fit_ease(purchases, ids, l2=10.0, neighbours=n_items)
     return CoPurchase.fit(purchases, ids, neighbours=None)
 
 
-def reference_copurchase(n_items: int, profile: np.ndarray) -> np.ndarray:
-    """[n_items]: training/copurchase.py's term by hand, from the same purchases."""
+def reference_bought(n_items: int) -> np.ndarray:
+    """[300, n_items]: `random_copurchase`'s customers x artworks, by hand."""
     rng = np.random.default_rng(12)
     bought = np.zeros((300, n_items))
     for customer in range(300):
         bought[customer, rng.choice(150, 4, replace=False)] = 1
+    return bought
+
+
+def reference_ease(n_items: int, profile: np.ndarray) -> np.ndarray:
+    """[n_items]: the EASE term by hand (numpy's inverse over the 150 artworks that sold)."""
+    bought = reference_bought(n_items)[:, :150]
+    inverse = np.linalg.inv(bought.T @ bought + 10.0 * np.eye(150))
+    weights = np.zeros((n_items, n_items))
+    weights[:150, :150] = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(weights, 0)
+    summed = weights[profile].sum(axis=0)
+    largest = np.abs(summed).max()
+    return summed / largest if largest > 0 else summed
+
+
+def reference_copurchase(n_items: int, profile: np.ndarray) -> np.ndarray:
+    """[n_items]: training/copurchase.py's term by hand, from the same purchases."""
+    bought = reference_bought(n_items)
     counts = bought.sum(axis=0)
     scale = 1 / np.sqrt(np.maximum(counts, 1))
     similarity = (bought.T @ bought) * scale[:, None] * scale[None, :]
@@ -405,11 +430,18 @@ def reference_copurchase(n_items: int, profile: np.ndarray) -> np.ndarray:
         (0.0, 0.0, 0.0, 0.0, 2.0, 0.0),
         (0.0, 0.0, 0.0, 0.0, 0.0, 2.0),
         (0.3, 0.5, 0.1, 1.0, 0.7, 0.4),
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0),
+        (0.3, 0.5, 0.1, 1.0, 0.7, 0.4, 1.5),
     ],
 )
 def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
-    nearest, mean, popularity, copurchase, freshness, era = weights
-    catalogue = make_catalogue(nearest=random_term(*weights), copurchase=random_copurchase(N_ITEMS))
+    nearest, mean, popularity, copurchase, freshness, era, *rest = weights
+    ease = rest[0] if rest else 0.0
+    catalogue = make_catalogue(
+        nearest=random_term(*weights[:6], ease=ease),
+        copurchase=random_copurchase(N_ITEMS),
+        ease=random_copurchase(N_ITEMS, "ease"),
+    )
     rng = np.random.default_rng(4)
     profiles = [rng.choice(N_ITEMS, size, replace=False) for size in (1, 4, 2, 9)]
     profiles[0] = np.array([3])  # among the co-purchased artworks
@@ -440,6 +472,7 @@ def test_the_profile_terms_are_added_as_numpy_computes_them(weights):
             + mean * similarity.mean(axis=0)
             + popularity * np.log1p(sales)
             + copurchase * reference_copurchase(size, profile)
+            + ease * reference_ease(size, profile)
             + freshness * np.exp(-ages / (500 * HOUR))
             + era * np.exp(-np.abs(days[:, None] - days[profile][None]).min(axis=1) / ERA_DAYS)
         )
@@ -483,21 +516,24 @@ def test_artworks_added_live_get_match_vectors_from_their_features():
     assert result.rows[0] == [row for row in closest if row != N_ITEMS][0]
 
 
-def scann_and_exact_top_10(*weights: float, era_days: float = ERA_DAYS, one_a_day: bool = False):
+def scann_and_exact_top_10(
+    *weights: float, era_days: float = ERA_DAYS, one_a_day: bool = False, ease: float = 0.0
+):
     """Served scores of the top 10 with ScaNN (searching half the leaves, so that its own
     misses are rare) and exactly, on 4,000 clustered artworks whose small vectors let a term
     of weight 3 outweigh the query (`one_a_day`: uploaded on 4,000 different days)."""
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(40, 16))
     vectors = 0.1 * (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16)))
-    term = random_term(*weights, era_days=era_days)  # `random_term`'s weights, in its order
+    term = random_term(*weights, era_days=era_days, ease=ease)  # `random_term`'s order
     bought = random_copurchase(4000)
+    instead = random_copurchase(4000, "ease")
     index = IndexConfig(k=20, scann_min_items=1000, leaves_to_search_share=0.5)
     uploads = rng.permutation(4000) * 86_400.0 if one_a_day else None
     vectors = vectors.astype(np.float32)
-    approximate = make_catalogue(4000, 16, vectors, index, term, bought, uploads)
+    approximate = make_catalogue(4000, 16, vectors, index, term, bought, uploads, instead)
     exact_index = IndexConfig(k=20, scann_min_items=10**6)
-    exact = make_catalogue(4000, 16, vectors, exact_index, term, bought, uploads)
+    exact = make_catalogue(4000, 16, vectors, exact_index, term, bought, uploads, instead)
     assert approximate.searcher is not None
     assert (approximate.match_searcher is not None) == term.weights.uses_profile
     assert exact.searcher is None
@@ -535,6 +571,18 @@ def test_scann_candidates_are_re_ranked_with_the_terms(weights):
     builds, so the bar is on the mean of five."""
     recalls = [neighbour_recall(*scann_and_exact_top_10(*weights)) for _ in range(5)]
     assert np.mean(recalls) >= 0.97, recalls
+
+
+def test_scann_candidates_with_the_ease_term_are_re_ranked_with_it(monkeypatch):
+    """EASE's term (with item-kNN's) outweighing the query: its highest artworks are among the
+    candidates, and without them the top 10 misses."""
+    recalls = [neighbour_recall(*scann_and_exact_top_10(0, 0, 0, 1.0, ease=3.0)) for _ in range(3)]
+    assert np.mean(recalls) >= 0.97, recalls
+    original = Catalogue._with_term_candidates
+    monkeypatch.setattr(  # the same candidates but the co-purchase terms' own
+        Catalogue, "_with_term_candidates", lambda self, *args: original(self, *args[:6], None)
+    )
+    assert neighbour_recall(*scann_and_exact_top_10(0, 0, 0, 1.0, ease=3.0)) < 0.8
 
 
 def test_the_era_terms_own_candidates_find_what_the_query_misses(monkeypatch):

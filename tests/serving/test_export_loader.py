@@ -278,3 +278,42 @@ def test_a_manifests_term_weights_are_checked(fields, message):
     with pytest.raises(ValidationError, match=message):
         NearestPurchaseManifest(dim=4, **fields)
     assert NearestPurchaseManifest(dim=4, weight=0.0, era_weight=0.5, era_days=30.0).era_weight
+
+
+def test_the_co_purchase_matrices_must_be_what_the_manifest_announces(
+    trained_run, small_marketplace, tmp_path
+):
+    """An export whose EASE weight is above 0 carries model/ease.npz; without it, or with an
+    item-kNN matrix under its name (the hashes rewritten to match), it is refused."""
+    from training.copurchase import CoPurchase
+    from training.data.dataset import load_dataset
+    from training.evaluation.splits import training_split
+    from training.export import export_run, file_digests
+    from training.nearest_purchase import FILE_NAME, NearestPurchase, TermWeights
+
+    dataset = load_dataset(small_marketplace)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    term = NearestPurchase.load(run / "model" / FILE_NAME)
+    term.with_weights(TermWeights(ease=1.0)).save(run / "model")
+    fit = training_split(dataset)[0]
+    CoPurchase.fit_ease(fit, dataset.item_ids, l2=10.0).save(run / "model")
+    version = export_run(run, dataset, tmp_path / "exports", progress=lambda _: None)
+    model = load_serving_model(version)
+    assert model.ease.kind == "ease" and model.copurchase is None
+
+    def rehash():
+        manifest = json.loads((version / MANIFEST).read_text())
+        manifest["files"] = file_digests(version)
+        (version / MANIFEST).write_text(json.dumps(manifest))
+
+    ease = version / "model" / "ease.npz"
+    knn = CoPurchase.fit(fit, dataset.item_ids).save(tmp_path)
+    shutil.copyfile(knn, ease)
+    rehash()
+    with pytest.raises(ExportError, match="ease.npz holds the item-knn kind, expected ease"):
+        load_serving_model(version)
+    ease.unlink()
+    rehash()
+    with pytest.raises(ExportError, match="gives ease_weight above 0 but lacks model/ease.npz"):
+        load_serving_model(version)

@@ -117,22 +117,27 @@ def test_recommendations_equal_the_evaluation_model_row(server, trained_run, dat
 
 
 def test_an_export_with_every_term_serves_what_the_evaluation_ranks(trained_run, dataset, tmp_path):
-    """The tiny run with all six calibrated terms above 0 (nearest purchase, profile mean,
-    popularity, co-purchases fitted as calibration fits them, freshness with a tau of ten years,
-    so that the years-old test catalogue still differs in it, era), exported and served by a
-    real uvicorn process: the answers are the evaluation's ranking with the same terms, now."""
+    """The tiny run with all seven calibrated terms above 0 (nearest purchase, profile mean,
+    popularity, co-purchases over item-kNN's and EASE's weights fitted as calibration fits
+    them, freshness with a tau of ten years, so that the years-old test catalogue still differs
+    in it, era), exported and served by a real uvicorn process: the answers are the
+    evaluation's ranking with the same terms, now."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     term = NearestPurchase.load(run / "model" / NEAREST_FILE)
-    weights = TermWeights(0.5, 0.5, 0.1, 1.0, 0.5, 3650.0, 0.5, 90.0)
+    weights = TermWeights(0.5, 0.5, 0.1, 1.0, 0.5, 3650.0, 0.5, 90.0, 2.0)
     term.with_weights(weights).save(run / "model")
-    CoPurchase.fit(training_split(dataset)[0], dataset.item_ids).save(run / "model")
+    fit = training_split(dataset)[0]
+    CoPurchase.fit(fit, dataset.item_ids).save(run / "model")
+    CoPurchase.fit_ease(fit, dataset.item_ids, l2=10.0).save(run / "model")
     export = export_run(run, dataset, tmp_path / "exports", progress=lambda _: None)
     manifest = json.loads((export / "manifest.json").read_text())
     described = manifest["nearest_purchase"]
     assert (described["copurchase_weight"], described["freshness_weight"]) == (1.0, 0.5)
     assert (described["freshness_days"], described["era_weight"]) == (3650.0, 0.5)
+    assert described["ease_weight"] == 2.0
     assert f"model/{COPURCHASE_FILE}" in manifest["files"]
+    assert "model/ease.npz" in manifest["files"]
     recommender = load_run_recommender(run, dataset)
     assert recommender.weights == weights
     with curator_service(tmp_path / "exports", tmp_path / "live.db", tmp_path / "log") as served:

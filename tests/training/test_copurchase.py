@@ -106,3 +106,63 @@ def test_profile_scores_of_profiles_with_nothing_co_purchased_are_zero():
     weights = sp.csr_matrix((3, 3), dtype=np.float32)
     scores = profile_scores(weights, [np.array([0, 1]), np.array([], np.int64)])
     assert scores.shape == (2, 3) and scores.nnz == 0
+
+
+def hand_ease(l2: float) -> np.ndarray:
+    """[4, 4] EASE^R over the four artworks that sold (x0-x3), by the closed form in numpy."""
+    bought = np.zeros((3, 4))
+    for user, item in zip(PURCHASES["user_id"], PURCHASES["item"], strict=True):
+        bought["abc".index(user), item] = 1
+    inverse = np.linalg.inv(bought.T @ bought + l2 * np.eye(4))
+    weights = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def test_the_ease_kind_is_eases_closed_form_keeping_each_rows_strongest_by_magnitude():
+    term = CoPurchase.fit_ease(PURCHASES, IDS, l2=0.5, neighbours=10)
+    assert term.kind == "ease" and term.file_name == "ease.npz"
+    assert list(term.item_ids) == ["x0", "x1", "x2", "x3"]
+    expected = hand_ease(0.5)
+    assert (expected < 0).any()  # the kind's point: what is bought instead of what
+    np.testing.assert_allclose(term.weights.toarray(), expected, rtol=1e-5, atol=1e-7)
+    strongest = CoPurchase.fit_ease(PURCHASES, IDS, l2=0.5, neighbours=1).weights.toarray()
+    for row, full in zip(strongest, expected, strict=True):
+        assert np.count_nonzero(row) == 1
+        assert row[np.argmax(np.abs(full))] == pytest.approx(full[np.abs(full).argmax()], 1e-5)
+
+
+def test_profile_scores_divide_by_the_largest_magnitude_with_negative_weights():
+    weights = sp.csr_matrix(np.array([[0.0, -4.0, 1.0], [2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]))
+    profiles = [np.array([0]), np.array([0, 1]), np.array([2])]
+    scores = profile_scores(weights, profiles).toarray()
+    dense = weights.toarray()
+    for profile, row in zip(profiles, scores, strict=True):
+        summed = dense[profile].sum(axis=0)
+        np.testing.assert_allclose(row, summed / np.abs(summed).max(), rtol=1e-6)
+    assert scores[0].min() == pytest.approx(-1.0)  # a negative sum sets the scale
+
+
+def test_an_ease_file_round_trips_and_the_kinds_are_told_apart(tmp_path):
+    from training.copurchase import load_if_present
+
+    ease = CoPurchase.fit_ease(PURCHASES, IDS, l2=0.5)
+    path = ease.save(tmp_path)
+    loaded = CoPurchase.load(path)
+    assert loaded.kind == "ease" and (loaded.weights != ease.weights).nnz == 0
+    assert load_if_present(tmp_path, "ease").kind == "ease"
+    assert load_if_present(tmp_path) is None  # no item-kNN file there
+    # an EASE matrix under the item-kNN name is refused, as are negative weights called cosines
+    (tmp_path / FILE_NAME).write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="holds the ease kind, expected item-knn"):
+        load_if_present(tmp_path)
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    for kind, message in (("item-knn", "negative"), ("bogus", "not one of"), (3, "not one of")):
+        np.savez(tmp_path / "other.npz", **{**arrays, "kind": np.array(kind)})
+        with pytest.raises(ValueError, match=message):
+            CoPurchase.load(tmp_path / "other.npz")
+    # a file written before the kinds: item-kNN
+    del arrays["kind"]
+    np.savez(tmp_path / "old.npz", **{**arrays, "data": np.abs(arrays["data"])})
+    assert CoPurchase.load(tmp_path / "old.npz").kind == "item-knn"

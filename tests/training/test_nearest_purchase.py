@@ -9,12 +9,14 @@ import pytest
 
 from training.calibration import validate_recommender
 from training.config import load_config
+from training.copurchase import EASE_FILE_NAME as EASE_FILE
 from training.copurchase import FILE_NAME as COPURCHASE_FILE
 from training.copurchase import CoPurchase, profile_scores
 from training.data.dataset import load_dataset
 from training.data.features import unit_rows, zscore
 from training.evaluation.baselines import PopularRecommender
 from training.evaluation.interface import QueryBatch
+from training.evaluation.learned_baselines import fit_ease
 from training.evaluation.splits import training_split
 from training.nearest_purchase import (
     FILE_NAME,
@@ -146,9 +148,11 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
         * len(config.popularity_weights)
     )
     second = len(config.popularity_weights) * (len(config.copurchase_weights) - 1)
+    ease = len(config.ease_weights) - 1
     third = len(config.freshness_days) * (len(config.freshness_weights) - 1)
-    assert len(grid) == first + second + third  # replay validation: freshness, never era
+    assert len(grid) == first + second + ease + third  # replay validation: freshness, never era
     assert all(row["era"] == 0 for row in grid)
+    assert all(row["ease"] == 0 for row in grid[: first + second])
     assert all(row["copurchase"] == 0 and row["freshness"] == 0 for row in grid[:first])
     # the second stage keeps the first stage's best profile weights
     first_best = max(grid[:first], key=lambda row: row["auc_recall"])
@@ -156,9 +160,14 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     assert {(row["nearest"], row["mean"]) for row in grid[first : first + second]} == {
         (first_best["nearest"], first_best["mean"])
     }
+    # the EASE stage keeps the second stage's best weights
+    second_best = max(grid[: first + second], key=lambda row: row["auc_recall"])
+    eased = grid[first + second : first + second + ease]
+    assert all(row["ease"] > 0 for row in eased)
+    assert {replace(weights_of(row), ease=0.0) for row in eased} == {weights_of(second_best)}
     # curator.yaml calibrates by auc_recall, then freshness by mean_recall
-    before = max(grid[: first + second], key=lambda row: row["auc_recall"])
-    fresh = grid[first + second :]
+    before = max(grid[: first + second + ease], key=lambda row: row["auc_recall"])
+    fresh = grid[first + second + ease :]
     assert all(row["freshness"] > 0 and row["freshness_days"] > 0 for row in fresh)
     unfresh = {replace(weights_of(row), freshness=0.0, freshness_days=0.0) for row in fresh}
     assert unfresh == {weights_of(before)}
@@ -172,9 +181,11 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
         terms["freshness_days"],
         terms["era_weight"],
         terms["era_days"],
+        terms["ease_weight"],
     )
     assert chosen == weights_of(best)
     assert (trained_run / "model" / COPURCHASE_FILE).exists() == (chosen.copurchase > 0)
+    assert (trained_run / "model" / EASE_FILE).exists() == (chosen.ease > 0)
     assert summary["best_validation"] == terms["validation"]
     saved = NearestPurchase.load(trained_run / "model" / FILE_NAME)
     assert saved.weights == chosen
@@ -186,8 +197,12 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     towers = load_towers(trained_run)
     sales = PopularRecommender.from_purchases(fit, dataset.n_items)
     bought = CoPurchase.fit(fit, dataset.item_ids)
-    plain = TowerRecommender("v", *towers, dataset, saved, sales, bought)
-    for row in (grid[0], best, grid[first - 1], grid[first + second], grid[-1]):
+    # EASE's L2 weight: the one the `ease` baseline chooses on the same validation
+    assert terms["ease_lambda"] == fit_ease(fit, cases, dataset.n_items).chosen["lambda"]
+    instead = CoPurchase.fit_ease(fit, dataset.item_ids, terms["ease_lambda"])
+    plain = TowerRecommender("v", *towers, dataset, saved, sales, bought, instead)
+    rows = (grid[0], best, grid[first - 1], grid[first + second], eased[-1], grid[-1])
+    for row in rows:
         figures = validate_recommender(plain.with_weights(weights_of(row)), dataset, cases)
         assert figures == {k: v for k, v in row.items() if k not in asdict(chosen)}
 
@@ -195,7 +210,7 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     assert recommender.weights == chosen
     # the scores of the run's recommender, and of one with every term above 0, as numpy
     # computes them (the run's popularity counts every purchase; `plain`'s the fitted ones)
-    every = TermWeights(0.5, 0.7, 0.1, 0.3, 0.4, 90.0, 0.6, 30.0)
+    every = TermWeights(0.5, 0.7, 0.1, 0.3, 0.4, 90.0, 0.6, 30.0, 0.8)
     towers_only = TowerRecommender("t", *towers, dataset)
     profiles = [np.array([0, 5, 9]), np.array([3])]
     uploads = dataset.items["upload_time"].to_numpy()
@@ -209,6 +224,10 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     )
     match = saved.vectors(dataset.features)
     co_bought = profile_scores(bought.on_catalogue(dataset.item_ids), profiles).toarray()
+    # EASE's term by hand: its saved W summed over each profile, over the largest |sum|
+    ease_w = instead.on_catalogue(dataset.item_ids).toarray()
+    summed = np.stack([ease_w[p].sum(axis=0) for p in profiles])
+    ease_scores = summed / np.abs(summed).max(axis=1, keepdims=True)
 
     def expected(weights: TermWeights, sold: pd.DataFrame) -> np.ndarray:
         counts = np.stack(  # each query's sales so far (strictly before its time)
@@ -226,6 +245,7 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
             * np.stack([[np.mean(match[p] @ match[c]) for c in candidates] for p in profiles])
             + weights.popularity * np.log1p(counts)
             + weights.copurchase * co_bought
+            + weights.ease * ease_scores
             + weights.freshness * fresh
             + weights.era * era
         )
@@ -238,14 +258,19 @@ def test_the_run_keeps_the_weights_that_validate_best_and_evaluation_scores_with
     )
 
 
-def test_the_projection_is_fitted_once_for_every_trial_on_one_dataset(
+def test_the_projection_and_ease_are_fitted_once_for_every_trial_on_one_dataset(
     trained_run, small_marketplace, tmp_path, monkeypatch
 ):
     import training.calibration as calibration
 
-    fits = []
+    fits, ease_fits = [], []
     original = NearestPurchase.fit
     monkeypatch.setattr(calibration, "_last_fit", None)
+    monkeypatch.setattr(calibration, "_last_ease", None)
+    original_ease = calibration.fit_ease
+    monkeypatch.setattr(
+        calibration, "fit_ease", lambda *a, **k: ease_fits.append(1) or original_ease(*a, **k)
+    )
     monkeypatch.setattr(
         NearestPurchase, "fit", staticmethod(lambda *a, **k: fits.append(1) or original(*a, **k))
     )
@@ -260,6 +285,10 @@ def test_the_projection_is_fitted_once_for_every_trial_on_one_dataset(
     other = load_dataset(small_marketplace)  # another array: fitted again
     calibration.calibrate_terms(*load_towers(trained_run), other, fit, cases, config, tmp_path)
     assert len(fits) == 2
+    # EASE's fit is keyed on the purchases and tests, not the array: the same ones, once
+    assert len(ease_fits) == 1
+    calibration.calibrate_terms(*load_towers(trained_run), other, fit[1:], cases, config, tmp_path)
+    assert len(ease_fits) == 2
 
 
 def test_era_closeness_equals_brute_force_per_profile():

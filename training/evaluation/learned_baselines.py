@@ -25,13 +25,12 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
 from training.evaluation.interface import QueryBatch, Recommender
 from training.evaluation.protocols import Case
 from training.evaluation.ranking import rank_cases
 from training.evaluation.report import summary_rows
-from training.item_item import interactions, knn_weights, profile_indicators
+from training.item_item import ease_weights, interactions, knn_weights, profile_indicators
 
 EASE_LAMBDAS = (1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 3000.0)
 EASE_DEFAULT_LAMBDA = 100.0
@@ -67,39 +66,6 @@ class ItemToItemRecommender:
         summed = (queries @ self.weights).toarray()  # [B, n_fit]
         scores[:, known] = summed[:, columns[known]]
         return scores
-
-
-def ease_weights(matrix: sp.csr_matrix, l2: float) -> sp.csr_matrix:
-    """EASE^R's W [n_fit, n_fit] for X = `matrix` [n_customers, n_fit].
-
-    G is block diagonal over the connected components of the co-purchase graph, so each block
-    is inverted alone (exact, and fast when the graph is fragmented, as real stores' are); an
-    artwork co-purchased with nothing has a zero row and column in W.
-    """
-    if l2 <= 0:
-        raise ValueError(f"lambda must be positive, got {l2}")
-    gram = (matrix.T @ matrix).tocsr()  # [n_fit, n_fit] co-purchase counts
-    n = gram.shape[0]
-    _, labels = connected_components(gram, directed=False)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels))])
-    rows, columns, values = [], [], []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end - start < 2:
-            continue
-        members = order[start:end]  # [m] one component's artworks
-        block = gram[members][:, members].toarray() + l2 * np.eye(members.size)  # [m, m]
-        inverse = np.linalg.inv(block)
-        weights = -inverse / np.diag(inverse)[None, :]  # column j divided by P[j, j]
-        np.fill_diagonal(weights, 0.0)
-        rows.append(np.repeat(members, members.size))
-        columns.append(np.tile(members, members.size))
-        values.append(weights.ravel())
-    if not values:
-        return sp.csr_matrix((n, n))
-    return sp.csr_matrix(
-        (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(n, n)
-    )
 
 
 def validation_recall(recommender: Recommender, cases: Sequence[Case], n_items: int) -> float:

@@ -14,14 +14,13 @@ from training.evaluation.evaluate import evaluate
 from training.evaluation.interface import QueryBatch
 from training.evaluation.learned_baselines import (
     ItemToItemRecommender,
-    ease_weights,
     fit_ease,
     fit_item_knn,
     validation_recall,
 )
 from training.evaluation.splits import training_split
 from training.evaluation.vbpr import VBPRConfig, fit_vbpr
-from training.item_item import interactions, knn_weights
+from training.item_item import ease_weights, interactions, knn_weights
 
 LEARNED = ["ease", "item-knn", "vbpr"]
 
