@@ -603,8 +603,9 @@ class Catalogue:
             searched = profile[profile < indexed]
             recent = searched[max(0, searched.size - TERM_SEARCH_PROFILE) :]
             candidates.append(self._listed_near(recent, indexed, ERA_FETCH + excluded.size))
-        if bought is not None and bought.nnz:
+        if bought is not None and bought.nnz:  # the highest above 0 (EASE's may be negative)
             order = np.argsort(-bought.data, kind="stable")[:fetch]
+            order = order[bought.data[order] > 0]
             candidates.append(bought.indices[order].astype(np.int64))
         found = np.unique(np.concatenate(candidates))
         found = found[found < indexed]

@@ -37,12 +37,12 @@ import pandas as pd
 
 from training.config import TrainConfig
 from training.copurchase import EASE_FILE_NAME as EASE_FILE
+from training.copurchase import EASE_NEIGHBOURS, CoPurchase
 from training.copurchase import FILE_NAME as COPURCHASE_FILE
-from training.copurchase import CoPurchase
 from training.data.dataset import Dataset
 from training.data.history import artist_sell_through
 from training.evaluation.baselines import PopularRecommender
-from training.evaluation.learned_baselines import fit_ease
+from training.evaluation.learned_baselines import EASE_LAMBDAS, fit_ease
 from training.evaluation.ranking import (
     batches,
     case_tiebreak,
@@ -193,22 +193,39 @@ _last_ease: tuple[str, tuple[CoPurchase, float]] | None = None
 
 
 def _fitted_ease(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> tuple[CoPurchase, float]:
-    """(EASE's W, its L2 weight) on the fitted purchases, with the L2 weight that the `ease`
-    baseline chooses on the same validation tests (training/evaluation/learned_baselines.py),
-    fitted once per purchases and tests: every trial of a search passes the same ones, and the
-    choice scores eight fits (about 130 s at 5,400 sold artworks)."""
+    """(EASE's W, its L2 weight) on the fitted purchases: the `ease` baseline's fit with the L2
+    weight it chooses on the same validation tests (training/evaluation/learned_baselines.py),
+    each row kept to its strongest weights; once per purchases, tests and catalogue: every
+    trial of a search passes the same ones, and the choice scores eight fits (about 130 s at
+    5,400 sold artworks)."""
     global _last_ease
-    key = hashlib.sha256()
-    key.update(pd.util.hash_pandas_object(fit_purchases[["user_id", "item"]], index=False).values)
-    key.update(np.asarray(dataset.item_ids).astype(str).astype(bytes).tobytes())
-    for case in cases:
-        key.update(np.asarray(case.ground_truth, np.int64).tobytes())
-        key.update(np.asarray(case.profile, np.int64).tobytes())
-    if _last_ease is None or _last_ease[0] != key.hexdigest():
-        l2 = fit_ease(fit_purchases, cases, dataset.n_items).chosen["lambda"]
-        term = CoPurchase.fit_ease(fit_purchases, dataset.item_ids, l2)
-        _last_ease = (key.hexdigest(), (term, float(l2)))
+    key = _ease_key(dataset, fit_purchases, cases)
+    if _last_ease is None or _last_ease[0] != key:
+        baseline = fit_ease(fit_purchases, cases, dataset.n_items)
+        ids = np.asarray(dataset.item_ids).astype(str)[baseline.items]
+        term = CoPurchase.of_ease(ids, baseline.weights, EASE_NEIGHBOURS)
+        _last_ease = (key, (term, float(baseline.chosen["lambda"])))
     return _last_ease[1]
+
+
+def _ease_key(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> str:
+    """A digest of everything EASE's fit and choice read: the purchases, the catalogue's ids,
+    every test's arrays (each prefixed by its length) and time, the grids."""
+    key = hashlib.sha256()
+
+    def add(array) -> None:
+        array = np.ascontiguousarray(array)
+        key.update(np.int64(array.size).tobytes() + array.tobytes())
+
+    add(pd.util.hash_pandas_object(fit_purchases[["user_id", "item"]], index=False).to_numpy())
+    add(pd.util.hash_pandas_object(pd.Series(dataset.item_ids).astype(str), index=False).to_numpy())
+    add(np.array([dataset.n_items, EASE_NEIGHBOURS, *EASE_LAMBDAS], np.float64))
+    for case in cases:
+        for name in ("profile", "ground_truth", "inventory", "excluded", "unavailable"):
+            value = getattr(case, name, None)
+            add(np.zeros(0, np.int64) if value is None else np.asarray(value))
+        add(np.array([case.time], np.float64))
+    return key.hexdigest()
 
 
 def freshness_grids(config: TrainConfig, chosen: TermWeights) -> list[list[TermWeights]]:
@@ -275,7 +292,7 @@ def calibrate_terms(
 ) -> dict:
     """Fits the match vectors' projection on the catalogue's features and the co-purchase
     matrix on the fitted purchases, picks the terms' weights on the validation by
-    `config.calibration_metric` in two stages (ties: the earlier in the grid, all-zero first):
+    `config.calibration_metric` in three stages (ties: the earlier in the grid, all-zero first):
     the three profile terms' grid (`term_grid`), then popularity with co-purchase (`sales_grid`),
     then EASE's weight (`ease_grid`);
     then freshness or the era term by `config.selection_metric` (`time_term_grids`; the module
@@ -316,7 +333,7 @@ def calibrate_terms(
             grid += weightings
         best = max(contenders, key=lambda i: (rows[i][config.selection_metric], -i))
     chosen = grid[best]
-    term.with_weights(chosen).save(model_dir)
+    # the matrices first: a run killed in between never has a weight without its matrix
     for weight, matrix, name in (
         (chosen.copurchase, copurchase, COPURCHASE_FILE),
         (chosen.ease, ease, EASE_FILE),
@@ -325,6 +342,7 @@ def calibrate_terms(
             matrix.save(model_dir)
         elif (model_dir / name).exists():  # an earlier calibration's, in a resumed run
             (model_dir / name).unlink()
+    term.with_weights(chosen).save(model_dir)
     return {
         "weight": chosen.nearest,
         "mean_weight": chosen.mean,

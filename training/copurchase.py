@@ -77,9 +77,17 @@ class CoPurchase:
         """EASE^R's W over `purchases` with L2 weight `l2`, each row's `neighbours` strongest
         by |w| (catalogue rows in "item", customers in "user_id"; `item_ids` names the rows)."""
         matrix, rows = interactions(purchases)
-        weights = keep_strongest(ease_weights(matrix, l2), neighbours, by_magnitude=True)
         ids = np.asarray(item_ids).astype(str)[rows]
-        return cls(ids, sp.csr_matrix(weights.astype(np.float32)), "ease")
+        return cls.of_ease(ids, ease_weights(matrix, l2), neighbours)
+
+    @classmethod
+    def of_ease(
+        cls, item_ids: np.ndarray, weights: sp.spmatrix, neighbours: int = EASE_NEIGHBOURS
+    ) -> CoPurchase:
+        """The EASE kind from a fitted EASE W over `item_ids` (e.g. the `ease` baseline's),
+        each row keeping its `neighbours` strongest by |w|."""
+        strongest = keep_strongest(sp.csr_matrix(weights), neighbours, by_magnitude=True)
+        return cls(np.asarray(item_ids).astype(str), strongest.astype(np.float32), "ease")
 
     @classmethod
     def fit(

@@ -190,8 +190,16 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if saved != config.to_dict():
-            raise ValueError(f"--resume: the config differs from {run_dir}/config.yaml")
+        try:  # fields added since the run began take their defaults
+            saved = TrainConfig(**saved).to_dict()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--resume: {run_dir}/config.yaml is not a config: {error}") from None
+        wanted = config.to_dict()
+        differ = [name for name, value in wanted.items() if saved[name] != value]
+        if differ:
+            raise ValueError(
+                f"--resume: the config differs from {run_dir}/config.yaml in {', '.join(differ)}"
+            )
     else:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_TRAINING, tiny_config
+from training.config import TrainConfig
 from training.data.dataset import load_dataset
 from training.export import MANIFEST, export_run, export_versions
 from training.train import train
@@ -88,7 +90,7 @@ def test_a_run_directory_that_is_a_file_is_refused_and_kept(tiny_dataset_dir, tm
 
 
 def test_resume_refuses_a_different_config(trained_run, small_marketplace):
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match="config differs .* in temperature$"):
         train(
             load_dataset(small_marketplace),
             tiny_config(temperature=0.3),
@@ -96,6 +98,25 @@ def test_resume_refuses_a_different_config(trained_run, small_marketplace):
             resume=True,
             progress=False,
         )
+
+
+def test_resume_reads_a_config_written_before_a_field_existed(trained_run, tmp_path):
+    """A run begun before `ease_weights` existed has no such key: it takes the default, so the
+    check compares configs, not files (the refusal then names the field that differs)."""
+    from training.train import _prepare_run_dir
+
+    run = tmp_path / "old"
+    shutil.copytree(trained_run, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["ease_weights"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    config = TrainConfig(**saved)
+    _prepare_run_dir(run, config, resume=True)  # no error
+    with pytest.raises(ValueError, match="config differs .* in ease_weights$"):
+        _prepare_run_dir(run, replace(config, ease_weights=(0.0, 1.0)), resume=True)
+    (run / "config.yaml").write_text("epochs: many\n")
+    with pytest.raises(ValueError, match="config.yaml is not a config: .*epochs"):
+        _prepare_run_dir(run, config, resume=True)
 
 
 LOAD_AND_RETRIEVE = """
