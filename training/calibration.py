@@ -210,7 +210,7 @@ def _fitted_ease(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> tuple[
 
 def _ease_key(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> str:
     """A digest of everything EASE's fit and choice read: the purchases, the catalogue's ids,
-    every test's arrays (each prefixed by its length) and time, the grids."""
+    every test's arrays (each prefixed by its length), time and id, the grids."""
     key = hashlib.sha256()
 
     def add(array) -> None:
@@ -224,7 +224,7 @@ def _ease_key(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> str:
         for name in ("profile", "ground_truth", "inventory", "excluded", "unavailable"):
             value = getattr(case, name, None)
             add(np.zeros(0, np.int64) if value is None else np.asarray(value))
-        add(np.array([case.time], np.float64))
+        add(np.array([case.time, case.query_id], np.float64))  # query_id: the tiebreak
     return key.hexdigest()
 
 
@@ -333,16 +333,16 @@ def calibrate_terms(
             grid += weightings
         best = max(contenders, key=lambda i: (rows[i][config.selection_metric], -i))
     chosen = grid[best]
-    # the matrices first: a run killed in between never has a weight without its matrix
-    for weight, matrix, name in (
-        (chosen.copurchase, copurchase, COPURCHASE_FILE),
-        (chosen.ease, ease, EASE_FILE),
-    ):
+    # the matrices, then the weights, then an earlier calibration's matrices (a resumed run)
+    # that now have weight 0: a run killed in between never has a weight without its matrix
+    matrices = ((chosen.copurchase, copurchase, COPURCHASE_FILE), (chosen.ease, ease, EASE_FILE))
+    for weight, matrix, _ in matrices:
         if weight > 0:
             matrix.save(model_dir)
-        elif (model_dir / name).exists():  # an earlier calibration's, in a resumed run
-            (model_dir / name).unlink()
     term.with_weights(chosen).save(model_dir)
+    for weight, _, name in matrices:
+        if weight == 0 and (model_dir / name).exists():
+            (model_dir / name).unlink()
     return {
         "weight": chosen.nearest,
         "mean_weight": chosen.mean,

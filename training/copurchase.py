@@ -162,11 +162,15 @@ class CoPurchase:
             or (indices.size and (indices.min() < 0 or indices.max() >= n))
         ):
             raise ValueError(f"{path}: inconsistent co-purchase arrays")
-        if data.dtype.kind != "f" or not np.isfinite(data).all():
-            raise ValueError(f"{path}: weights are not all finite floats")
+        if data.dtype.kind != "f":
+            raise ValueError(f"{path}: weights are {data.dtype}, not floats")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+            data = data.astype(np.float32)
+        if not np.isfinite(data).all():
+            raise ValueError(f"{path}: weights are not all finite float32 values")
         if kind == "item-knn" and (data < 0).any():
             raise ValueError(f"{path}: item-kNN weights are cosines, and some are negative")
-        weights = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n, n))
+        weights = sp.csr_matrix((data, indices, indptr), shape=(n, n))
         return cls(ids.astype(str), weights, kind)
 
 
