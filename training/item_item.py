@@ -77,19 +77,32 @@ def keep_strongest(
     return matrix
 
 
-def ease_weights(matrix: sp.csr_matrix, l2: float) -> sp.csr_matrix:
+# The largest block of G that EASE inverts: a dense [m, m] float64 inverse and its weights in
+# COO form take about 45 m^2 bytes at the peak (4.5 GB at 10,000; benchmarks/bench_ease_fit.py)
+EASE_MAX_BLOCK = 10_000
+
+
+def ease_weights(
+    matrix: sp.csr_matrix, l2: float, max_block: int = EASE_MAX_BLOCK
+) -> sp.csr_matrix:
     """EASE^R's W [n_fit, n_fit] for X = `matrix` [n_customers, n_fit] (Steck, "Embarrassingly
     Shallow Autoencoders", WWW 2019): G = X^T X + lambda I, P = G^-1, W = -P / diag(P) (column
     j divided by P[j, j]), diag(W) = 0.
 
     G is block diagonal over the connected components of the co-purchase graph, so each block
     is inverted alone (exact, and fast when the graph is fragmented, as real stores' are); an
-    artwork co-purchased with nothing has a zero row and column in W.
+    artwork co-purchased with nothing has a zero row and column in W. A component of more than
+    `max_block` artworks keeps its `max_block` most bought (ties: the lower column), EASE over
+    them alone, and the rest of it get zero rows and columns, so memory stays bounded.
     """
     if l2 <= 0:
         raise ValueError(f"lambda must be positive, got {l2}")
+    if max_block < 2:
+        raise ValueError(f"max_block must be at least 2, got {max_block}")
     gram = (matrix.T @ matrix).tocsr()  # [n_fit, n_fit] co-purchase counts
     n = gram.shape[0]
+    buyers = gram.diagonal()  # [n_fit] (X is binary)
+    index_type = np.int32 if n < 2**31 else np.int64
     _, labels = connected_components(gram, directed=False)
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(labels))])
@@ -97,14 +110,20 @@ def ease_weights(matrix: sp.csr_matrix, l2: float) -> sp.csr_matrix:
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         if end - start < 2:
             continue
-        members = order[start:end]  # [m] one component's artworks
-        block = gram[members][:, members].toarray() + l2 * np.eye(members.size)  # [m, m]
-        inverse = np.linalg.inv(block)
-        weights = -inverse / np.diag(inverse)[None, :]  # column j divided by P[j, j]
-        np.fill_diagonal(weights, 0.0)
+        members = order[start:end]  # [m] one component's artworks, ascending
+        if members.size > max_block:
+            most_bought = np.lexsort((members, -buyers[members]))[:max_block]
+            members = np.sort(members[most_bought])
+        inverse = gram[members][:, members].toarray()  # [m, m]
+        inverse[np.diag_indices_from(inverse)] += l2
+        inverse = np.linalg.inv(inverse)
+        inverse /= -np.diag(inverse)[None, :]  # W: column j divided by -P[j, j]
+        np.fill_diagonal(inverse, 0.0)
+        members = members.astype(index_type)
         rows.append(np.repeat(members, members.size))
         columns.append(np.tile(members, members.size))
-        values.append(weights.ravel())
+        values.append(inverse.ravel())
+        del inverse
     if not values:
         return sp.csr_matrix((n, n))
     return sp.csr_matrix(

@@ -66,6 +66,24 @@ def test_ease_matches_hand_computed_weights_and_scores():
     )
 
 
+def test_ease_over_a_component_too_large_keeps_its_most_bought_artworks():
+    # The same purchases; fitted artworks (0, 1, 3) have 1, 3 and 1 buyers and form one
+    # component. With max_block 2, EASE is fitted on the two most bought, rows 0 and 1 (the tie
+    # at 1 buyer goes to the lower column): X = [[1,1], [0,1], [0,1]], G = [[2,1], [1,4]],
+    # P = [[4,-1], [-1,2]] / 7, so W[0, 1] = (1/7) / (2/7) = 1/2 and W[1, 0] = (1/7) / (4/7) =
+    # 1/4; row 3 of the catalogue keeps a zero row and column.
+    matrix, items = interactions(_purchases({"u1": [0, 1], "u2": [1, 3], "u3": [1]}))
+    weights = ease_weights(matrix, 1.0, max_block=2)
+    np.testing.assert_allclose(
+        weights.toarray(), [[0, 1 / 2, 0], [1 / 4, 0, 0], [0, 0, 0]], atol=1e-12
+    )
+    np.testing.assert_array_equal(
+        ease_weights(matrix, 1.0, max_block=3).toarray(), ease_weights(matrix, 1.0).toarray()
+    )
+    with pytest.raises(ValueError, match="max_block"):
+        ease_weights(matrix, 1.0, max_block=1)
+
+
 def test_item_knn_matches_hand_computed_cosine_and_keeps_top_neighbours():
     # X = [[1,1,0], [0,1,1], [1,1,1]]: buyers 2, 3, 2; co-purchases (0,1) 2, (1,2) 2, (0,2) 1.
     # cos(0,1) = cos(1,2) = 2 / sqrt(2 * 3), cos(0,2) = 1 / sqrt(2 * 2) = 1/2.
