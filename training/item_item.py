@@ -78,7 +78,7 @@ def keep_strongest(
 
 
 # The largest block of G that EASE inverts: a dense [m, m] float64 inverse and its weights in
-# COO form take about 45 m^2 bytes at the peak (4.5 GB at 10,000; benchmarks/bench_ease_fit.py)
+# COO form take about 44 m^2 bytes at the peak (4.4 GB at 10,000; benchmarks/bench_ease_fit.py)
 EASE_MAX_BLOCK = 10_000
 
 
