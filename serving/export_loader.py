@@ -35,6 +35,7 @@ from pydantic import (
 from serving.user_kernel import NumpyUserTower
 from towers.item_tower import ItemTower
 from training.copurchase import FILE_NAMES as COPURCHASE_FILES
+from training.copurchase import WEIGHT_FIELDS as COPURCHASE_WEIGHTS
 from training.copurchase import CoPurchase
 from training.data.dataset import load_items_table, load_purchases_table
 from training.export import (
@@ -515,7 +516,7 @@ def _load_copurchase(path: Path, manifest: Manifest, kind: str) -> CoPurchase | 
     manifest gives it a weight above 0."""
     name = f"{MODEL_DIR}/{COPURCHASE_FILES[kind]}"
     described = manifest.nearest_purchase
-    weight = {"item-knn": "copurchase_weight", "ease": "ease_weight"}[kind]
+    weight = COPURCHASE_WEIGHTS[kind]
     wanted = described is not None and getattr(described, weight) > 0
     if not wanted:
         if name in manifest.files:
@@ -524,9 +525,6 @@ def _load_copurchase(path: Path, manifest: Manifest, kind: str) -> CoPurchase | 
     if name not in manifest.files:
         raise ExportError(f"{path}: {MANIFEST} gives {weight} above 0 but lacks {name}")
     try:
-        matrix = CoPurchase.load(path / name)
+        return CoPurchase.load(path / name, kind)
     except ValueError as error:
         raise ExportError(f"{path}: bad co-purchase term: {error}") from None
-    if matrix.kind != kind:
-        raise ExportError(f"{path}: {name} holds the {matrix.kind} kind, expected {kind}")
-    return matrix

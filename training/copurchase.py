@@ -48,6 +48,8 @@ from training.item_item import (
 )
 
 FILE_NAMES = {"item-knn": "copurchase.npz", "ease": "ease.npz"}  # per kind
+# per kind, the field that weights it (TermWeights, the run's term and the export manifest)
+WEIGHT_FIELDS = {"item-knn": "copurchase_weight", "ease": "ease_weight"}
 FILE_NAME = FILE_NAMES["item-knn"]
 EASE_FILE_NAME = FILE_NAMES["ease"]
 NEIGHBOURS = 50  # per artwork: on an Amazon-like synthetic 50 and 200 validated alike
@@ -131,8 +133,9 @@ class CoPurchase:
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> CoPurchase:
-        """Reads and checks a saved term (ValueError saying what is wrong)."""
+    def load(cls, path: Path | str, expected: str | None = None) -> CoPurchase:
+        """Reads and checks a saved term, of kind `expected` if given (ValueError saying what
+        is wrong)."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as saved:
@@ -147,6 +150,8 @@ class CoPurchase:
             shown = str(kind)[:40] if kind.dtype.kind == "U" else kind.dtype
             raise ValueError(f"{path}: kind {shown!r} is not one of {sorted(FILE_NAMES)}")
         kind = str(kind)
+        if expected is not None and kind != expected:
+            raise ValueError(f"{path} holds the {kind} kind, expected {expected}")
         n = ids.shape[0] if ids.ndim == 1 else -1
         if (
             n < 0
@@ -191,7 +196,4 @@ def load_if_present(directory: Path | str, kind: str = "item-knn") -> CoPurchase
     path = Path(directory) / FILE_NAMES[kind]
     if not path.exists():
         return None
-    term = CoPurchase.load(path)
-    if term.kind != kind:
-        raise ValueError(f"{path}: holds the {term.kind} kind, expected {kind}")
-    return term
+    return CoPurchase.load(path, kind)

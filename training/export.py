@@ -56,6 +56,7 @@ from towers.profile_encoder import ProfileEncoder
 from training.atomic import atomic_directory
 from training.config import TrainConfig
 from training.copurchase import FILE_NAMES as COPURCHASE_FILES
+from training.copurchase import WEIGHT_FIELDS as COPURCHASE_WEIGHTS
 from training.copurchase import load_if_present as load_copurchase
 from training.data.dataset import Dataset, format_time
 from training.index import (
@@ -279,7 +280,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
     if nearest is not None and not nearest.weights.any:
         nearest = None  # calibrated to 0: validation said the towers alone rank better
     matrices = []  # the co-purchase terms' (training/copurchase.py) with a weight above 0
-    for kind, weight in (("item-knn", "copurchase_weight"), ("ease", "ease_weight")):
+    for kind, weight in COPURCHASE_WEIGHTS.items():
         if nearest is not None and getattr(nearest, weight) > 0:
             matrix = load_copurchase(run_dir / MODEL_DIR, kind)
             if matrix is None:
