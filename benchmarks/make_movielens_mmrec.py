@@ -1,0 +1,143 @@
+"""MovieLens-100K in the MMRec layout: real co-consumption data that nobody here made, for
+checking choices in the held-out multimodal benchmark's regime (the same items chosen by many
+people, one test item per user), which is not here.
+
+Reads GroupLens' own files (`u.data`, `u.item`) or RecBole's atomic copy of them
+(`ml-100k.inter`, `ml-100k.item`, shipped in the `recbole` wheel under
+`recbole/dataset_example/ml-100k/`). Ratings of 4 and 5 count as interactions (the usual
+implicit-feedback cut); users with fewer than three are dropped. Each user's last interaction
+in time is the test, the one before it the validation (x_label 2 / 1), as in the benchmark.
+
+Movies have no pictures here, so `image_feat.npy` holds stand-in features: the genres and the
+release decade (multi-hot), randomly projected to 128 dimensions, plus Gaussian noise. Like
+UGallery's stand-ins, they say what kind of item it is and nothing of its look, so the
+co-consumption signal carries most of the weight, as it does on the benchmark.
+
+    python benchmarks/make_movielens_mmrec.py SOURCE_DIR OUT [--seed 0] [--feature-noise 0.5]
+
+then `curator data import-mmrec --dir OUT --out DATA`.
+"""
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+FEATURES = 128
+GROUPLENS_GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
+
+
+def read_grouplens(source: Path) -> tuple[list[tuple[str, str, float, int]], dict]:
+    """Ratings (user, item, rating, time) and each item's tags from `u.data` and `u.item`."""
+    ratings = []
+    with open(source / "u.data", encoding="ascii") as data:
+        for line_number, line in enumerate(data, 1):
+            fields = line.split("\t")
+            if len(fields) != 4:
+                raise SystemExit(f"{source / 'u.data'}:{line_number}: expected 4 tab fields")
+            ratings.append((fields[0], fields[1], float(fields[2]), int(fields[3])))
+    tags = {}
+    with open(source / "u.item", encoding="latin-1") as items:
+        for fields in csv.reader(items, delimiter="|"):
+            year = fields[2][-4:]
+            flags = fields[-len(GROUPLENS_GENRES) :]
+            genres = [g for g, flag in zip(GROUPLENS_GENRES, flags, strict=True) if flag == "1"]
+            tags[fields[0]] = genres + ([f"decade:{year[:3]}"] if year.isdigit() else [])
+    return ratings, tags
+
+
+def read_recbole(source: Path) -> tuple[list[tuple[str, str, float, int]], dict]:
+    """The same from RecBole's atomic files (tab separated, typed header)."""
+    ratings = []
+    with open(source / "ml-100k.inter", encoding="utf-8") as data:
+        rows = csv.DictReader(data, delimiter="\t")
+        for row in rows:
+            ratings.append(
+                (
+                    row["user_id:token"],
+                    row["item_id:token"],
+                    float(row["rating:float"]),
+                    int(float(row["timestamp:float"])),
+                )
+            )
+    tags = {}
+    with open(source / "ml-100k.item", encoding="utf-8") as items:
+        for row in csv.DictReader(items, delimiter="\t", quoting=csv.QUOTE_NONE):
+            year = row["release_year:token"] or ""
+            genres = (row["class:token_seq"] or "").split()
+            tags[row["item_id:token"]] = genres + ([f"decade:{year[:3]}"] if year.isdigit() else [])
+    return ratings, tags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="folder with u.data/u.item or ml-100k.*")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feature-noise", type=float, default=0.5)
+    args = parser.parse_args()
+    if (args.source / "u.data").exists():
+        ratings, tags = read_grouplens(args.source)
+    elif (args.source / "ml-100k.inter").exists():
+        ratings, tags = read_recbole(args.source)
+    else:
+        raise SystemExit(f"{args.source}: neither u.data nor ml-100k.inter is there")
+
+    liked: dict[str, list[tuple[int, str]]] = {}
+    for user, item, rating, time in ratings:
+        if rating >= 4:
+            liked.setdefault(user, []).append((time, item))
+    users = sorted((u for u, rows in liked.items() if len(rows) >= 3), key=int)
+    items = sorted({item for u in users for _, item in liked[u]}, key=int)
+    item_index = {item: index for index, item in enumerate(items)}
+
+    rows = []
+    for user_index, user in enumerate(users):
+        history = sorted(liked[user], key=lambda row: (row[0], int(row[1])))
+        for position, (time, item) in enumerate(history):
+            label = 2 if position == len(history) - 1 else 1 if position == len(history) - 2 else 0
+            rows.append(f"{user_index}\t{item_index[item]}\t1\t{time}\t{label}\n")
+
+    vocabulary = sorted({tag for item in items for tag in tags.get(item, [])})
+    tag_index = {tag: index for index, tag in enumerate(vocabulary)}
+    multi_hot = np.zeros((len(items), len(vocabulary)))
+    for row, item in enumerate(items):
+        for tag in tags.get(item, []):
+            multi_hot[row, tag_index[tag]] = 1.0
+    rng = np.random.default_rng(args.seed)
+    projection = rng.normal(size=(len(vocabulary), FEATURES))
+    features = multi_hot @ projection + rng.normal(size=(len(items), FEATURES)) * args.feature_noise
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.save(args.out / "image_feat.npy", features.astype(np.float32))
+    with open(args.out / "ml100k.inter", "w", encoding="utf-8") as inter:
+        inter.write("userID\titemID\trating\ttimestamp\tx_label\n")
+        inter.writelines(rows)
+    print(
+        f"wrote {args.out}: {len(rows):,} interactions of {len(users):,} users, "
+        f"{len(items):,} items, {len(vocabulary)} feature tags"
+    )
+
+
+if __name__ == "__main__":
+    main()
