@@ -241,7 +241,8 @@ def train(
     budget_minutes: Annotated[
         float,
         typer.Option(
-            help="No new trial starts after the finished ones took this long (at least 2 run)."
+            help="No new trial starts after the finished ones took this long, and a later one "
+            "still training then ends after that epoch (the first 2 always run to their end)."
         ),
     ] = DEFAULT_BUDGET_MINUTES,
     resume: Annotated[

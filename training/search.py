@@ -2,8 +2,11 @@
 
 A fixed, documented search space over the choices that validation showed to matter
 (docs/training.md, "Configuration search"), explored with Optuna's TPE sampler within a budget
-of trials. The first trial is always the preset the search starts from, so the search never
-chooses something that validates worse than it. Each trial is a full `train()` run in
+of trials and time: no trial starts once the finished ones took the time, and one still
+training then ends after that epoch, keeping its best epoch so far (the first two always run to
+their end). The first trials are the preset the search starts from and `first_trials`'
+variant of it (a resumed search runs those it has not run yet), so the search never chooses
+something that validates worse than the preset. Each trial is a full `train()` run in
 `RUN/trials/NN/` (a configuration proposed again is not retrained: it is recorded with
 `repeat_of` and the earlier figures); a trial whose validation after `PRUNE_AFTER_EPOCHS`
 epochs is below the median of earlier trials at that epoch is stopped (Optuna's median pruner).
@@ -175,16 +178,19 @@ def search(
     }
 
     distributions = {c.name: optuna.distributions.CategoricalDistribution(c.values) for c in space}
+    # A resumed search runs the first trials it has not run yet, and its sampler is seeded past
+    # the proposals already drawn: seeded as before, it would draw them again, one by one.
+    first = first_trials(base, space)
+    drawn = max(0, len(record["trials"]) - len(first))
     study = optuna.create_study(
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=4),
+        sampler=optuna.samplers.TPESampler(seed=base.seed + drawn, n_startup_trials=4),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_AFTER_EPOCHS),
     )
     for done in record["trials"]:  # a resumed search: what is already known
         study.add_trial(_frozen_trial(done, distributions, metric))
-    if not record["trials"]:
-        for values in first_trials(base, space):
-            study.enqueue_trial(values)
+    for values in first[len(record["trials"]) :]:
+        study.enqueue_trial(values)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     while len(record["trials"]) < trials and not _over_budget(record, budget_s):
@@ -194,12 +200,27 @@ def search(
         config = config_of(base, space, trial.params)
         started = time.perf_counter()
         curve: dict[int, float] = {}
+        stopped_by_budget: list[int] = []
 
-        def report(epoch: int, metrics: dict, trial=trial, curve=curve) -> None:
+        def report(
+            epoch: int,
+            metrics: dict,
+            trial=trial,
+            curve=curve,
+            started=started,
+            stopped_by_budget=stopped_by_budget,
+        ) -> bool:
+            """Prune a trial below the median; end one (true) once the budget is spent, keeping
+            its best epoch so far (the first two always run to their end)."""
             curve[epoch] = metrics[metric]
             trial.report(metrics[metric], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
+            spent = _seconds(record) + time.perf_counter() - started
+            if len(record["trials"]) >= 2 and spent >= budget_s:
+                stopped_by_budget.append(epoch)
+                return True
+            return False
 
         earlier = next((t for t in record["trials"] if t["params"] == trial.params), None)
         if earlier is not None:  # the sampler proposed a configuration already trained
@@ -237,6 +258,7 @@ def search(
                 "epochs": len(curve),
                 "seconds": round(time.perf_counter() - started, 1),
                 "intermediate": {str(k): v for k, v in curve.items()},
+                "stopped_by_budget": bool(stopped_by_budget),
             }
         )
         _write_json(record_path, record)
@@ -253,7 +275,7 @@ def search(
     summary["search"] = {
         "trials": len(record["trials"]),
         "chosen": chosen["number"],
-        "seconds": round(sum(t["seconds"] for t in record["trials"]), 1),
+        "seconds": round(_seconds(record), 1),
     }
     _write_json(run_dir / "summary.json", summary)
     return record
@@ -262,8 +284,12 @@ def search(
 def _over_budget(record: dict, budget_s: float) -> bool:
     """The finished trials took `budget_s` seconds or more, and at least two ran (the preset
     and one alternative are always tried)."""
-    done = record["trials"]
-    return len(done) >= 2 and sum(t["seconds"] for t in done) >= budget_s
+    return len(record["trials"]) >= 2 and _seconds(record) >= budget_s
+
+
+def _seconds(record: dict) -> float:
+    """What the finished trials took."""
+    return sum(t["seconds"] for t in record["trials"])
 
 
 def _state(state: str) -> optuna.trial.TrialState:
@@ -295,8 +321,9 @@ def _adopt(trial_dir: Path, run_dir: Path) -> None:
 def _trial_line(trial: dict, metric: str) -> str:
     params = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
     figure = trial["validation"].get(metric, np.nan)
+    state = trial["state"] + (", stopped by the budget" if trial.get("stopped_by_budget") else "")
     return (
-        f"trial {trial['number']}: {trial['state']}, validation {metric} {figure:.4f} after "
+        f"trial {trial['number']}: {state}, validation {metric} {figure:.4f} after "
         f"{trial['epochs']} epochs, {trial['seconds']:.0f} s ({params})"
     )
 

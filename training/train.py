@@ -159,11 +159,12 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
-    on_epoch: Callable[[int, dict], None] | None = None,
+    on_epoch: Callable[[int, dict], bool | None] | None = None,
     workers: Workers | None = None,
 ) -> TrainResult:
     """Fit, select the best epoch, calibrate; see the module docstring. `on_epoch(epoch,
-    validation metrics)` is called after every epoch (a search uses it to stop bad trials).
+    validation metrics)` is called after every epoch (a search uses it to stop bad trials, and
+    to end a trial at its time budget: a true return ends training there, as patience would).
     `workers`: this process is one of several (training/distributed.py): the model lives in
     their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
@@ -283,9 +284,10 @@ def _epoch_loop(
     run_dir: Path,
     *,
     progress: bool,
-    on_epoch: Callable[[int, dict], None] | None,
+    on_epoch: Callable[[int, dict], bool | None] | None,
 ) -> None:
-    """Train epoch after epoch, until `config.epochs` or `patience` epochs without improvement."""
+    """Train epoch after epoch, until `config.epochs`, `patience` epochs without improvement or
+    `on_epoch` returns true."""
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     bar = tqdm(
         total=config.epochs,
@@ -299,8 +301,8 @@ def _epoch_loop(
         bar.update(1)
         value = metrics[config.selection_metric]
         bar.set_postfix(loss=f"{record['loss']:.3g}", **{config.selection_metric: f"{value:.4f}"})
-        if on_epoch is not None:
-            on_epoch(record["epoch"], metrics)
+        if on_epoch is not None and on_epoch(record["epoch"], metrics):
+            break  # the caller ends training here (a search whose time budget is spent)
     bar.close()
 
 

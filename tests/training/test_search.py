@@ -121,6 +121,58 @@ def test_no_trial_starts_once_the_budget_is_spent_but_two_always_run(small_marke
     assert len(record["trials"]) == 2
 
 
+LEARNING_RATES = (3e-3, 2e-3, 1e-3, 7e-4, 5e-4, 3e-4, 2e-4, 1e-4)
+
+
+def test_a_trial_running_when_the_budget_is_spent_ends_at_that_epoch(small_marketplace, tmp_path):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=3, patience=3)
+    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
+    first = search(dataset, base, tmp_path / "run", trials=2, space=space)
+    assert [t["epochs"] for t in first["trials"]] == [3, 3]
+    # Resumed with a budget the two finished trials leave a millisecond of: the next trial
+    # trained (proposals of a configuration already trained are recorded as repeats, 0 s)
+    # spends it in its first epoch, ends there with that epoch as its model, and no other starts.
+    left = sum(t["seconds"] for t in first["trials"]) + 0.001
+    record = search(
+        dataset, base, tmp_path / "run", trials=6, budget_s=left, resume=True, space=space
+    )
+    trained = [t for t in record["trials"][2:] if "repeat_of" not in t]
+    assert len(trained) == 1 and record["trials"][-1] is trained[0]
+    stopped = trained[0]
+    assert stopped["state"] == "complete" and stopped["stopped_by_budget"]
+    assert stopped["epochs"] == 1 and stopped["best_epoch"] == 1
+    assert not any(t["stopped_by_budget"] for t in record["trials"][:2])
+    trial_dir = tmp_path / "run" / "trials" / f"{stopped['number']:02d}"
+    assert len(json.loads((trial_dir / "history.json").read_text())) == 1
+    assert (trial_dir / "model" / "towers.index").exists()
+
+
+def test_without_a_budget_every_trial_runs_all_its_epochs(small_marketplace, tmp_path):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=3, patience=3)
+    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
+    record = search(dataset, base, tmp_path / "run", trials=4, space=space)
+    trained = [t for t in record["trials"] if "repeat_of" not in t]
+    assert len(trained) >= 3
+    assert all(t["epochs"] == 3 and not t["stopped_by_budget"] for t in trained)
+
+
+def test_a_search_resumed_after_the_preset_runs_the_second_first_trial(small_marketplace, tmp_path):
+    dataset = load_dataset(small_marketplace)
+    base = replace(tiny_config(), epochs=1, hybrid=False, temperature=0.2)
+    space = (
+        Choice("temperature", (0.05, 0.1, 0.2), _set("temperature")),
+        Choice("hybrid", (False, True), _set("hybrid")),
+    )
+    search(dataset, base, tmp_path / "run", trials=1, space=space)
+    record = search(dataset, base, tmp_path / "run", trials=2, resume=True, space=space)
+    assert [t["params"] for t in record["trials"]] == [
+        {"temperature": 0.2, "hybrid": False},
+        {"temperature": 0.05, "hybrid": True},
+    ]
+
+
 def test_the_first_trials_are_the_preset_then_hybrid_ids_at_temperature_0_05():
     base = replace(tiny_config(), hybrid=False, temperature=0.2)
     space = (
