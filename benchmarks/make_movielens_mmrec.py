@@ -20,6 +20,7 @@ then `curator data import-mmrec --dir OUT --out DATA`.
 
 import argparse
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +60,16 @@ def read_grouplens(source: Path) -> tuple[list[tuple[str, str, float, int]], dic
             ratings.append((fields[0], fields[1], float(fields[2]), int(fields[3])))
     tags = {}
     with open(source / "u.item", encoding="latin-1") as items:
-        for fields in csv.reader(items, delimiter="|"):
-            year = fields[2][-4:]
+        for line in items:
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("|")
+            # The year in the title (what RecBole's release_year holds), else the release date's.
+            title_year = re.search(r"\((\d{4})\)\s*$", fields[1])
+            year = title_year.group(1) if title_year else fields[2][-4:]
             flags = fields[-len(GROUPLENS_GENRES) :]
             genres = [g for g, flag in zip(GROUPLENS_GENRES, flags, strict=True) if flag == "1"]
-            tags[fields[0]] = genres + ([f"decade:{year[:3]}"] if year.isdigit() else [])
+            tags[fields[0]] = genres + _decade(year)
     return ratings, tags
 
 
@@ -84,10 +90,13 @@ def read_recbole(source: Path) -> tuple[list[tuple[str, str, float, int]], dict]
     tags = {}
     with open(source / "ml-100k.item", encoding="utf-8") as items:
         for row in csv.DictReader(items, delimiter="\t", quoting=csv.QUOTE_NONE):
-            year = row["release_year:token"] or ""
             genres = (row["class:token_seq"] or "").split()
-            tags[row["item_id:token"]] = genres + ([f"decade:{year[:3]}"] if year.isdigit() else [])
+            tags[row["item_id:token"]] = genres + _decade(row["release_year:token"] or "")
     return ratings, tags
+
+
+def _decade(year: str) -> list[str]:
+    return [f"decade:{year[:3]}"] if len(year) == 4 and year.isdigit() else []
 
 
 def main() -> None:

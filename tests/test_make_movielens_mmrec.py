@@ -34,7 +34,9 @@ def write_grouplens(folder: Path) -> None:
     rows = []
     for item, (year, genres) in MOVIES.items():
         flags = "|".join("1" if g in genres else "0" for g in GENRES.split())
-        rows.append(f"{item}|Film {item} ({year})|01-Jan-{year}||http://x|{flags}\n")
+        # A re-release: the date's year is not the title's, which is the film's (RecBole's).
+        released = year + 20 if item == 11 else year
+        rows.append(f"{item}|Film {item} ({year})|01-Jan-{released}||http://x|{flags}\n")
     (folder / "u.item").write_text("".join(rows), encoding="latin-1")
 
 

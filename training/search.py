@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import yaml
 
 from training.atomic import check_run_directory, write_text_atomic
 from training.config import TrainConfig
@@ -178,8 +179,10 @@ def search(
     }
 
     distributions = {c.name: optuna.distributions.CategoricalDistribution(c.values) for c in space}
-    # A resumed search runs the first trials it has not run yet, and its sampler is seeded past
-    # the proposals already drawn: seeded as before, it would draw them again, one by one.
+    # A resumed search runs first the trial it was interrupted in (from its checkpoint), then the
+    # first trials it has not run yet, and its sampler is seeded past the proposals already
+    # drawn: seeded as before, it would draw them again, one by one.
+    running = record.pop("running", None)
     first = first_trials(base, space)
     drawn = max(0, len(record["trials"]) - len(first))
     study = optuna.create_study(
@@ -191,6 +194,8 @@ def search(
         study.add_trial(_frozen_trial(done, distributions, metric))
     for values in first[len(record["trials"]) :]:
         study.enqueue_trial(values)
+    if running is not None and running["number"] >= len(first):
+        study.enqueue_trial(running["params"])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     while len(record["trials"]) < trials and not _over_budget(record, budget_s):
@@ -217,7 +222,7 @@ def search(
             if trial.should_prune():
                 raise optuna.TrialPruned()
             spent = _seconds(record) + time.perf_counter() - started
-            if len(record["trials"]) >= 2 and spent >= budget_s:
+            if _trained(record) >= 2 and spent >= budget_s:
                 stopped_by_budget.append(epoch)
                 return True
             return False
@@ -231,9 +236,11 @@ def search(
             _write_json(record_path, record)
             continue
         state, result = "complete", None
-        resumable = resume and (trial_dir / "checkpoints").exists()
+        resumable = resume and _has_checkpoint_of(trial_dir, config)
         if trial_dir.exists() and not resumable:
             shutil.rmtree(trial_dir)
+        record["running"] = {"number": number, "params": dict(trial.params)}
+        _write_json(record_path, record)
         try:
             result = train(
                 dataset,
@@ -248,6 +255,7 @@ def search(
             state = "pruned"
         value = result.best_metrics[metric] if result else max(curve.values())
         study.tell(trial, value if state == "complete" else None, _state(state))
+        del record["running"]
         record["trials"].append(
             {
                 "number": number,
@@ -264,6 +272,8 @@ def search(
         _write_json(record_path, record)
         if progress:
             progress(_trial_line(record["trials"][-1], metric))
+        if stopped_by_budget:
+            break
 
     complete = [t for t in record["trials"] if t["state"] == "complete" and "repeat_of" not in t]
     chosen = max(complete, key=lambda t: t["validation"][metric])
@@ -282,9 +292,25 @@ def search(
 
 
 def _over_budget(record: dict, budget_s: float) -> bool:
-    """The finished trials took `budget_s` seconds or more, and at least two ran (the preset
-    and one alternative are always tried)."""
-    return len(record["trials"]) >= 2 and _seconds(record) >= budget_s
+    """The finished trials took `budget_s` seconds or more, and at least two were trained (the
+    preset and one alternative are always tried)."""
+    return _trained(record) >= 2 and _seconds(record) >= budget_s
+
+
+def _trained(record: dict) -> int:
+    """The finished trials that trained a model (not a configuration proposed again)."""
+    return sum("repeat_of" not in t for t in record["trials"])
+
+
+def _has_checkpoint_of(trial_dir: Path, config: TrainConfig) -> bool:
+    """`trial_dir` holds an interrupted trial of `config` that `train(resume=True)` continues."""
+    saved = trial_dir / "config.yaml"
+    if not (trial_dir / "checkpoints").exists() or not saved.exists():
+        return False
+    try:
+        return TrainConfig(**yaml.safe_load(saved.read_text())).to_dict() == config.to_dict()
+    except (TypeError, ValueError, yaml.YAMLError):  # not a config: the trial starts afresh
+        return False
 
 
 def _seconds(record: dict) -> float:

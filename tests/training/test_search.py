@@ -6,7 +6,9 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
+import training.search as search_module
 from tests.conftest import tiny_config
 from training.data.dataset import load_dataset
 from training.evaluation.splits import training_split, untimed_validation_split, with_purchases
@@ -113,15 +115,16 @@ def test_a_configuration_proposed_again_is_not_retrained(small_marketplace, tmp_
     assert sorted(p.name for p in (tmp_path / "run" / "trials").iterdir()) == ["00"]
 
 
+LEARNING_RATES = (3e-3, 2e-3, 1e-3, 7e-4, 5e-4, 3e-4, 2e-4, 1e-4)
+
+
 def test_no_trial_starts_once_the_budget_is_spent_but_two_always_run(small_marketplace, tmp_path):
     dataset = _untimed(load_dataset(small_marketplace))
-    base = replace(tiny_config(), epochs=1)
-    space = (Choice("learning_rate", (3e-3, 1e-3, 3e-4), _set("learning_rate")),)
+    base = replace(tiny_config(), epochs=3, patience=3)
+    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
     record = search(dataset, base, tmp_path / "run", trials=3, budget_s=0.0, space=space)
-    assert len(record["trials"]) == 2
-
-
-LEARNING_RATES = (3e-3, 2e-3, 1e-3, 7e-4, 5e-4, 3e-4, 2e-4, 1e-4)
+    assert [t["epochs"] for t in record["trials"]] == [3, 3]
+    assert not any(t["stopped_by_budget"] for t in record["trials"])
 
 
 def test_a_trial_running_when_the_budget_is_spent_ends_at_that_epoch(small_marketplace, tmp_path):
@@ -171,6 +174,44 @@ def test_a_search_resumed_after_the_preset_runs_the_second_first_trial(small_mar
         {"temperature": 0.2, "hybrid": False},
         {"temperature": 0.05, "hybrid": True},
     ]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
+    small_marketplace, tmp_path, monkeypatch
+):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=3, patience=3)
+    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
+    real_train = search_module.train
+
+    def interrupted_in_a_drawn_trial(dataset, config, trial_dir, *, on_epoch, **options):
+        def stop_after_epoch_1(epoch, metrics):
+            on_epoch(epoch, metrics)
+            raise _Interrupted
+
+        drawn = int(trial_dir.name) >= 2  # trials 0 and 1 are the preset and its variant
+        callback = stop_after_epoch_1 if drawn else on_epoch
+        return real_train(dataset, config, trial_dir, on_epoch=callback, **options)
+
+    monkeypatch.setattr(search_module, "train", interrupted_in_a_drawn_trial)
+    with pytest.raises(_Interrupted):
+        search(dataset, base, tmp_path / "run", trials=6, space=space)
+    running = json.loads((tmp_path / "run" / "search.json").read_text())["running"]
+    number = running["number"]
+    assert number >= 2
+
+    monkeypatch.setattr(search_module, "train", real_train)
+    record = search(dataset, base, tmp_path / "run", trials=number + 1, resume=True, space=space)
+    assert "running" not in record
+    assert record["trials"][number]["params"] == running["params"]
+    assert "repeat_of" not in record["trials"][number]
+    trial_dir = tmp_path / "run" / "trials" / f"{number:02d}"
+    history = json.loads((trial_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # epoch 1 from before, then 2 and 3
 
 
 def test_the_first_trials_are_the_preset_then_hybrid_ids_at_temperature_0_05():
