@@ -43,6 +43,7 @@ def make_catalogue(
     features), random features give the match vectors; `copurchase`, `ease`: the co-purchase
     terms' matrices; upload times random in 0-1,000 hours unless given."""
     rng = np.random.default_rng(7)
+    tf.keras.utils.set_random_seed(7)  # the towers' initial weights: the same catalogue every run
     item_tower = ItemTower(np.zeros(FEATURES), np.ones(FEATURES), hidden_units=(dim,))
     item_tower(tf.zeros([1, FEATURES]))
     user_tower = UserTower(hidden_units=(dim,))
