@@ -263,8 +263,9 @@ def search(
                 "params": dict(trial.params),
                 "validation": result.best_metrics if result else {metric: value},
                 "best_epoch": result.best_epoch if result else int(max(curve, key=curve.get)),
-                "epochs": len(curve),
-                "seconds": round(time.perf_counter() - started, 1),
+                # a resumed trial's result counts its earlier sessions too
+                "epochs": result.epochs_run if result else len(curve),
+                "seconds": result.seconds if result else round(time.perf_counter() - started, 1),
                 "intermediate": {str(k): v for k, v in curve.items()},
                 "stopped_by_budget": bool(stopped_by_budget),
             }

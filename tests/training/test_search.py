@@ -209,6 +209,7 @@ def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
     assert "running" not in record
     assert record["trials"][number]["params"] == running["params"]
     assert "repeat_of" not in record["trials"][number]
+    assert record["trials"][number]["epochs"] == 3
     trial_dir = tmp_path / "run" / "trials" / f"{number:02d}"
     history = json.loads((trial_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]  # epoch 1 from before, then 2 and 3
