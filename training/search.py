@@ -36,7 +36,7 @@ from training.atomic import check_run_directory, write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
-from training.train import train
+from training.train import config_differences, train
 
 PRUNE_AFTER_EPOCHS = 4
 RUN_FILES = ("config.yaml", "towers.json", "history.json", "summary.json")
@@ -309,8 +309,8 @@ def _has_checkpoint_of(trial_dir: Path, config: TrainConfig) -> bool:
     if not (trial_dir / "checkpoints").exists() or not saved.exists():
         return False
     try:
-        return TrainConfig(**yaml.safe_load(saved.read_text())).to_dict() == config.to_dict()
-    except (TypeError, ValueError, yaml.YAMLError):  # not a config: the trial starts afresh
+        return not config_differences(trial_dir, config)
+    except (ValueError, yaml.YAMLError):  # not a config: the trial starts afresh
         return False
 
 

@@ -190,19 +190,24 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
         raise ValueError(f"--resume: {run_dir} has no checkpoints to resume from")
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        try:  # fields added since the run began take their defaults
-            saved = TrainConfig(**saved).to_dict()
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"--resume: {run_dir}/config.yaml is not a config: {error}") from None
-        wanted = config.to_dict()
-        differ = [name for name, value in wanted.items() if saved[name] != value]
+        differ = config_differences(run_dir, config)
         if differ:
             raise ValueError(
                 f"--resume: the config differs from {run_dir}/config.yaml in {', '.join(differ)}"
             )
     else:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_differences(run_dir: Path, config: TrainConfig) -> list[str]:
+    """The fields in which `run_dir`'s config.yaml differs from `config` (fields added since the
+    run began take their defaults); ValueError if it is not a config."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    try:
+        saved = TrainConfig(**saved).to_dict()
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--resume: {run_dir}/config.yaml is not a config: {error}") from None
+    return [name for name, value in config.to_dict().items() if saved[name] != value]
 
 
 def _prepare_data(dataset: Dataset, config: TrainConfig) -> _TrainingData:
