@@ -54,10 +54,10 @@ def read_grouplens(source: Path) -> tuple[list[tuple[str, str, float, int]], dic
     ratings = []
     with open(source / "u.data", encoding="ascii") as data:
         for line_number, line in enumerate(data, 1):
-            fields = line.split("\t")
+            fields = line.rstrip("\n").split("\t")
             if len(fields) != 4:
                 raise SystemExit(f"{source / 'u.data'}:{line_number}: expected 4 tab fields")
-            ratings.append((fields[0], fields[1], float(fields[2]), int(fields[3])))
+            ratings.append(_rating(source / "u.data", line_number, *fields))
     tags = {}
     with open(source / "u.item", encoding="latin-1") as items:
         for line in items:
@@ -78,21 +78,34 @@ def read_recbole(source: Path) -> tuple[list[tuple[str, str, float, int]], dict]
     ratings = []
     with open(source / "ml-100k.inter", encoding="utf-8") as data:
         rows = csv.DictReader(data, delimiter="\t")
+        columns = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
+        missing = [c for c in columns if c not in (rows.fieldnames or [])]
+        if missing:
+            raise SystemExit(f"{source / 'ml-100k.inter'}:1: no column {', '.join(missing)}")
         for row in rows:
-            ratings.append(
-                (
-                    row["user_id:token"],
-                    row["item_id:token"],
-                    float(row["rating:float"]),
-                    int(float(row["timestamp:float"])),
-                )
-            )
+            values = [row[c] or "" for c in columns]
+            ratings.append(_rating(source / "ml-100k.inter", rows.line_num, *values))
     tags = {}
     with open(source / "ml-100k.item", encoding="utf-8") as items:
         for row in csv.DictReader(items, delimiter="\t", quoting=csv.QUOTE_NONE):
             genres = (row["class:token_seq"] or "").split()
             tags[row["item_id:token"]] = genres + _decade(row["release_year:token"] or "")
     return ratings, tags
+
+
+def _rating(path: Path, line: int, user: str, item: str, rating: str, time: str):
+    """(user, item, rating, time) of one row, or an exit naming the file, line and field."""
+    for name, value in (("user", user), ("item", item)):
+        if not value.strip().isdigit():
+            raise SystemExit(f"{path}:{line}: {name} {value!r} is not a number")
+    try:
+        score, seconds = float(rating), int(float(time))
+    except (ValueError, OverflowError) as error:
+        message = f"{path}:{line}: rating {rating!r} or time {time!r} is not a number"
+        raise SystemExit(message) from error
+    if not 0 <= score <= 5:
+        raise SystemExit(f"{path}:{line}: rating {rating!r} is not in 0-5")
+    return user.strip(), item.strip(), score, seconds
 
 
 def _decade(year: str) -> list[str]:

@@ -98,3 +98,33 @@ def test_a_folder_without_either_layout_is_refused(tmp_path):
     assert result.returncode != 0
     assert "neither u.data nor ml-100k.inter" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def refusal(source: Path, out: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(source), str(out)], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and not out.exists()
+    return result.stderr
+
+
+def test_malformed_rows_are_refused_naming_the_file_line_and_field(tmp_path):
+    write_grouplens(tmp_path / "grouplens")
+    data = tmp_path / "grouplens" / "u.data"
+    good = data.read_text(encoding="ascii").splitlines(keepends=True)
+    for bad, says in (
+        ("7\t10\tfour\t200\n", "rating 'four' or time '200' is not a number"),
+        ("7\t10\tnan\t200\n", "rating 'nan' is not in 0-5"),
+        ("7\t10\t4\tinf\n", "rating '4' or time 'inf' is not a number"),
+        ("x7\t10\t4\t200\n", "user 'x7' is not a number"),
+        ("7\t10\t4\n", "expected 4 tab fields"),
+    ):
+        data.write_text("".join(good[:2] + [bad] + good[2:]), encoding="ascii")
+        assert f"u.data:3: {says}" in refusal(tmp_path / "grouplens", tmp_path / "out")
+    write_recbole(tmp_path / "recbole")
+    inter = tmp_path / "recbole" / "ml-100k.inter"
+    lines = inter.read_text(encoding="utf-8").splitlines(keepends=True)
+    inter.write_text("".join(lines[:3] + ["7\t10\t9\t200\n"] + lines[3:]), encoding="utf-8")
+    assert "ml-100k.inter:4: rating '9' is not in 0-5" in refusal(inter.parent, tmp_path / "out")
+    inter.write_text(lines[0].replace("rating:float", "score:float") + "".join(lines[1:]))
+    assert "ml-100k.inter:1: no column rating:float" in refusal(inter.parent, tmp_path / "out")
