@@ -37,7 +37,7 @@ import pandas as pd
 
 from training.config import TrainConfig
 from training.copurchase import EASE_FILE_NAME as EASE_FILE
-from training.copurchase import EASE_NEIGHBOURS, CoPurchase
+from training.copurchase import EASE_NEIGHBOURS, EASE_WEIGHT_BUDGET, CoPurchase
 from training.copurchase import FILE_NAME as COPURCHASE_FILE
 from training.data.dataset import Dataset
 from training.data.history import artist_sell_through
@@ -203,7 +203,7 @@ def _fitted_ease(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> tuple[
     if _last_ease is None or _last_ease[0] != key:
         baseline = fit_ease(fit_purchases, cases, dataset.n_items)
         ids = np.asarray(dataset.item_ids).astype(str)[baseline.items]
-        term = CoPurchase.of_ease(ids, baseline.weights, EASE_NEIGHBOURS)
+        term = CoPurchase.of_ease(ids, baseline.weights)
         _last_ease = (key, (term, float(baseline.chosen["lambda"])))
     return _last_ease[1]
 
@@ -219,7 +219,7 @@ def _ease_key(dataset: Dataset, fit_purchases: pd.DataFrame, cases) -> str:
 
     add(pd.util.hash_pandas_object(fit_purchases[["user_id", "item"]], index=False).to_numpy())
     add(pd.util.hash_pandas_object(pd.Series(dataset.item_ids).astype(str), index=False).to_numpy())
-    add(np.array([dataset.n_items, EASE_NEIGHBOURS, *EASE_LAMBDAS], np.float64))
+    add(np.array([dataset.n_items, EASE_NEIGHBOURS, EASE_WEIGHT_BUDGET, *EASE_LAMBDAS], np.float64))
     for case in cases:
         for name in ("profile", "ground_truth", "inventory", "excluded", "unavailable"):
             value = getattr(case, name, None)

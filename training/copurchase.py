@@ -14,7 +14,8 @@ copurchase` and `.ease`):
 - "item-knn" (copurchase.npz): the cosine similarity between two artworks' buyer sets, each
   row keeping its `NEIGHBOURS` largest (training/item_item.py's `knn_weights`);
 - "ease" (ease.npz): EASE^R's weights (`ease_weights`), its L2 weight chosen on the validation
-  as the `ease` baseline chooses it, each row keeping its `EASE_NEIGHBOURS` largest by |w|.
+  as the `ease` baseline chooses it, each row keeping its largest by |w| (`ease_neighbours`: a
+  total budget of weights shared out over the rows, at least `EASE_NEIGHBOURS` each).
   EASE's weights are negative where an artwork is bought instead of another, which cosine
   cannot say; on a shop-like synthetic where co-purchases carry most of the signal, it beside
   item-kNN raised validation R@20 from .1151 to .1211-.1239 (docs/training.md).
@@ -53,9 +54,19 @@ WEIGHT_FIELDS = {"item-knn": "copurchase_weight", "ease": "ease_weight"}
 FILE_NAME = FILE_NAMES["item-knn"]
 EASE_FILE_NAME = FILE_NAMES["ease"]
 NEIGHBOURS = 50  # per artwork: on an Amazon-like synthetic 50 and 200 validated alike
-# per artwork, by |w|: on the noisier shop-like synthetic (5,400 sold artworks) 300 and 1,000
-# validated as the dense matrix did (R@20 .1211-.1240), 100 a little lower
+# the least kept per artwork, by |w|: on the noisier shop-like synthetic (5,400 sold artworks)
+# 300 and 1,000 validated as the dense matrix did (R@20 .1211-.1240), 100 a little lower
 EASE_NEIGHBOURS = 300
+# the most kept in all where rows keep more than EASE_NEIGHBOURS (about 18 MB saved): on
+# MovieLens-100K (1,423 sold movies, 57 purchases per customer) 300 per row kept the blend below
+# EASE's own R@20 and 1,000 per row lifted every validation figure (docs/training.md)
+EASE_WEIGHT_BUDGET = 1_500_000
+
+
+def ease_neighbours(n_rows: int) -> int:
+    """The weights each row of an EASE W over `n_rows` artworks keeps: `EASE_WEIGHT_BUDGET`
+    shared out over the rows, at least `EASE_NEIGHBOURS` (at 5,000 rows and more, the least)."""
+    return max(EASE_NEIGHBOURS, EASE_WEIGHT_BUDGET // max(n_rows, 1))
 
 
 @dataclass(frozen=True)
@@ -74,21 +85,25 @@ class CoPurchase:
         purchases: pd.DataFrame,
         item_ids: np.ndarray,
         l2: float,
-        neighbours: int = EASE_NEIGHBOURS,
+        neighbours: int | None = None,
     ) -> CoPurchase:
         """EASE^R's W over `purchases` with L2 weight `l2`, each row's `neighbours` strongest
-        by |w| (catalogue rows in "item", customers in "user_id"; `item_ids` names the rows)."""
+        by |w| (default `ease_neighbours`; catalogue rows in "item", customers in "user_id";
+        `item_ids` names the rows)."""
         matrix, rows = interactions(purchases)
         ids = np.asarray(item_ids).astype(str)[rows]
         return cls.of_ease(ids, ease_weights(matrix, l2), neighbours)
 
     @classmethod
     def of_ease(
-        cls, item_ids: np.ndarray, weights: sp.spmatrix, neighbours: int = EASE_NEIGHBOURS
+        cls, item_ids: np.ndarray, weights: sp.spmatrix, neighbours: int | None = None
     ) -> CoPurchase:
         """The EASE kind from a fitted EASE W over `item_ids` (e.g. the `ease` baseline's),
-        each row keeping its `neighbours` strongest by |w|."""
-        strongest = keep_strongest(sp.csr_matrix(weights), neighbours, by_magnitude=True)
+        each row keeping its `neighbours` strongest by |w| (default `ease_neighbours`)."""
+        weights = sp.csr_matrix(weights)
+        if neighbours is None:
+            neighbours = ease_neighbours(weights.shape[0])
+        strongest = keep_strongest(weights, neighbours, by_magnitude=True)
         return cls(np.asarray(item_ids).astype(str), strongest.astype(np.float32), "ease")
 
     @classmethod

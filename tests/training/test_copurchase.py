@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from training.copurchase import FILE_NAME, CoPurchase, profile_scores
+from training import copurchase
+from training.copurchase import FILE_NAME, CoPurchase, ease_neighbours, profile_scores
 
 # customers 0-2 bought rows 0/1/2 of a 5-artwork catalogue in these combinations; row 3 once
 PURCHASES = pd.DataFrame(
@@ -172,3 +173,20 @@ def test_an_ease_file_round_trips_and_the_kinds_are_told_apart(tmp_path):
     del arrays["kind"]
     np.savez(tmp_path / "old.npz", **{**arrays, "data": np.abs(arrays["data"])})
     assert CoPurchase.load(tmp_path / "old.npz").kind == "item-knn"
+
+
+def test_ease_rows_share_a_weight_budget_with_a_floor(monkeypatch):
+    monkeypatch.setattr(copurchase, "EASE_NEIGHBOURS", 3)
+    monkeypatch.setattr(copurchase, "EASE_WEIGHT_BUDGET", 120)
+    assert [ease_neighbours(n) for n in (0, 1, 10, 24, 40, 41, 1000)] == [120, 120, 12, 5, 3, 3, 3]
+    rng = np.random.default_rng(7)
+    for n, per_row in ((10, 12), (24, 5), (50, 3)):  # 12 > 9 off-diagonal: kept whole at 10
+        dense = rng.normal(size=(n, n)).astype(np.float32)
+        np.fill_diagonal(dense, 0.0)
+        term = CoPurchase.of_ease(np.arange(n).astype(str), sp.csr_matrix(dense))
+        kept = term.weights.toarray()
+        for row, full in zip(kept, dense, strict=True):
+            strongest = np.argsort(-np.abs(full), kind="stable")[: min(per_row, n - 1)]
+            np.testing.assert_array_equal(np.flatnonzero(row), np.sort(strongest))
+            np.testing.assert_array_equal(row[strongest], full[strongest])
+        assert term.weights.nnz <= max(120, 3 * n)
