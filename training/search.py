@@ -203,6 +203,10 @@ def search(
         number = len(record["trials"])
         trial_dir = run_dir / "trials" / f"{number:02d}"
         config = config_of(base, space, trial.params)
+        resumable = resume and _has_checkpoint_of(trial_dir, config)
+        # the trial interrupted before, resumed from its checkpoint: its earlier sessions' seconds
+        resumed = resumable and running is not None and running["number"] == number
+        earlier_s = float(running.get("seconds", 0.0)) if resumed else 0.0
         started = time.perf_counter()
         curve: dict[int, float] = {}
         stopped_by_budget: list[int] = []
@@ -213,16 +217,20 @@ def search(
             trial=trial,
             curve=curve,
             started=started,
+            earlier_s=earlier_s,
             stopped_by_budget=stopped_by_budget,
         ) -> bool:
             """Prune a trial below the median; end one (true) once the budget is spent, keeping
-            its best epoch so far (the first two always run to their end)."""
+            its best epoch so far (the first two always run to their end). Its seconds so far,
+            every session's, go to search.json's `running` entry, which a resume reads."""
             curve[epoch] = metrics[metric]
             trial.report(metrics[metric], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-            spent = _seconds(record) + time.perf_counter() - started
-            if _trained(record) >= 2 and spent >= budget_s:
+            elapsed = earlier_s + time.perf_counter() - started
+            record["running"]["seconds"] = round(elapsed, 1)
+            _write_json(record_path, record)
+            if _trained(record) >= 2 and _seconds(record) + elapsed >= budget_s:
                 stopped_by_budget.append(epoch)
                 return True
             return False
@@ -236,10 +244,9 @@ def search(
             _write_json(record_path, record)
             continue
         state, result = "complete", None
-        resumable = resume and _has_checkpoint_of(trial_dir, config)
         if trial_dir.exists() and not resumable:
             shutil.rmtree(trial_dir)
-        record["running"] = {"number": number, "params": dict(trial.params)}
+        record["running"] = {"number": number, "params": dict(trial.params), "seconds": earlier_s}
         _write_json(record_path, record)
         try:
             result = train(

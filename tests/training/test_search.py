@@ -227,3 +227,45 @@ def test_the_first_trials_are_the_preset_then_hybrid_ids_at_temperature_0_05():
     ]
     already = replace(base, hybrid=True, temperature=0.05)
     assert first_trials(already, space) == [{"temperature": 0.05, "hybrid": True}]
+
+
+def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
+    small_marketplace, tmp_path, monkeypatch
+):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=3, patience=3)
+    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
+    real_train = search_module.train
+
+    def interrupted_in_a_drawn_trial(dataset, config, trial_dir, *, on_epoch, **options):
+        def stop_after_epoch_1(epoch, metrics):
+            on_epoch(epoch, metrics)
+            raise _Interrupted
+
+        callback = stop_after_epoch_1 if int(trial_dir.name) >= 2 else on_epoch
+        return real_train(dataset, config, trial_dir, on_epoch=callback, **options)
+
+    monkeypatch.setattr(search_module, "train", interrupted_in_a_drawn_trial)
+    with pytest.raises(_Interrupted):
+        search(dataset, base, tmp_path / "run", trials=6, space=space)
+    path = tmp_path / "run" / "search.json"
+    record = json.loads(path.read_text())
+    number = record["running"]["number"]
+    assert record["running"]["seconds"] > 0
+    # As if the trial's first session had taken 1,000 s: with 500 s left after the finished
+    # trials, the resumed trial ends after its next epoch instead of running its last two.
+    record["running"]["seconds"] = 1000.0
+    path.write_text(json.dumps(record))
+    finished_s = sum(t["seconds"] for t in record["trials"])  # repeats count 0 s
+    monkeypatch.setattr(search_module, "train", real_train)
+    resumed = search(
+        dataset,
+        base,
+        tmp_path / "run",
+        trials=number + 1,
+        budget_s=finished_s + 500,
+        resume=True,
+        space=space,
+    )
+    trial = resumed["trials"][number]
+    assert trial["stopped_by_budget"] and trial["epochs"] == 2
