@@ -141,16 +141,14 @@ class Catalogue:
                 if owned
                 else ScannSearcher(model.match_vectors, replace(self.index, prior_slot=False))
             )
-        # the co-purchase terms (training/copurchase.py: item-kNN's and EASE's) with a weight
-        # above 0, each (weight, its matrix over the exported artworks' rows)
-        self.item_item = [
-            (weight, matrix.on_catalogue(self.item_ids))
-            for weight, matrix in (
-                (self.terms.copurchase, model.copurchase),
-                (self.terms.ease, model.ease),
-            )
-            if matrix is not None and weight > 0
-        ]
+        # the co-purchase terms' matrices (training/copurchase.py: item-kNN's and EASE's) over
+        # the exported artworks' rows, by the TermWeights field that weights each, where the
+        # export has one with a weight above 0 (`_item_item` pairs them with `terms` at scoring)
+        self.item_item_matrices = {
+            name: matrix.on_catalogue(self.item_ids)
+            for name, matrix in (("copurchase", model.copurchase), ("ease", model.ease))
+            if matrix is not None and getattr(self.terms, name) > 0
+        }
         self.one_of_a_kind = np.zeros(capacity, bool)
         self.one_of_a_kind[:n] = model.items["one_of_a_kind"].to_numpy()
         self.upload_time = np.zeros(capacity)
@@ -461,7 +459,7 @@ class Catalogue:
                 scores += means @ self.match_columns[:, :size]
             if self.terms.popularity:
                 scores += self.popularity[:size]
-            if self.item_item:
+            if self._item_item():
                 bought = self._copurchase_scores(profiles).tocoo()
                 keep = bought.col < size
                 np.add.at(scores, (bought.row[keep], bought.col[keep]), bought.data[keep])
@@ -529,7 +527,7 @@ class Catalogue:
             skip_live = self._skipped(live_rows, excluded, available_only[i], rule)
             live_scores = np.where(skip_live, -np.inf, live[i])
             if with_terms:
-                bought = self._copurchase_scores([profiles[i]]) if self.item_item else None
+                bought = self._copurchase_scores([profiles[i]]) if self._item_item() else None
                 rows = self._with_term_candidates(
                     rows, profiles[i], excluded, available_only[i], rule, indexed, bought
                 )
@@ -660,12 +658,18 @@ class Catalogue:
         ages = now - self.upload_time[rows]
         return self.terms.freshness * freshness(ages, self.terms.freshness_days)
 
+    def _item_item(self) -> list[tuple[float, sp.csr_matrix]]:
+        """(weight, matrix) of each co-purchase term whose weight in `terms` is above 0."""
+        pairs = ((getattr(self.terms, name), m) for name, m in self.item_item_matrices.items())
+        return [(weight, matrix) for weight, matrix in pairs if weight > 0]
+
     def _copurchase_scores(self, profiles: Sequence[np.ndarray]):
         """[b, n_exported] sparse csr: per profile (its exported artworks), the co-purchase
         terms, each times its weight, summed."""
-        exported = self.item_item[0][1].shape[0]
+        item_item = self._item_item()
+        exported = item_item[0][1].shape[0]
         profiles = [p[p < exported] for p in profiles]
-        total = sum(weight * profile_scores(matrix, profiles) for weight, matrix in self.item_item)
+        total = sum(weight * profile_scores(matrix, profiles) for weight, matrix in item_item)
         return sp.csr_matrix(total)
 
     def _term_scores(

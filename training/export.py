@@ -14,7 +14,7 @@ exports/<version>/ (versions 1, 2, ...; written to a temporary sibling, then ren
                Every signature takes the ids; towers without id embeddings ignore them.
 - catalogue/items.csv, catalogue/item_vectors.npy (row i of one is row i of the other),
   catalogue/purchases.csv (the purchase log the model was exported with: the service's starting
-  customer profiles and sold artworks)
+  customer profiles and sold artworks; without the timestamp column where the data has no times)
 - towers.json, model/towers.*: the towers' configs and weights (`load_towers(export_dir)`), for
   the service and for anyone rebuilding the Keras layers
 - model/nearest_purchase.npz, catalogue/match_vectors.npy: the run's calibrated profile terms
@@ -58,7 +58,7 @@ from training.config import TrainConfig
 from training.copurchase import FILE_NAMES as COPURCHASE_FILES
 from training.copurchase import WEIGHT_FIELDS as COPURCHASE_WEIGHTS
 from training.copurchase import load_if_present as load_copurchase
-from training.data.dataset import Dataset, format_time
+from training.data.dataset import Dataset, format_time, write_purchases_csv
 from training.index import (
     IndexConfig,
     ScannSearcher,
@@ -334,11 +334,7 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         items["upload_time"] = format_time(items["upload_time"].to_numpy())
         items.to_csv(tmp / "catalogue" / "items.csv", index=False)
         np.save(tmp / "catalogue" / "item_vectors.npy", vectors.astype(np.float32))
-        purchases = dataset.purchases[["user_id", "item_id"]].copy()
-        times = dataset.purchases["timestamp"].to_numpy()
-        timed = np.isfinite(times)
-        purchases["timestamp"] = np.where(timed, format_time(np.where(timed, times, 0.0)), "")
-        purchases.to_csv(tmp / "catalogue" / "purchases.csv", index=False)
+        write_purchases_csv(tmp / "catalogue" / "purchases.csv", dataset.purchases)
         save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
         if nearest is not None:
             nearest.save(tmp / MODEL_DIR)

@@ -342,3 +342,39 @@ def test_an_epochs_loss_is_its_mean_per_example_not_its_last_batchs(small_market
     assert counted > 0 and n_examples % config.batch_size  # a short last batch
     assert epoch_loss == pytest.approx(summed / counted, rel=1e-4)
     assert epoch_loss != pytest.approx(last, rel=1e-2)
+
+
+def test_an_untimed_run_exports_and_is_served(small_marketplace, tmp_path):
+    """Purchases without times (an MMRec import) train, export without a timestamp column, and
+    load in the service: the log's customers get their profiles, and live purchases add."""
+    from serving.schemas import PurchaseIn, Purchases, RecommendationRequest
+    from serving.service import Service
+    from serving.settings import Settings
+    from training.evaluation.splits import with_purchases
+    from training.search import adapt_to_data
+
+    dataset = load_dataset(small_marketplace)
+    untimed = with_purchases(dataset, dataset.purchases.assign(timestamp=np.nan))
+    config = adapt_to_data(replace(tiny_config(), epochs=1), untimed)
+    train(untimed, config, tmp_path / "run", progress=False)
+    version = export_run(tmp_path / "run", untimed, tmp_path / "exports", progress=lambda _: None)
+    log = (version / "catalogue" / "purchases.csv").read_text().splitlines()
+    assert log[0] == "user_id,item_id" and len(log) == len(untimed.purchases) + 1
+
+    database = f"sqlite:///{tmp_path}/live.db"
+    service = Service(Settings(model_dir=tmp_path / "exports", database_url=database))
+    service.reload()
+    catalogue = service.catalogue
+    purchases = untimed.purchases.astype({"user_id": str, "item_id": str})
+    customer = purchases["user_id"].iloc[0]
+    bought = purchases.loc[purchases["user_id"] == customer, "item_id"]
+    assert [catalogue.item_ids[r] for r in catalogue.profiles[customer]] == list(
+        dict.fromkeys(bought)
+    )
+    request = RecommendationRequest(customer_id=customer, k=10)
+    [answer] = service.answer([service.resolve(request)])
+    assert answer["strategy"] == "model" and len(answer["items"]) == 10
+    assert not {item["item_id"] for item in answer["items"]} & set(bought)
+    unsold = next(i for i in catalogue.item_ids if not catalogue.sold[catalogue.row_of[i]])
+    service.add_purchases(Purchases(purchases=[PurchaseIn(customer_id="new", item_id=unsold)]))
+    assert [catalogue.item_ids[r] for r in catalogue.profiles["new"]] == [unsold]

@@ -350,13 +350,20 @@ def write_tables(
 ) -> None:
     """Write the CSV files of a dataset into `out` (a directory being assembled)."""
     write_items_csv(out / "items.csv", items)
-    columns = {"user_id": purchases["user_id"], "item_id": purchases["item_id"]}
-    if np.isfinite(purchases["timestamp"].to_numpy()).all():
-        columns["timestamp"] = format_time(purchases["timestamp"].to_numpy())
-    pd.DataFrame(columns).to_csv(out / "purchases.csv", index=False)
+    write_purchases_csv(out / "purchases.csv", purchases)
     for split_name, split in (("valid", valid), ("test", test)):
         if split is not None:
             split[["user_id", "item_id"]].to_csv(out / f"{split_name}.csv", index=False)
+
+
+def write_purchases_csv(path: Path, purchases: pd.DataFrame) -> None:
+    """purchases.csv from a purchases table (load_purchases_table's columns): with the
+    timestamp column where every purchase has a time, else without it (untimed data, which
+    load_purchases_table reads back as NaN times)."""
+    columns = {"user_id": purchases["user_id"], "item_id": purchases["item_id"]}
+    if np.isfinite(purchases["timestamp"].to_numpy()).all():
+        columns["timestamp"] = format_time(purchases["timestamp"].to_numpy())
+    pd.DataFrame(columns).to_csv(path, index=False)
 
 
 def write_items_csv(path: Path, items: pd.DataFrame) -> None:
