@@ -36,7 +36,7 @@ def _show(title: str, request: dict | None, answer: dict, echo) -> None:
 def run_demo(model_dir: Path, host: str, port: int, keep_serving: bool, echo=print) -> None:
     export = newest_version(model_dir)
     manifest = json.loads((export / "manifest.json").read_text())
-    purchases = pd.read_csv(export / "catalogue" / "purchases.csv")
+    purchases = purchase_log(export)
     url = f"http://{host}:{port}"
     echo(f"starting the service on {url} with {export} ...")
     service = curator_service(
@@ -52,6 +52,12 @@ def run_demo(model_dir: Path, host: str, port: int, keep_serving: bool, echo=pri
         echo("\nstopping the service")
     finally:
         service.stop()
+
+
+def purchase_log(export: Path) -> pd.DataFrame:
+    """The export's catalogue/purchases.csv with every id as written ("007" stays "007", not
+    the number 7: MMRec imports and many shops use numeric ids)."""
+    return pd.read_csv(export / "catalogue" / "purchases.csv", dtype=str, keep_default_na=False)
 
 
 def _examples(client: httpx.Client, manifest: dict, purchases: pd.DataFrame, echo) -> None:

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+from serving.demo import purchase_log
 from serving.process import REPO, free_port
 
 
@@ -36,3 +37,11 @@ def test_demo_shows_every_example_and_the_docs_address(tiny_export, tmp_path):
         assert shown in done.stdout
     # the artwork it uploaded is its own nearest neighbour
     assert "demo-upload-" in done.stdout.split("(the new artwork, at once)")[1].splitlines()[2]
+
+
+def test_the_demo_reads_numeric_ids_as_written(tmp_path):
+    (tmp_path / "catalogue").mkdir()
+    (tmp_path / "catalogue" / "purchases.csv").write_text("user_id,item_id\n0,007\n12,5\n")
+    log = purchase_log(tmp_path)
+    assert log["user_id"].tolist() == ["0", "12"] and log["item_id"].tolist() == ["007", "5"]
+    assert ", ".join(log.groupby("user_id")["item_id"].agg(list)["0"]) == "007"
