@@ -35,7 +35,7 @@ from training.export import export_versions  # noqa: E402
 
 def measure(root: Path, url: str, sync_s: float, rate: float, probes: int, tmp: Path) -> dict:
     export = root / str(export_versions(root)[-1])
-    items = pd.read_csv(export / "catalogue" / "items.csv")
+    items = pd.read_csv(export / "catalogue" / "items.csv", dtype={"item_id": str})
     prints = items.loc[~items["one_of_a_kind"].astype(bool), "item_id"].astype(str).to_numpy()
     a = curator_service(root, None, tmp / "a.log", database_url=url, sync_seconds=sync_s)
     b = curator_service(root, None, tmp / "b.log", database_url=url, sync_seconds=sync_s)

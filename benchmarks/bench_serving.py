@@ -87,7 +87,9 @@ def main() -> None:
     if not versions:
         sys.exit(f"no export under {args.model}: run `make run` or `curator export` first")
     export = args.model / str(versions[-1])
-    items = pd.read_csv(export / "catalogue" / "items.csv")["item_id"].to_numpy()
+    items = pd.read_csv(export / "catalogue" / "items.csv", dtype={"item_id": str})[
+        "item_id"
+    ].to_numpy()
     manifest = json.loads((export / "manifest.json").read_text())
     rng = np.random.default_rng(0)
     profiles = [rng.choice(items, 5, replace=False).tolist() for _ in range(200)]

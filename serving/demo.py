@@ -19,6 +19,7 @@ import pandas as pd
 
 from serving.export_loader import newest_version
 from serving.process import curator_service
+from training.data.columns import read_csv
 from training.data.dataset import open_dataset
 
 
@@ -57,7 +58,7 @@ def run_demo(model_dir: Path, host: str, port: int, keep_serving: bool, echo=pri
 def purchase_log(export: Path) -> pd.DataFrame:
     """The export's catalogue/purchases.csv with every id as written ("007" stays "007", not
     the number 7: MMRec imports and many shops use numeric ids)."""
-    return pd.read_csv(export / "catalogue" / "purchases.csv", dtype=str, keep_default_na=False)
+    return read_csv(export / "catalogue" / "purchases.csv", "purchases.csv", ["user_id", "item_id"])
 
 
 def _examples(client: httpx.Client, manifest: dict, purchases: pd.DataFrame, echo) -> None:
