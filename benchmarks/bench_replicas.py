@@ -23,20 +23,20 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from serving.process import curator_service  # noqa: E402
 from serving.throwaway_postgres import ThrowawayPostgres  # noqa: E402
+from training.data.dataset import load_items_table  # noqa: E402
 from training.export import export_versions  # noqa: E402
 
 
 def measure(root: Path, url: str, sync_s: float, rate: float, probes: int, tmp: Path) -> dict:
     export = root / str(export_versions(root)[-1])
-    items = pd.read_csv(export / "catalogue" / "items.csv", dtype={"item_id": str})
-    prints = items.loc[~items["one_of_a_kind"].astype(bool), "item_id"].astype(str).to_numpy()
+    items = load_items_table(export / "catalogue" / "items.csv")
+    prints = items.loc[~items["one_of_a_kind"], "item_id"].to_numpy()
     a = curator_service(root, None, tmp / "a.log", database_url=url, sync_seconds=sync_s)
     b = curator_service(root, None, tmp / "b.log", database_url=url, sync_seconds=sync_s)
     stop, written = threading.Event(), [0]

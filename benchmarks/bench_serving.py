@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from serving.process import ServiceProcess, curator_service  # noqa: E402
+from training.data.dataset import load_items_table  # noqa: E402
 from training.export import export_versions  # noqa: E402
 
 LUA = """
@@ -87,9 +87,7 @@ def main() -> None:
     if not versions:
         sys.exit(f"no export under {args.model}: run `make run` or `curator export` first")
     export = args.model / str(versions[-1])
-    items = pd.read_csv(export / "catalogue" / "items.csv", dtype={"item_id": str})[
-        "item_id"
-    ].to_numpy()
+    items = load_items_table(export / "catalogue" / "items.csv")["item_id"].to_numpy()
     manifest = json.loads((export / "manifest.json").read_text())
     rng = np.random.default_rng(0)
     profiles = [rng.choice(items, 5, replace=False).tolist() for _ in range(200)]

@@ -95,17 +95,16 @@ def read_recbole(source: Path) -> tuple[list[tuple[str, str, float, int]], dict]
 
 def _rating(path: Path, line: int, user: str, item: str, rating: str, time: str):
     """(user, item, rating, time) of one row, or an exit naming the file, line and field."""
-    for name, value in (("user", user), ("item", item)):
-        if not value.strip().isdigit():
-            raise SystemExit(f"{path}:{line}: {name} {value!r} is not a number")
+    for name, value in (("user", user), ("item", item), ("time", time)):
+        if not re.fullmatch(r"[0-9]+(\.0*)?", value.strip()):
+            raise SystemExit(f"{path}:{line}: {name} {value!r} is not a whole number")
     try:
-        score, seconds = float(rating), int(float(time))
-    except (ValueError, OverflowError) as error:
-        message = f"{path}:{line}: rating {rating!r} or time {time!r} is not a number"
-        raise SystemExit(message) from error
+        score = float(rating)
+    except ValueError:
+        score = float("nan")
     if not 0 <= score <= 5:
-        raise SystemExit(f"{path}:{line}: rating {rating!r} is not in 0-5")
-    return user.strip(), item.strip(), score, seconds
+        raise SystemExit(f"{path}:{line}: rating {rating!r} is not a number in 0-5")
+    return user.strip(), item.strip(), score, int(float(time))
 
 
 def _decade(year: str) -> list[str]:

@@ -113,10 +113,11 @@ def test_malformed_rows_are_refused_naming_the_file_line_and_field(tmp_path):
     data = tmp_path / "grouplens" / "u.data"
     good = data.read_text(encoding="ascii").splitlines(keepends=True)
     for bad, says in (
-        ("7\t10\tfour\t200\n", "rating 'four' or time '200' is not a number"),
-        ("7\t10\tnan\t200\n", "rating 'nan' is not in 0-5"),
-        ("7\t10\t4\tinf\n", "rating '4' or time 'inf' is not a number"),
-        ("x7\t10\t4\t200\n", "user 'x7' is not a number"),
+        ("7\t10\tfour\t200\n", "rating 'four' is not a number in 0-5"),
+        ("7\t10\tnan\t200\n", "rating 'nan' is not a number in 0-5"),
+        ("7\t10\t4\tinf\n", "time 'inf' is not a whole number"),
+        ("7\t10\t4\t1e400\n", "time '1e400' is not a whole number"),
+        ("x7\t10\t4\t200\n", "user 'x7' is not a whole number"),
         ("7\t10\t4\n", "expected 4 tab fields"),
     ):
         data.write_text("".join(good[:2] + [bad] + good[2:]), encoding="ascii")
@@ -125,6 +126,12 @@ def test_malformed_rows_are_refused_naming_the_file_line_and_field(tmp_path):
     inter = tmp_path / "recbole" / "ml-100k.inter"
     lines = inter.read_text(encoding="utf-8").splitlines(keepends=True)
     inter.write_text("".join(lines[:3] + ["7\t10\t9\t200\n"] + lines[3:]), encoding="utf-8")
-    assert "ml-100k.inter:4: rating '9' is not in 0-5" in refusal(inter.parent, tmp_path / "out")
+    assert "ml-100k.inter:4: rating '9' is not a number in 0-5" in refusal(
+        inter.parent, tmp_path / "out"
+    )
+    inter.write_text("".join(lines[:3] + ["7\t\u0663\t4\t200\n"] + lines[3:]), encoding="utf-8")
+    assert "ml-100k.inter:4: item '\u0663' is not a whole number" in refusal(
+        inter.parent, tmp_path / "out"
+    )
     inter.write_text(lines[0].replace("rating:float", "score:float") + "".join(lines[1:]))
     assert "ml-100k.inter:1: no column rating:float" in refusal(inter.parent, tmp_path / "out")

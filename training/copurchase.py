@@ -57,7 +57,7 @@ NEIGHBOURS = 50  # per artwork: on an Amazon-like synthetic 50 and 200 validated
 # the least kept per artwork, by |w|: on the noisier shop-like synthetic (5,400 sold artworks)
 # 300 and 1,000 validated as the dense matrix did (R@20 .1211-.1240), 100 a little lower
 EASE_NEIGHBOURS = 300
-# the most kept in all where rows keep more than EASE_NEIGHBOURS (about 18 MB saved): on
+# the most kept in all where rows keep more than EASE_NEIGHBOURS (about 18 MB in ease.npz): on
 # MovieLens-100K (1,423 sold movies, 57 purchases per customer) 300 per row kept the blend below
 # EASE's own R@20 and 1,000 per row lifted every validation figure (docs/training.md)
 EASE_WEIGHT_BUDGET = 1_500_000

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -204,33 +203,28 @@ def search(
         trial_dir = run_dir / "trials" / f"{number:02d}"
         config = config_of(base, space, trial.params)
         resumable = resume and _has_checkpoint_of(trial_dir, config)
-        # the trial interrupted before, resumed from its checkpoint: its earlier sessions' seconds
-        resumed = resumable and running is not None and running["number"] == number
-        earlier_s = float(running.get("seconds", 0.0)) if resumed else 0.0
-        started = time.perf_counter()
         curve: dict[int, float] = {}
+        spent: list[float] = [0.0]  # the trial's seconds so far, its earlier sessions' too
         stopped_by_budget: list[int] = []
 
         def report(
             epoch: int,
             metrics: dict,
+            seconds: float,
             trial=trial,
             curve=curve,
-            started=started,
-            earlier_s=earlier_s,
+            spent=spent,
             stopped_by_budget=stopped_by_budget,
         ) -> bool:
             """Prune a trial below the median; end one (true) once the budget is spent, keeping
-            its best epoch so far (the first two always run to their end). Its seconds so far,
-            every session's, go to search.json's `running` entry, which a resume reads."""
+            its best epoch so far (the first two always run to their end). `seconds`: what the
+            trial has trained so far, in every session (a resumed trial's earlier ones too)."""
             curve[epoch] = metrics[metric]
+            spent[0] = seconds
             trial.report(metrics[metric], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-            elapsed = earlier_s + time.perf_counter() - started
-            record["running"]["seconds"] = round(elapsed, 1)
-            _write_json(record_path, record)
-            if _trained(record) >= 2 and _seconds(record) + elapsed >= budget_s:
+            if _trained(record) >= 2 and _seconds(record) + seconds >= budget_s:
                 stopped_by_budget.append(epoch)
                 return True
             return False
@@ -246,7 +240,7 @@ def search(
         state, result = "complete", None
         if trial_dir.exists() and not resumable:
             shutil.rmtree(trial_dir)
-        record["running"] = {"number": number, "params": dict(trial.params), "seconds": earlier_s}
+        record["running"] = {"number": number, "params": dict(trial.params)}
         _write_json(record_path, record)
         try:
             result = train(
@@ -270,9 +264,9 @@ def search(
                 "params": dict(trial.params),
                 "validation": result.best_metrics if result else {metric: value},
                 "best_epoch": result.best_epoch if result else int(max(curve, key=curve.get)),
-                # a resumed trial's result counts its earlier sessions too
-                "epochs": result.epochs_run if result else len(curve),
-                "seconds": result.seconds if result else round(time.perf_counter() - started, 1),
+                # a resumed trial's count and seconds include its earlier sessions
+                "epochs": result.epochs_run if result else max(curve),
+                "seconds": result.seconds if result else round(spent[0], 1),
                 "intermediate": {str(k): v for k, v in curve.items()},
                 "stopped_by_budget": bool(stopped_by_budget),
             }

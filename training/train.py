@@ -159,12 +159,13 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
-    on_epoch: Callable[[int, dict], bool | None] | None = None,
+    on_epoch: Callable[[int, dict, float], bool | None] | None = None,
     workers: Workers | None = None,
 ) -> TrainResult:
     """Fit, select the best epoch, calibrate; see the module docstring. `on_epoch(epoch,
-    validation metrics)` is called after every epoch (a search uses it to stop bad trials, and
-    to end a trial at its time budget: a true return ends training there, as patience would).
+    validation metrics, seconds)` is called after every epoch, with the seconds the run has
+    trained so far in every session (a search uses it to stop bad trials, and to end a trial at
+    its time budget: a true return ends training there, as patience would).
     `workers`: this process is one of several (training/distributed.py): the model lives in
     their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
@@ -289,7 +290,7 @@ def _epoch_loop(
     run_dir: Path,
     *,
     progress: bool,
-    on_epoch: Callable[[int, dict], bool | None] | None,
+    on_epoch: Callable[[int, dict, float], bool | None] | None,
 ) -> None:
     """Train epoch after epoch, until `config.epochs`, `patience` epochs without improvement or
     `on_epoch` returns true."""
@@ -306,7 +307,7 @@ def _epoch_loop(
         bar.update(1)
         value = metrics[config.selection_metric]
         bar.set_postfix(loss=f"{record['loss']:.3g}", **{config.selection_metric: f"{value:.4f}"})
-        if on_epoch is not None and on_epoch(record["epoch"], metrics):
+        if on_epoch is not None and on_epoch(record["epoch"], metrics, record["elapsed_s"]):
             break  # the caller ends training here (a search whose time budget is spent)
     bar.close()
 

@@ -189,8 +189,8 @@ def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
     real_train = search_module.train
 
     def interrupted_in_a_drawn_trial(dataset, config, trial_dir, *, on_epoch, **options):
-        def stop_after_epoch_1(epoch, metrics):
-            on_epoch(epoch, metrics)
+        def stop_after_epoch_1(epoch, metrics, seconds):
+            on_epoch(epoch, metrics, seconds)
             raise _Interrupted
 
         drawn = int(trial_dir.name) >= 2  # trials 0 and 1 are the preset and its variant
@@ -238,8 +238,8 @@ def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
     real_train = search_module.train
 
     def interrupted_in_a_drawn_trial(dataset, config, trial_dir, *, on_epoch, **options):
-        def stop_after_epoch_1(epoch, metrics):
-            on_epoch(epoch, metrics)
+        def stop_after_epoch_1(epoch, metrics, seconds):
+            on_epoch(epoch, metrics, seconds)
             raise _Interrupted
 
         callback = stop_after_epoch_1 if int(trial_dir.name) >= 2 else on_epoch
@@ -248,14 +248,16 @@ def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
     monkeypatch.setattr(search_module, "train", interrupted_in_a_drawn_trial)
     with pytest.raises(_Interrupted):
         search(dataset, base, tmp_path / "run", trials=6, space=space)
-    path = tmp_path / "run" / "search.json"
-    record = json.loads(path.read_text())
+    record = json.loads((tmp_path / "run" / "search.json").read_text())
     number = record["running"]["number"]
-    assert record["running"]["seconds"] > 0
-    # As if the trial's first session had taken 1,000 s: with 500 s left after the finished
-    # trials, the resumed trial ends after its next epoch instead of running its last two.
-    record["running"]["seconds"] = 1000.0
-    path.write_text(json.dumps(record))
+    # As if the trial's first session had taken 1,000 s (its history, which a resumed run's
+    # clock starts from): with 500 s left after the finished trials, the resumed trial ends
+    # after its next epoch instead of running its last two.
+    history_path = tmp_path / "run" / "trials" / f"{number:02d}" / "history.json"
+    history = json.loads(history_path.read_text())
+    assert [h["epoch"] for h in history] == [1]
+    history[0]["elapsed_s"] = 1000.0
+    history_path.write_text(json.dumps(history))
     finished_s = sum(t["seconds"] for t in record["trials"])  # repeats count 0 s
     monkeypatch.setattr(search_module, "train", real_train)
     resumed = search(
@@ -268,4 +270,4 @@ def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
         space=space,
     )
     trial = resumed["trials"][number]
-    assert trial["stopped_by_budget"] and trial["epochs"] == 2
+    assert trial["stopped_by_budget"] and trial["epochs"] == 2 and trial["seconds"] > 1000
