@@ -184,6 +184,7 @@ def search(
     running = record.pop("running", None)
     first = first_trials(base, space)
     drawn = max(0, len(record["trials"]) - len(first))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # before the study: its INFO line
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=base.seed + drawn, n_startup_trials=4),
@@ -196,7 +197,6 @@ def search(
     if running is not None and running["number"] >= len(first):
         study.enqueue_trial(running["params"])
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     while len(record["trials"]) < trials and not _over_budget(record, budget_s):
         trial = study.ask(distributions)
         number = len(record["trials"])

@@ -114,6 +114,11 @@ def holdout_split(
     distinct purchased artworks, `fraction` of them (at least one) move to test.csv and as many
     again to valid.csv, chosen at random (seeded); purchases.csv keeps the rest."""
     check_holdout_fraction(fraction)
+    if dataset.valid is not None or dataset.test is not None:
+        raise ValueError(
+            "the dataset already has a holdout split (valid.csv, test.csv): a new one splits "
+            "purchases.csv alone, so those purchases would be lost; use the split it has"
+        )
     rng = np.random.default_rng(seed)
     purchases = dataset.purchases
     held = {"valid": [], "test": []}
@@ -127,7 +132,12 @@ def holdout_split(
         chosen = distinct.index.to_numpy()[rng.permutation(len(distinct))[: 2 * n_held]]
         held["test"].append(chosen[:n_held])
         held["valid"].append(chosen[n_held:])
-    test_rows, valid_rows = (np.concatenate(held[s] or [[]]).astype(int) for s in ("test", "valid"))
+    if not held["test"]:
+        raise ValueError(
+            f"nothing to hold out: no customer has {min_items} or more distinct artworks with "
+            f"at least one left to train on at fraction {fraction}"
+        )
+    test_rows, valid_rows = (np.concatenate(held[s]).astype(int) for s in ("test", "valid"))
     held_items = purchases.loc[np.concatenate([test_rows, valid_rows]), ["user_id", "item"]]
     held_keys = pd.MultiIndex.from_frame(held_items)
     keep = ~pd.MultiIndex.from_frame(purchases[["user_id", "item"]]).isin(held_keys)

@@ -1,6 +1,7 @@
 """Baskets, the paper's split, artists, visual clusters, the holdout split."""
 
 import numpy as np
+import pytest
 
 from training.data.dataset import load_dataset
 from training.data.history import (
@@ -11,6 +12,7 @@ from training.data.history import (
     paper_split,
     visual_clusters,
 )
+from training.evaluation.splits import with_purchases
 
 
 def test_baskets_group_same_user_and_time_in_time_order(tiny_dataset_dir):
@@ -77,3 +79,14 @@ def test_holdout_split_moves_items_out_of_training(small_marketplace):
         assert len(held) > 0
         assert not train_pairs & set(zip(held["user_id"], held["item"], strict=True))
     assert set(split.test["user_id"]) <= set(split.purchases["user_id"])
+
+
+def test_holdout_split_refuses_a_dataset_split_already_or_with_nothing_to_hold_out(
+    small_marketplace,
+):
+    split = holdout_split(load_dataset(small_marketplace), fraction=0.2, seed=1)
+    with pytest.raises(ValueError, match="already has a holdout split"):
+        holdout_split(split, seed=2)  # its valid/test purchases would be lost
+    few = split.purchases.drop_duplicates("user_id")  # one artwork per customer
+    with pytest.raises(ValueError, match="nothing to hold out: no customer has 3 or more"):
+        holdout_split(with_purchases(load_dataset(small_marketplace), few), seed=1)
