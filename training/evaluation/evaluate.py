@@ -80,6 +80,13 @@ def evaluate(
     if not cases:
         raise ValueError(f"the {protocol} protocol found no tests in {dataset.path}")
     names = default_baselines(dataset) if baselines is None else list(baselines)
+    taken = [*names, *(model.name for model in models)]
+    twice = sorted({name for name in taken if taken.count(name) > 1})
+    if twice:  # the tables, comparisons and --out files are keyed by name
+        raise ValueError(
+            f"two methods are named {', '.join(map(repr, twice))}: a --model run is named by "
+            "its directory, which must differ from the other runs' and the baselines'"
+        )
     methods = [*build_baselines(names, dataset, cases, seed), *models]
     subsets = SUBSETS[protocol]
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from training.data.dataset import load_dataset
+from training.evaluation.baselines import RandomRecommender
 from training.evaluation.evaluate import evaluate
 from training.evaluation.metrics import case_metrics
 from training.evaluation.protocols import Case
@@ -78,3 +79,16 @@ def test_rows_come_by_subset_then_method(tiny_dataset_dir):
     ]
     # tiny store: Feb 10 truth {b warm, d cold}, Apr 1 truth {e cold} (the last session)
     assert [result.row("oracle", s)["n_tests"] for s in subsets] == [1, 1, 0, 2, 2, 1]
+
+
+def test_methods_sharing_a_name_are_refused(tiny_dataset_dir):
+    """Tables, comparisons and --out files are keyed by name: two runs both called t1 (or a
+    run called like a baseline) would show one's figures under the other's name."""
+    dataset = load_dataset(tiny_dataset_dir)
+    twins = [RandomRecommender(1, name="t1"), RandomRecommender(2, name="t1")]
+    with pytest.raises(ValueError, match="two methods are named 't1'"):
+        evaluate(dataset, baselines=["random"], models=twins)
+    with pytest.raises(ValueError, match="two methods are named 'random'"):
+        evaluate(dataset, baselines=["random"], models=[RandomRecommender(1)])
+    result = evaluate(dataset, baselines=["random"], models=[twins[0]])
+    assert [row["method"] for row in result.rows][:2] == ["random", "t1"]
