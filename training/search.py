@@ -35,7 +35,13 @@ from training.atomic import check_run_directory, write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
-from training.train import config_differences, train
+from training.train import (
+    DATASET_FILE,
+    check_same_data,
+    config_differences,
+    data_fingerprint,
+    train,
+)
 
 PRUNE_AFTER_EPOCHS = 4
 RUN_FILES = ("config.yaml", "towers.json", "history.json", "summary.json")
@@ -170,6 +176,12 @@ def search(
     record = json.loads(record_path.read_text()) if resume and record_path.exists() else None
     if record is not None and record["base"] != base.to_dict():
         raise ValueError(f"--resume: the base config differs from {record_path}")
+    fingerprint = data_fingerprint(dataset)
+    if record is not None:
+        check_same_data(run_dir / DATASET_FILE, fingerprint)
+    else:
+        data_record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
+        _write_json(run_dir / DATASET_FILE, data_record)
     record = record or {
         "base": base.to_dict(),
         "space": {c.name: list(c.values) for c in space},

@@ -170,7 +170,8 @@ def train(
     their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    _prepare_run_dir(run_dir, config, resume)
+    fingerprint = data_fingerprint(dataset)
+    _prepare_run_dir(run_dir, config, resume, dataset, fingerprint)
     data = _prepare_data(dataset, config)
     with workers.strategy.scope() if workers else contextlib.nullcontext():
         model = _build_model(dataset, config, data.fit_purchases)
@@ -181,11 +182,14 @@ def train(
     state.workers = workers
     progress = progress and (workers is None or workers.chief)
     _epoch_loop(state, dataset, data, config, run_dir, progress=progress, on_epoch=on_epoch)
-    return _finish(state, dataset, data, config, run_dir)
+    return _finish(state, dataset, data, config, run_dir, fingerprint)
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
-    """Create the run directory with config.yaml, or check that a resumed one matches `config`."""
+def _prepare_run_dir(
+    run_dir: Path, config: TrainConfig, resume: bool, dataset: Dataset, fingerprint: str
+) -> None:
+    """Create the run directory with config.yaml and dataset.json (the data's fingerprint), or
+    check that a resumed one matches `config` and the data."""
     check_run_directory(run_dir, resume=resume)
     if resume and not (run_dir / "checkpoints").exists():
         raise ValueError(f"--resume: {run_dir} has no checkpoints to resume from")
@@ -196,8 +200,31 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
             raise ValueError(
                 f"--resume: the config differs from {run_dir}/config.yaml in {', '.join(differ)}"
             )
+        check_same_data(run_dir / DATASET_FILE, fingerprint)
     else:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
+        write_text_atomic(run_dir / DATASET_FILE, json.dumps(record, indent=1) + "\n")
+
+
+DATASET_FILE = "dataset.json"  # in a run directory: the data it trains on
+
+
+def check_same_data(recorded: Path, fingerprint: str) -> None:
+    """ValueError if `recorded` (a dataset.json) names other data than `fingerprint`; runs
+    begun before the file existed are not checked."""
+    if not recorded.exists():
+        return
+    try:
+        saved = json.loads(recorded.read_text())["data_fingerprint"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--resume: {recorded} is not a dataset record") from None
+    if saved != fingerprint:
+        where = json.loads(recorded.read_text()).get("dataset")
+        raise ValueError(
+            f"--resume: the dataset differs from the one {recorded.parent} began on ({where}); "
+            "its files' fingerprint does not match"
+        )
 
 
 def config_differences(run_dir: Path, config: TrainConfig) -> list[str]:
@@ -422,6 +449,7 @@ def _finish(
     data: _TrainingData,
     config: TrainConfig,
     run_dir: Path,
+    fingerprint: str,
 ) -> TrainResult:
     """Calibrate the best epoch's towers, save them as the run's model and write summary.json."""
     history = state.history
@@ -456,7 +484,7 @@ def _finish(
         "epochs_run": len(history),
         "validation_tests": len(data.validation_cases),
         "fit_purchases": len(data.fit_purchases),
-        "data_fingerprint": data_fingerprint(dataset),
+        "data_fingerprint": fingerprint,
         "dataset": dataset.location,
         "seconds": round(state.elapsed(), 1),
         "seconds_to_best": best["elapsed_s"],

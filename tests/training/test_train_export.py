@@ -22,7 +22,8 @@ from tests.conftest import TINY_TRAINING, tiny_config
 from training.config import TrainConfig
 from training.data.dataset import load_dataset
 from training.export import MANIFEST, export_run, export_versions
-from training.train import train
+from training.search import search
+from training.train import data_fingerprint, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,6 +99,20 @@ def test_resume_refuses_a_different_config(trained_run, small_marketplace):
             resume=True,
             progress=False,
         )
+
+
+def test_resume_refuses_other_data(trained_run, small_marketplace, tiny_dataset_dir, tmp_path):
+    """The run's dataset.json holds its data's fingerprint: a resume on other files (even
+    ones the same config trains on) would mix two datasets' epochs in one history."""
+    recorded = json.loads((trained_run / "dataset.json").read_text())
+    assert recorded["data_fingerprint"] == data_fingerprint(load_dataset(small_marketplace))
+    with pytest.raises(ValueError, match="dataset differs from the one .* began on"):
+        train(load_dataset(tiny_dataset_dir), tiny_config(), trained_run, resume=True)
+    copy = tmp_path / "search"
+    record = search(load_dataset(small_marketplace), tiny_config(), copy, trials=1)
+    assert record["trials"][0]["state"] == "complete"
+    with pytest.raises(ValueError, match="dataset differs from the one .* began on"):
+        search(load_dataset(tiny_dataset_dir), tiny_config(), copy, trials=2, resume=True)
 
 
 def test_resume_reads_a_config_written_before_a_field_existed(trained_run, tmp_path):
