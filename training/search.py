@@ -35,6 +35,7 @@ from training.atomic import check_run_directory, write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
+from training.evaluation.splits import training_split
 from training.train import (
     DATASET_FILE,
     check_same_data,
@@ -168,6 +169,7 @@ def search(
     if trials < 1:
         raise ValueError(f"--trials must be >= 1, got {trials}")
     check_run_directory(run_dir, resume=resume)
+    training_split(dataset)  # data without validation tests is refused before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     base = adapt_to_data(base, dataset)
     space = space_for(dataset) if space is None else space

@@ -171,8 +171,10 @@ def train(
     run_dir = Path(run_dir)
     started = time.perf_counter()
     fingerprint = data_fingerprint(dataset)
-    _prepare_run_dir(run_dir, config, resume, dataset, fingerprint)
-    data = _prepare_data(dataset, config)
+    _check_run_dir(run_dir, config, resume, fingerprint)
+    data = _prepare_data(dataset, config)  # refuses data without validation tests
+    if not resume:  # written once nothing is left to refuse
+        _create_run_dir(run_dir, config, dataset, fingerprint)
     with workers.strategy.scope() if workers else contextlib.nullcontext():
         model = _build_model(dataset, config, data.fit_purchases)
         if workers:  # variables made here are mirrored; made inside a replica's step, not
@@ -185,26 +187,28 @@ def train(
     return _finish(state, dataset, data, config, run_dir, fingerprint)
 
 
-def _prepare_run_dir(
-    run_dir: Path, config: TrainConfig, resume: bool, dataset: Dataset, fingerprint: str
-) -> None:
-    """Create the run directory with config.yaml and dataset.json (the data's fingerprint), or
-    check that a resumed one matches `config` and the data."""
+def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool, fingerprint: str) -> None:
+    """Refuse a run directory that exists (unless resumed), or a resumed one whose config or
+    data (its dataset.json's fingerprint) differs."""
     check_run_directory(run_dir, resume=resume)
-    if resume and not (run_dir / "checkpoints").exists():
+    if not resume:
+        return
+    if not (run_dir / "checkpoints").exists():
         raise ValueError(f"--resume: {run_dir} has no checkpoints to resume from")
+    differ = config_differences(run_dir, config)
+    if differ:
+        raise ValueError(
+            f"--resume: the config differs from {run_dir}/config.yaml in {', '.join(differ)}"
+        )
+    check_same_data(run_dir / DATASET_FILE, fingerprint)
+
+
+def _create_run_dir(run_dir: Path, config: TrainConfig, dataset: Dataset, fingerprint: str):
+    """The run directory with config.yaml and dataset.json (the data's fingerprint)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        differ = config_differences(run_dir, config)
-        if differ:
-            raise ValueError(
-                f"--resume: the config differs from {run_dir}/config.yaml in {', '.join(differ)}"
-            )
-        check_same_data(run_dir / DATASET_FILE, fingerprint)
-    else:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
-        write_text_atomic(run_dir / DATASET_FILE, json.dumps(record, indent=1) + "\n")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
+    write_text_atomic(run_dir / DATASET_FILE, json.dumps(record, indent=1) + "\n")
 
 
 DATASET_FILE = "dataset.json"  # in a run directory: the data it trains on

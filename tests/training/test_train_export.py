@@ -118,20 +118,21 @@ def test_resume_refuses_other_data(trained_run, small_marketplace, tiny_dataset_
 def test_resume_reads_a_config_written_before_a_field_existed(trained_run, tmp_path):
     """A run begun before `ease_weights` existed has no such key: it takes the default, so the
     check compares configs, not files (the refusal then names the field that differs)."""
-    from training.train import _prepare_run_dir
+    from training.train import _check_run_dir
 
     run = tmp_path / "old"
     shutil.copytree(trained_run, run)
+    fingerprint = json.loads((run / "dataset.json").read_text())["data_fingerprint"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     del saved["ease_weights"]
     (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     config = TrainConfig(**saved)
-    _prepare_run_dir(run, config, resume=True)  # no error
+    _check_run_dir(run, config, True, fingerprint)  # no error
     with pytest.raises(ValueError, match="config differs .* in ease_weights$"):
-        _prepare_run_dir(run, replace(config, ease_weights=(0.0, 1.0)), resume=True)
+        _check_run_dir(run, replace(config, ease_weights=(0.0, 1.0)), True, fingerprint)
     (run / "config.yaml").write_text("epochs: many\n")
     with pytest.raises(ValueError, match="config.yaml is not a config: .*epochs"):
-        _prepare_run_dir(run, config, resume=True)
+        _check_run_dir(run, config, True, fingerprint)
 
 
 LOAD_AND_RETRIEVE = """
@@ -393,3 +394,25 @@ def test_an_untimed_run_exports_and_is_served(small_marketplace, tmp_path):
     unsold = next(i for i in catalogue.item_ids if not catalogue.sold[catalogue.row_of[i]])
     service.add_purchases(Purchases(purchases=[PurchaseIn(customer_id="new", item_id=unsold)]))
     assert [catalogue.item_ids[r] for r in catalogue.profiles["new"]] == [unsold]
+
+
+def test_data_without_validation_tests_is_refused_before_a_run_directory_is_made(
+    small_marketplace, tmp_path
+):
+    """Untimed purchases where no customer has three distinct artworks leave nothing to
+    validate on: training says why, and leaves no run directory that --resume cannot use."""
+    from training.evaluation.splits import with_purchases
+    from training.search import adapt_to_data
+
+    dataset = load_dataset(small_marketplace)
+    purchases = dataset.purchases.drop_duplicates(["user_id", "item"]).assign(timestamp=np.nan)
+    two_each = purchases.groupby("user_id").head(2).reset_index(drop=True)
+    untimed = with_purchases(dataset, two_each)
+    config = adapt_to_data(tiny_config(), untimed)
+    for run in (
+        lambda out: train(untimed, config, out, progress=False),
+        lambda out: search(untimed, tiny_config(), out, trials=2),
+    ):
+        with pytest.raises(ValueError, match="no validation tests in .*: no customer has 3 or"):
+            run(tmp_path / "run")
+        assert not (tmp_path / "run").exists()

@@ -24,16 +24,31 @@ MIN_HOLDOUT_ITEMS = 3
 
 
 def training_split(dataset: Dataset, *, seed: int = 0) -> tuple[pd.DataFrame, list[Case]]:
-    """(purchases to fit on, validation cases); see the module docstring."""
+    """(purchases to fit on, validation cases); see the module docstring. ValueError, saying
+    why, where the data gives no validation test (training and the learned baselines choose
+    on them)."""
     if dataset.valid is not None:
-        return dataset.purchases, holdout_cases(dataset, "valid")
-    if not dataset.has_timestamps:
+        fit, cases = dataset.purchases, holdout_cases(dataset, "valid")
+        why = (
+            "no customer in valid.csv has a training purchase and a held-out artwork not "
+            "bought in training nor sold out"
+        )
+    elif not dataset.has_timestamps:
         fit, valid = untimed_validation_split(dataset.purchases, seed=seed)
-        return fit, holdout_cases(with_purchases(dataset, fit, valid=valid), "valid")
-    train_purchases, _test = paper_split(dataset.purchases)
-    fit_purchases, _valid = paper_split(train_purchases)
-    replay = replay_cases(with_purchases(dataset, train_purchases))
-    return fit_purchases, [case for case in replay if case.is_last]
+        cases = holdout_cases(with_purchases(dataset, fit, valid=valid), "valid")
+        why = (
+            f"no customer has {MIN_HOLDOUT_ITEMS} or more distinct artworks, one of which could "
+            "be held out (give a valid.csv, or more purchases)"
+        )
+    else:
+        train_purchases, _test = paper_split(dataset.purchases)
+        fit, _valid = paper_split(train_purchases)
+        replay = replay_cases(with_purchases(dataset, train_purchases))
+        cases = [case for case in replay if case.is_last]
+        why = "the training period's last sessions have no customer who had bought before"
+    if not cases:
+        raise ValueError(f"no validation tests in {dataset.location}: {why}")
+    return fit, cases
 
 
 def untimed_validation_split(
