@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,10 @@ def launch_local(argv: list[str], count: int, run_dir: Path) -> int:
                 stderr=subprocess.STDOUT if log else None,
             )
         )
+    # SIGTERM (timeout, docker stop, Kubernetes) ends the launcher as Ctrl-C does, stopping
+    # the workers first; the handler can only be set from the main thread
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         while True:
             codes = [p.poll() for p in processes]
@@ -108,18 +113,42 @@ def launch_local(argv: list[str], count: int, run_dir: Path) -> int:
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(0.2)
+    except _Terminated:
+        return 128 + signal.SIGTERM
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        _stop(processes)
         for log in logs:
             if log:
                 log.close()
+
+
+# seconds a worker gets to stop on SIGINT before it is killed
+STOP_GRACE_S = 10.0
+
+
+class _Terminated(Exception):
+    """The launcher received SIGTERM."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Stop the workers still running: SIGINT, as Ctrl-C would (TensorFlow's multi-worker
+    strategy catches SIGTERM in its workers and trains on), then SIGKILL after STOP_GRACE_S."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def scratch_path(run_dir: Path, index: int, suffix: str = "") -> Path:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,3 +102,56 @@ def test_a_tf_config_that_does_not_match_workers_is_refused(small_marketplace, t
     )  # fmt: skip
     assert done.returncode == 2
     assert "--workers 2 but TF_CONFIG describes 3 workers" in done.stderr
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, parent, ...), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _workers(pid: int) -> list[int]:
+    """The `training.cli` processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        fields = _stat(entry) if entry.isdigit() else None
+        if fields is not None and int(fields[1]) == pid:
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"training.cli" in command:
+                found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads worker processes from /proc")
+def test_sigterm_to_the_launcher_stops_its_workers(small_marketplace, tiny_yaml, tmp_path):
+    """timeout, docker stop and Kubernetes send SIGTERM to the main process only: the launcher
+    stops its workers (which TensorFlow's strategy keeps training on SIGTERM) and exits 143."""
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(tiny_yaml.read_text()), "epochs": 200}))
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(
+        train_command(small_marketplace, config, run, "--workers", "2"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (
+        (run / "history.json").exists()
+        and len(json.loads((run / "history.json").read_text() or "[]")) >= 1
+    ):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    workers = _workers(launcher.pid)
+    assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not [pid for pid in workers if _running(pid)]
