@@ -180,12 +180,9 @@ class _Interrupted(Exception):
     pass
 
 
-def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
-    small_marketplace, tmp_path, monkeypatch
-):
-    dataset = _untimed(load_dataset(small_marketplace))
-    base = replace(tiny_config(), epochs=3, patience=3)
-    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
+def _interrupt_the_first_drawn_trial(monkeypatch):
+    """Make the search's `train` raise _Interrupted after epoch 1 of the first drawn trial
+    (trials 0 and 1 are the preset and its variant); returns the real `train`."""
     real_train = search_module.train
 
     def interrupted_in_a_drawn_trial(dataset, config, trial_dir, *, on_epoch, **options):
@@ -193,11 +190,20 @@ def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
             on_epoch(epoch, metrics, seconds)
             raise _Interrupted
 
-        drawn = int(trial_dir.name) >= 2  # trials 0 and 1 are the preset and its variant
-        callback = stop_after_epoch_1 if drawn else on_epoch
+        callback = stop_after_epoch_1 if int(trial_dir.name) >= 2 else on_epoch
         return real_train(dataset, config, trial_dir, on_epoch=callback, **options)
 
     monkeypatch.setattr(search_module, "train", interrupted_in_a_drawn_trial)
+    return real_train
+
+
+def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
+    small_marketplace, tmp_path, monkeypatch
+):
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=3, patience=3)
+    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
+    real_train = _interrupt_the_first_drawn_trial(monkeypatch)
     with pytest.raises(_Interrupted):
         search(dataset, base, tmp_path / "run", trials=6, space=space)
     running = json.loads((tmp_path / "run" / "search.json").read_text())["running"]
@@ -235,17 +241,7 @@ def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
     dataset = _untimed(load_dataset(small_marketplace))
     base = replace(tiny_config(), epochs=3, patience=3)
     space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
-    real_train = search_module.train
-
-    def interrupted_in_a_drawn_trial(dataset, config, trial_dir, *, on_epoch, **options):
-        def stop_after_epoch_1(epoch, metrics, seconds):
-            on_epoch(epoch, metrics, seconds)
-            raise _Interrupted
-
-        callback = stop_after_epoch_1 if int(trial_dir.name) >= 2 else on_epoch
-        return real_train(dataset, config, trial_dir, on_epoch=callback, **options)
-
-    monkeypatch.setattr(search_module, "train", interrupted_in_a_drawn_trial)
+    real_train = _interrupt_the_first_drawn_trial(monkeypatch)
     with pytest.raises(_Interrupted):
         search(dataset, base, tmp_path / "run", trials=6, space=space)
     record = json.loads((tmp_path / "run" / "search.json").read_text())
