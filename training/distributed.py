@@ -85,26 +85,28 @@ def launch_local(argv: list[str], count: int, run_dir: Path) -> int:
     cluster = [f"127.0.0.1:{port}" for port in ports]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     processes, logs = [], []
-    for index in range(count):
-        env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps(
-            {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        )
-        log = None if index == 0 else scratch_path(run_dir, index, ".log").open("w")
-        logs.append(log)
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "training.cli", *argv],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT if log else None,
-            )
-        )
     # SIGTERM (timeout, docker stop, Kubernetes) ends the launcher as Ctrl-C does, stopping
-    # the workers first; the handler can only be set from the main thread
+    # the workers first (from before the first starts); a handler can only be set from the
+    # main thread. A second SIGTERM while they stop ends the launcher at once.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    interrupted = False
     try:
+        for index in range(count):
+            env = dict(os.environ)
+            env["TF_CONFIG"] = json.dumps(
+                {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+            )
+            log = None if index == 0 else scratch_path(run_dir, index, ".log").open("w")
+            logs.append(log)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "training.cli", *argv],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT if log else None,
+                )
+            )
         while True:
             codes = [p.poll() for p in processes]
             failed = [c for c in codes if c not in (None, 0)]
@@ -115,10 +117,13 @@ def launch_local(argv: list[str], count: int, run_dir: Path) -> int:
             time.sleep(0.2)
     except _Terminated:
         return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-        _stop(processes)
+        _stop(processes, interrupted)
         for log in logs:
             if log:
                 log.close()
@@ -136,9 +141,19 @@ def _terminated(signum, frame) -> None:
     raise _Terminated
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
+# after Ctrl-C, which the terminal sends the workers too: seconds they get to stop on that one
+# before they are sent another (which would cut their own cleanup short)
+CTRL_C_GRACE_S = 2.0
+
+
+def _stop(processes: list[subprocess.Popen], interrupted: bool) -> None:
     """Stop the workers still running: SIGINT, as Ctrl-C would (TensorFlow's multi-worker
-    strategy catches SIGTERM in its workers and trains on), then SIGKILL after STOP_GRACE_S."""
+    strategy catches SIGTERM in its workers and trains on), then SIGKILL after STOP_GRACE_S.
+    `interrupted`: the launcher had Ctrl-C, which its process group had too."""
+    if interrupted:
+        deadline = time.monotonic() + CTRL_C_GRACE_S
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.1)
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)

@@ -35,7 +35,7 @@ from training.atomic import check_run_directory, write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
-from training.evaluation.splits import training_split
+from training.evaluation.splits import require_validation_tests, training_split
 from training.train import (
     DATASET_FILE,
     check_same_data,
@@ -169,21 +169,21 @@ def search(
     if trials < 1:
         raise ValueError(f"--trials must be >= 1, got {trials}")
     check_run_directory(run_dir, resume=resume)
-    training_split(dataset)  # data without validation tests is refused before anything is written
+    require_validation_tests(dataset, training_split(dataset)[1])  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     base = adapt_to_data(base, dataset)
     space = space_for(dataset) if space is None else space
     metric = base.selection_metric
     record_path = run_dir / "search.json"
+    fingerprint = data_fingerprint(dataset)
+    if resume:  # before the config: other data adapts the base config differently
+        check_same_data(run_dir / DATASET_FILE, fingerprint)
+    if not (run_dir / DATASET_FILE).exists():
+        data_record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
+        _write_json(run_dir / DATASET_FILE, data_record)
     record = json.loads(record_path.read_text()) if resume and record_path.exists() else None
     if record is not None and record["base"] != base.to_dict():
         raise ValueError(f"--resume: the base config differs from {record_path}")
-    fingerprint = data_fingerprint(dataset)
-    if record is not None:
-        check_same_data(run_dir / DATASET_FILE, fingerprint)
-    else:
-        data_record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
-        _write_json(run_dir / DATASET_FILE, data_record)
     record = record or {
         "base": base.to_dict(),
         "space": {c.name: list(c.values) for c in space},

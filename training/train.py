@@ -42,7 +42,7 @@ from training.data.history import (
 )
 from training.distributed import Workers
 from training.evaluation.protocols import Case
-from training.evaluation.splits import training_split
+from training.evaluation.splits import require_validation_tests, training_split
 from training.sampling import Examples, SamplingContext, sample_examples
 from training.trained_towers import (
     MODEL_DIR,
@@ -170,6 +170,7 @@ def train(
     their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    check_run_directory(run_dir, resume=resume)  # the cheap refusal before hashing the data
     fingerprint = data_fingerprint(dataset)
     _check_run_dir(run_dir, config, resume, fingerprint)
     data = _prepare_data(dataset, config)  # refuses data without validation tests
@@ -246,6 +247,7 @@ def _prepare_data(dataset: Dataset, config: TrainConfig) -> _TrainingData:
     """Seed every generator, then split the data and build the sampling context."""
     tf.keras.utils.set_random_seed(config.seed)
     fit_purchases, validation_cases = training_split(dataset)
+    require_validation_tests(dataset, validation_cases)
     artists, _ = artist_index(dataset.items)
     clusters = visual_clusters(dataset, n_clusters=min(config.n_clusters, dataset.n_items))
     context = SamplingContext.build(fit_purchases, artists, clusters, config.max_profile)

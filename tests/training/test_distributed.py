@@ -151,7 +151,12 @@ def test_sigterm_to_the_launcher_stops_its_workers(small_marketplace, tiny_yaml,
         assert launcher.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     workers = _workers(launcher.pid)
-    assert len(workers) == 2 and all(_running(pid) for pid in workers)
-    launcher.send_signal(signal.SIGTERM)
-    assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
-    assert not [pid for pid in workers if _running(pid)]
+    try:
+        assert len(workers) == 2 and all(_running(pid) for pid in workers)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not [pid for pid in workers if _running(pid)]
+    finally:  # a failure must not leave 200-epoch workers behind
+        for pid in [launcher.pid, *workers]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -104,10 +104,15 @@ def test_resume_refuses_a_different_config(trained_run, small_marketplace):
 def test_resume_refuses_other_data(trained_run, small_marketplace, tiny_dataset_dir, tmp_path):
     """The run's dataset.json holds its data's fingerprint: a resume on other files (even
     ones the same config trains on) would mix two datasets' epochs in one history."""
-    recorded = json.loads((trained_run / "dataset.json").read_text())
+    run = tmp_path / "run"  # a copy: a resume that wrongly went on would change the fixture
+    shutil.copytree(trained_run, run)
+    recorded = json.loads((run / "dataset.json").read_text())
     assert recorded["data_fingerprint"] == data_fingerprint(load_dataset(small_marketplace))
+    other = load_dataset(tiny_dataset_dir)
     with pytest.raises(ValueError, match="dataset differs from the one .* began on"):
-        train(load_dataset(tiny_dataset_dir), tiny_config(), trained_run, resume=True)
+        train(other, tiny_config(), run, resume=True)
+    with pytest.raises(ValueError, match="dataset differs from the one .* began on"):
+        search(other, tiny_config(), run, trials=2, resume=True)  # the run, resumed as a search
     copy = tmp_path / "search"
     record = search(load_dataset(small_marketplace), tiny_config(), copy, trials=1)
     assert record["trials"][0]["state"] == "complete"

@@ -84,8 +84,8 @@ def evaluate(
     twice = sorted({name for name in taken if taken.count(name) > 1})
     if twice:  # the tables, comparisons and --out files are keyed by name
         raise ValueError(
-            f"two methods are named {', '.join(map(repr, twice))}: a --model run is named by "
-            "its directory, which must differ from the other runs' and the baselines'"
+            f"two methods are named {', '.join(map(repr, twice))}: every baseline and --model "
+            "run (named by its directory) must have a name of its own"
         )
     methods = [*build_baselines(names, dataset, cases, seed), *models]
     subsets = SUBSETS[protocol]

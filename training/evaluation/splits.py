@@ -24,31 +24,38 @@ MIN_HOLDOUT_ITEMS = 3
 
 
 def training_split(dataset: Dataset, *, seed: int = 0) -> tuple[pd.DataFrame, list[Case]]:
-    """(purchases to fit on, validation cases); see the module docstring. ValueError, saying
-    why, where the data gives no validation test (training and the learned baselines choose
-    on them)."""
+    """(purchases to fit on, validation cases); see the module docstring. The cases may be
+    none (the learned baselines then keep their defaults; training refuses such data:
+    `require_validation_tests`)."""
     if dataset.valid is not None:
-        fit, cases = dataset.purchases, holdout_cases(dataset, "valid")
+        return dataset.purchases, holdout_cases(dataset, "valid")
+    if not dataset.has_timestamps:
+        fit, valid = untimed_validation_split(dataset.purchases, seed=seed)
+        return fit, holdout_cases(with_purchases(dataset, fit, valid=valid), "valid")
+    train_purchases, _test = paper_split(dataset.purchases)
+    fit_purchases, _valid = paper_split(train_purchases)
+    replay = replay_cases(with_purchases(dataset, train_purchases))
+    return fit_purchases, [case for case in replay if case.is_last]
+
+
+def require_validation_tests(dataset: Dataset, cases: list[Case]) -> None:
+    """ValueError, saying why, where `training_split` gave no validation case: training
+    chooses its epochs, terms and configuration on them."""
+    if cases:
+        return
+    if dataset.valid is not None:
         why = (
             "no customer in valid.csv has a training purchase and a held-out artwork not "
             "bought in training nor sold out"
         )
     elif not dataset.has_timestamps:
-        fit, valid = untimed_validation_split(dataset.purchases, seed=seed)
-        cases = holdout_cases(with_purchases(dataset, fit, valid=valid), "valid")
         why = (
-            f"no customer has {MIN_HOLDOUT_ITEMS} or more distinct artworks, one of which could "
-            "be held out (give a valid.csv, or more purchases)"
+            f"no customer has {MIN_HOLDOUT_ITEMS} or more distinct artworks of which one can be "
+            "held out and tested (give a valid.csv, or more purchases)"
         )
     else:
-        train_purchases, _test = paper_split(dataset.purchases)
-        fit, _valid = paper_split(train_purchases)
-        replay = replay_cases(with_purchases(dataset, train_purchases))
-        cases = [case for case in replay if case.is_last]
         why = "the training period's last sessions have no customer who had bought before"
-    if not cases:
-        raise ValueError(f"no validation tests in {dataset.location}: {why}")
-    return fit, cases
+    raise ValueError(f"no validation tests in {dataset.location}: {why}")
 
 
 def untimed_validation_split(

@@ -193,6 +193,22 @@ def test_without_validation_tests_the_defaults_are_used():
     assert knn.validation == {}
 
 
+def test_an_evaluation_without_validation_tests_keeps_the_defaults(small_marketplace):
+    """Test cases but no validation case (two artworks per customer, no valid.csv): training
+    refuses such data, the evaluation's learned baselines fall back to their defaults."""
+    from training.data.dataset import Dataset
+
+    dataset = load_dataset(small_marketplace)
+    distinct = dataset.purchases.drop_duplicates(["user_id", "item"]).assign(timestamp=np.nan)
+    rank = distinct.groupby("user_id").cumcount()
+    kept = distinct[rank < 2].reset_index(drop=True)
+    test = distinct.loc[rank == 2, ["user_id", "item_id", "item"]].reset_index(drop=True)
+    split = Dataset(dataset.items, dataset.features, kept, test=test, path=dataset.path)
+    assert training_split(split)[1] == [] and len(test) > 0
+    result = evaluate(split, protocol="holdout", baselines=["ease", "item-knn", "random"])
+    assert result.row("ease", "all")["n_tests"] > 0
+
+
 @pytest.mark.parametrize("protocol", ["replay", "holdout"])
 def test_learned_baselines_run_through_the_evaluation(small_marketplace, protocol):
     from training.data.history import holdout_split
