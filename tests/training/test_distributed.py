@@ -39,6 +39,17 @@ def history(run) -> list[tuple]:
     ]
 
 
+def _wait_for_first_epoch(launcher: subprocess.Popen, run) -> None:
+    """Until `run`'s history holds an epoch (at most 300 s; the launcher must keep running)."""
+    deadline = time.monotonic() + 300
+    while not (
+        (run / "history.json").exists()
+        and len(json.loads((run / "history.json").read_text() or "[]")) >= 1
+    ):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 def test_two_workers_train_what_one_trains_and_resume_after_a_kill(
     small_marketplace, tiny_yaml, tmp_path
 ):
@@ -74,13 +85,7 @@ def test_two_workers_train_what_one_trains_and_resume_after_a_kill(
         train_command(small_marketplace, tiny_yaml, killed, "--workers", "2"),
         cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (
-        (killed / "history.json").exists()
-        and len(json.loads((killed / "history.json").read_text() or "[]")) >= 1
-    ):
-        assert launcher.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for_first_epoch(launcher, killed)
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     assert not (killed / "summary.json").exists()
@@ -143,13 +148,7 @@ def test_sigterm_to_the_launcher_stops_its_workers(small_marketplace, tiny_yaml,
         train_command(small_marketplace, config, run, "--workers", "2"),
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (
-        (run / "history.json").exists()
-        and len(json.loads((run / "history.json").read_text() or "[]")) >= 1
-    ):
-        assert launcher.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for_first_epoch(launcher, run)
     workers = _workers(launcher.pid)
     try:
         assert len(workers) == 2 and all(_running(pid) for pid in workers)

@@ -197,15 +197,25 @@ def _interrupt_the_first_drawn_trial(monkeypatch):
     return real_train
 
 
-def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
-    small_marketplace, tmp_path, monkeypatch
-):
+def _search_interrupted_in_a_drawn_trial(small_marketplace, run, monkeypatch):
+    """A search on the small marketplace (untimed, 3 epochs a trial, learning rates) at `run`,
+    interrupted after epoch 1 of its first drawn trial: (dataset, base, space, the real
+    `train`)."""
     dataset = _untimed(load_dataset(small_marketplace))
     base = replace(tiny_config(), epochs=3, patience=3)
     space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
     real_train = _interrupt_the_first_drawn_trial(monkeypatch)
     with pytest.raises(_Interrupted):
-        search(dataset, base, tmp_path / "run", trials=6, space=space)
+        search(dataset, base, run, trials=6, space=space)
+    return dataset, base, space, real_train
+
+
+def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
+    small_marketplace, tmp_path, monkeypatch
+):
+    dataset, base, space, real_train = _search_interrupted_in_a_drawn_trial(
+        small_marketplace, tmp_path / "run", monkeypatch
+    )
     running = json.loads((tmp_path / "run" / "search.json").read_text())["running"]
     number = running["number"]
     assert number >= 2
@@ -238,12 +248,9 @@ def test_the_first_trials_are_the_preset_then_hybrid_ids_at_temperature_0_05():
 def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
     small_marketplace, tmp_path, monkeypatch
 ):
-    dataset = _untimed(load_dataset(small_marketplace))
-    base = replace(tiny_config(), epochs=3, patience=3)
-    space = (Choice("learning_rate", LEARNING_RATES, _set("learning_rate")),)
-    real_train = _interrupt_the_first_drawn_trial(monkeypatch)
-    with pytest.raises(_Interrupted):
-        search(dataset, base, tmp_path / "run", trials=6, space=space)
+    dataset, base, space, real_train = _search_interrupted_in_a_drawn_trial(
+        small_marketplace, tmp_path / "run", monkeypatch
+    )
     record = json.loads((tmp_path / "run" / "search.json").read_text())
     number = record["running"]["number"]
     # As if the trial's first session had taken 1,000 s (its history, which a resumed run's
