@@ -176,6 +176,7 @@ def search(
     metric = base.selection_metric
     record_path = run_dir / "search.json"
     fingerprint = data_fingerprint(dataset)
+    dataset = replace(dataset, fingerprint=fingerprint)  # so that its trials hash no more
     if resume:  # before the config: other data adapts the base config differently
         check_same_data(run_dir / DATASET_FILE, fingerprint)
     if not (run_dir / DATASET_FILE).exists():

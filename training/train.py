@@ -65,8 +65,9 @@ class TrainResult:
 
 
 def data_fingerprint(dataset: Dataset) -> str:
-    """sha256 over the dataset's files (items, purchases, features); a published dataset
-    carries the digest of the directory it was published from."""
+    """sha256 over the dataset's files (items, purchases, features). A dataset that carries its
+    digest returns it: a published one the digest of the directory it was published from, a
+    search's the one it took once for all its trials."""
     if dataset.fingerprint is not None:
         return dataset.fingerprint
     digest = hashlib.sha256()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import training.search as search_module
+import training.train as train_module
 from tests.conftest import tiny_config
 from training.data.dataset import load_dataset
 from training.evaluation.splits import training_split, untimed_validation_split, with_purchases
@@ -113,6 +116,29 @@ def test_a_configuration_proposed_again_is_not_retrained(small_marketplace, tmp_
     assert [t["seconds"] for t in record["trials"][1:]] == [0.0, 0.0]
     assert record["chosen"] == 0
     assert sorted(p.name for p in (tmp_path / "run" / "trials").iterdir()) == ["00"]
+
+
+def test_a_search_hashes_its_data_once_for_all_its_trials(small_marketplace, tmp_path, monkeypatch):
+    digests, sha256 = [], hashlib.sha256
+
+    def counted_sha256():  # the digests data_fingerprint takes (the calibration takes others)
+        digest = sha256()
+        if sys._getframe(1).f_code.co_name == "data_fingerprint":
+            digests.append(digest)
+        return digest
+
+    monkeypatch.setattr(train_module.hashlib, "sha256", counted_sha256)
+    dataset = _untimed(load_dataset(small_marketplace))
+    base = replace(tiny_config(), epochs=1)
+    space = (Choice("learning_rate", (3e-3, 1e-3), _set("learning_rate")),)
+    record = search(dataset, base, tmp_path / "run", trials=2, space=space)
+    assert [t["state"] for t in record["trials"]] == ["complete", "complete"]
+    assert len(digests) == 1
+    recorded = {
+        json.loads(path.read_text())["data_fingerprint"]
+        for path in (tmp_path / "run").glob("**/dataset.json")
+    }
+    assert recorded == {digests[0].hexdigest()}
 
 
 LEARNING_RATES = (3e-3, 2e-3, 1e-3, 7e-4, 5e-4, 3e-4, 2e-4, 1e-4)
