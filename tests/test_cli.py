@@ -318,6 +318,33 @@ def test_empty_baselines_evaluate_the_models_alone_and_without_a_model_are_refus
     assert methods == {"| run"}
 
 
+def test_evaluate_warns_of_a_run_trained_on_other_data_and_not_of_one_on_the_same(tmp_path):
+    """Once silent: a run trained on the replay data and evaluated on its holdout split may
+    have trained on the very purchases it is tested on."""
+    from training.data.dataset import load_dataset
+    from training.train import data_fingerprint
+
+    write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    same = data_fingerprint(load_dataset(tmp_path / "d"))
+    for name, fingerprint in (("same", same), ("other", "0" * 64), ("old", None)):
+        write_untrained_run(tmp_path / name, feature_dim=4)
+        if fingerprint is not None:
+            record = {"data_fingerprint": fingerprint, "dataset": f"/data/{name}"}
+            (tmp_path / name / "dataset.json").write_text(json.dumps(record))
+    args = ["evaluate", "--data", "d", "--baselines", "random"]
+    done = curator(*args, "--model", "same", "--model", "other", "--model", "old", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: other was trained on other data (/data/other); the purchases evaluated here "
+        "may be among those it trained on"
+    ]
+    (tmp_path / "other" / "dataset.json").write_text("[]")
+    done = curator(*args, "--model", "other", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "error: other/dataset.json is not a dataset record\n"
+
+
 def test_holdout_fraction_outside_its_range_names_the_option_and_writes_nothing(tmp_path):
     write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
     for fraction in ("0.5", "0", "nan"):

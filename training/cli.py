@@ -366,6 +366,7 @@ def evaluate(
         from training.trained_towers import load_run_recommender
 
         models = [load_run_recommender(run, dataset) for run in model]
+        _warn_of_runs_on_other_data(model, dataset)
     result = run_evaluation(
         dataset,
         protocol=protocol,
@@ -386,6 +387,24 @@ def evaluate(
         typer.echo(result.comparison_table())
     if out is not None:
         typer.echo(f"\nwrote {out}/metrics.json and per-test CSVs")
+
+
+def _warn_of_runs_on_other_data(runs: list[Path], dataset) -> None:
+    """A warning for each run whose dataset.json names other data than `dataset`: its validation
+    and test purchases may be among what it trained on."""
+    from training.train import DATASET_FILE, data_fingerprint, other_data
+
+    if not any((run / DATASET_FILE).exists() for run in runs):
+        return  # runs from before dataset.json: nothing to compare, nothing to hash
+    fingerprint = data_fingerprint(dataset)
+    for run in runs:
+        other = other_data(run / DATASET_FILE, fingerprint)
+        if other is not None:
+            typer.echo(
+                f"warning: {run} was trained on other data ({other}); the purchases evaluated "
+                "here may be among those it trained on",
+                err=True,
+            )
 
 
 @app.command("export")

@@ -219,18 +219,27 @@ DATASET_FILE = "dataset.json"  # in a run directory: the data it trains on
 def check_same_data(recorded: Path, fingerprint: str) -> None:
     """ValueError if `recorded` (a dataset.json) names other data than `fingerprint`; runs
     begun before the file existed are not checked."""
-    if not recorded.exists():
-        return
-    try:
-        saved = json.loads(recorded.read_text())["data_fingerprint"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"--resume: {recorded} is not a dataset record") from None
-    if saved != fingerprint:
-        where = json.loads(recorded.read_text()).get("dataset")
+    other = other_data(recorded, fingerprint)
+    if other is not None:
         raise ValueError(
-            f"--resume: the dataset differs from the one {recorded.parent} began on ({where}); "
+            f"--resume: the dataset differs from the one {recorded.parent} began on ({other}); "
             "its files' fingerprint does not match"
         )
+
+
+def other_data(recorded: Path, fingerprint: str) -> str | None:
+    """Where `recorded` (a dataset.json) says its run's data was, if that data's fingerprint is
+    not `fingerprint`; None if it is, or if the run has no record (begun before the file
+    existed). ValueError if the file is not a dataset record."""
+    if not recorded.exists():
+        return None
+    try:
+        saved = json.loads(recorded.read_text())
+        if saved["data_fingerprint"] == fingerprint:
+            return None
+        return str(saved.get("dataset") or "unnamed data")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{recorded} is not a dataset record") from None
 
 
 def config_differences(run_dir: Path, config: TrainConfig) -> list[str]:
