@@ -223,6 +223,15 @@ def test_a_dataset_published_with_tfds_evaluates_like_its_directory(tmp_path):
             rows = json.loads((tmp_path / out / "metrics.json").read_text())["rows"]
             tables[data] = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
         assert tables["tfds:store"] == tables["store"] == tables["tfds:store:1.0.0"]
+        needs = {
+            "store": "valid.csv in store; it has none",
+            "tfds:store": "a valid split; tfds:store:1.0.0 has none",
+        }
+        for data, message in needs.items():
+            done = curator("evaluate", "--data", data, "--protocol", "holdout", "--split",
+                           "valid", "--baselines", "popular", cwd=tmp_path)  # fmt: skip
+            assert done.returncode == 2
+            assert done.stderr == f"error: the holdout protocol needs {message}\n"
         done = curator("evaluate", "--data", "tfds:nope", "--out", "x", cwd=tmp_path)
         assert done.returncode == 2 and "published there: store (1.0.0)" in done.stderr
     finally:

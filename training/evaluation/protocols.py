@@ -118,7 +118,12 @@ def holdout_cases(dataset: Dataset, split: str = "test") -> list[Case]:
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
     held_out = dataset.test if split == "test" else dataset.valid
     if held_out is None:
-        raise ValueError(f"the holdout protocol needs {split}.csv in the dataset; it has none")
+        if dataset.path is not None:
+            raise ValueError(
+                f"the holdout protocol needs {split}.csv in {dataset.path}; it has none"
+            )
+        where = dataset.source or "the dataset"
+        raise ValueError(f"the holdout protocol needs a {split} split; {where} has none")
     train = dataset.purchases.groupby("user_id")["item"].unique()
     sold = np.zeros(dataset.n_items, dtype=bool)
     sold[dataset.purchases["item"].to_numpy()] = True
