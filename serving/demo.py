@@ -87,11 +87,16 @@ def _examples(client: httpx.Client, manifest: dict, purchases: pd.DataFrame, ech
     _show(f"GET /v1/items/{liked}/similar", None, answer, echo)
 
     dataset = None
-    if manifest.get("dataset"):
+    if not manifest.get("dataset"):
+        echo("\n(no POST /v1/items example: the export names no dataset to take features from)")
+    else:
         try:
             dataset = open_dataset(manifest["dataset"], mmap=True)
-        except (ValueError, FileNotFoundError):  # moved or deleted since the export
-            dataset = None
+        except (ValueError, FileNotFoundError) as error:  # moved, deleted, or not published here
+            echo(
+                f"\n(no POST /v1/items example: the export's dataset {manifest['dataset']} "
+                f"cannot be opened here: {error})"
+            )
     if dataset is not None:
         row = int(np.flatnonzero(dataset.item_ids == liked)[0])
         new_id = f"demo-upload-{int(time.time())}"

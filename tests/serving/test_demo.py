@@ -1,5 +1,6 @@
 """`curator demo`, the last step of `make run`, against a real service process."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,34 @@ def test_demo_shows_every_example_and_the_docs_address(tiny_export, tmp_path):
         assert shown in done.stdout
     # the artwork it uploaded is its own nearest neighbour
     assert "demo-upload-" in done.stdout.split("(the new artwork, at once)")[1].splitlines()[2]
+
+
+def test_the_demo_says_why_it_shows_no_upload_when_the_dataset_cannot_be_opened(
+    tiny_export, tmp_path
+):
+    """Once skipped in silence: an export of a published dataset, demoed without its
+    TFDS_DATA_DIR."""
+    root = tmp_path / "exports"
+    shutil.copytree(tiny_export, root / "1")
+    manifest = json.loads((root / "1" / "manifest.json").read_text())
+    (root / "1" / "manifest.json").write_text(json.dumps({**manifest, "dataset": "tfds:gone"}))
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "training.cli", "demo", "--model", str(root), "--port", str(port),
+         "--no-keep-serving"],
+        env={**os.environ, "CURATOR_DATABASE_URL": f"sqlite:///{tmp_path / 'live.db'}",
+             "TFDS_DATA_DIR": str(tmp_path / "tfds")},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (
+        "(no POST /v1/items example: the export's dataset tfds:gone cannot be opened here: "
+        f"curator_dataset/gone is not published under {tmp_path / 'tfds'}"
+    ) in done.stdout
+    assert "(the new artwork, at once)" not in done.stdout
+    assert "(the same customer, after buying it)" in done.stdout
 
 
 def test_the_demo_reads_numeric_ids_as_written(tmp_path):
