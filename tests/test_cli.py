@@ -149,6 +149,14 @@ def noisy() -> None:
     tf.function(tf.transpose)(tf.constant([[1, 2]], dtype=tf.int64))
     Tower(object()).get_config()
     os.write(2, b"2026-01-01 00:00:00.000001: E tensorflow/x.cc:1] a real error\\n")
+    # the abseil form of the same lines, and what every --workers worker prints
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "
+                b"written to STDERR\\n")
+    os.write(2, b"E0000 00:00:1795576489.852506    1234 cuda_platform.cc:51] failed call to "
+                b"cuInit: INTERNAL: CUDA error\\n")
+    os.write(2, b"I0000 00:00:1795576489.852506   14152 grpc_server_lib.cc:466] Started server "
+                b"with target: grpc://127.0.0.1:53027\\n")
+    os.write(2, b"E0000 00:00:1795576489.852506    1234 x.cc:2] another real error\\n")
     print("level", os.environ["TF_CPP_MIN_LOG_LEVEL"])
 
 @app.command("level")
@@ -157,7 +165,7 @@ def level() -> None:
 
 main()
 """
-NOISE = ("cuInit", "oneDNN", "non-serializable")
+NOISE = ("cuInit", "oneDNN", "non-serializable", "absl::InitializeLog", "grpc")
 
 
 def noisy_curator(*args: str, tmp_path: Path, level: str | None = None):
@@ -177,6 +185,7 @@ def test_commands_drop_tensorflow_noise_but_keep_real_errors(tmp_path):
     assert done.stdout.strip() == "level 2"
     assert not [word for word in NOISE if word in done.stdout + done.stderr], done.stderr
     assert "E tensorflow/x.cc:1] a real error" in done.stderr
+    assert "x.cc:2] another real error" in done.stderr
 
 
 def test_verbose_shows_every_log_line(tmp_path):

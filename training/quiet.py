@@ -1,8 +1,10 @@
 """Quiet logs for the `curator` command: drop TensorFlow's known noise, keep everything else.
 
 Every command used to print the same harmless lines: CUDA's `failed call to cuInit` on a
-machine without a GPU, oneDNN's `supports DT_INT64 only on platforms with AVX-512`, and Keras's
-"`__init__()` arguments contain non-serializable objects" once per saved tower. `quiet()`
+machine without a GPU, oneDNN's `supports DT_INT64 only on platforms with AVX-512`, Keras's
+"`__init__()` arguments contain non-serializable objects" once per saved tower, and with
+`--workers` abseil's "All log messages before absl::InitializeLog()" notice and each worker's
+"Started server with target: grpc://..." line. `quiet()`
 removes exactly those and nothing else; `verbose()` (`curator --verbose`) keeps every log and
 lowers TensorFlow's C++ log level to show its INFO lines too.
 
@@ -29,11 +31,17 @@ KERAS_NOISE = "arguments contain non-serializable objects"
 
 # TensorFlow's C++ log lines ("2026-01-31 12:00:00.123456: E file.cc:51] message") and the
 # abseil ones some builds print ("E0000 00:00:1700000000.123456  1234 file.cc:51] message").
-_PREFIX = (
-    r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [EW] |[EW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ )\S+\] "
-)
+_PREFIX = r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [EW] |[EW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ )\S+\] "
 ONEDNN_NOISE = _PREFIX + r"oneDNN supports DT_INT64 only on platforms with AVX-512"
 CUINIT_NOISE = _PREFIX + r"failed call to cuInit"
+# `--workers`: each worker's gRPC server announces itself at INFO level through abseil, which
+# TF_CPP_MIN_LOG_LEVEL does not reach, after abseil's notice that it logs to stderr
+GRPC_NOISE = (
+    r"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ grpc_server_lib\.cc:\d+\] Started server with target: "
+)
+ABSL_NOTICE = (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+)
 
 # The filter runs in its own process: after an abort (a C++ CHECK failure, a segfault) it still
 # forwards the last lines, where a thread in the dying process could lose them. Lines are
@@ -78,7 +86,7 @@ def quiet() -> None:
     _installed.append(keras_filter)
     if os.environ["TF_CPP_MIN_LOG_LEVEL"].strip() in ("0", "1"):
         return  # the user asked for TensorFlow's INFO lines: show them all, noise included
-    patterns = [ONEDNN_NOISE]
+    patterns = [ONEDNN_NOISE, GRPC_NOISE, ABSL_NOTICE]
     if not glob.glob("/dev/nvidia[0-9]*"):  # no NVIDIA GPU here: cuInit failing is expected
         patterns.append(CUINIT_NOISE)
     _filter_native_stderr("|".join(f"(?:{p})" for p in patterns))

@@ -61,6 +61,7 @@ def test_two_workers_train_what_one_trains_and_resume_after_a_kill(
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "grpc" not in done.stderr and "absl" not in done.stderr  # each worker's INFO lines
     # the global batch is split between the workers and every worker's candidates are every
     # worker's negatives: the first epoch is the same to the last digit; later ones differ
     # only as far as Keras's fit with a step count differs from one without (which workers
