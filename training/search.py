@@ -218,7 +218,7 @@ def search(
         trial_dir = run_dir / "trials" / f"{number:02d}"
         config = config_of(base, space, trial.params)
         resumable = resume and _has_checkpoint_of(trial_dir, config)
-        curve: dict[int, float] = {}
+        curve = _earlier_curve(trial_dir, metric) if resumable else {}
         spent: list[float] = [0.0]  # the trial's seconds so far, its earlier sessions' too
         stopped_by_budget: list[int] = []
 
@@ -328,6 +328,15 @@ def _has_checkpoint_of(trial_dir: Path, config: TrainConfig) -> bool:
         return not config_differences(trial_dir, config)
     except (ValueError, yaml.YAMLError):  # not a config: the trial starts afresh
         return False
+
+
+def _earlier_curve(trial_dir: Path, metric: str) -> dict[int, float]:
+    """A resumed trial's validation `metric` per epoch of its earlier sessions (history.json;
+    an epoch past the checkpoint is trained again and its value replaced)."""
+    path = trial_dir / "history.json"
+    if not path.exists():
+        return {}
+    return {int(r["epoch"]): float(r[f"valid_{metric}"]) for r in json.loads(path.read_text())}
 
 
 def _seconds(record: dict) -> float:

@@ -255,6 +255,8 @@ def test_a_search_interrupted_in_a_drawn_trial_resumes_that_trial(
     trial_dir = tmp_path / "run" / "trials" / f"{number:02d}"
     history = json.loads((trial_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]  # epoch 1 from before, then 2 and 3
+    curve = {int(e): v for e, v in record["trials"][number]["intermediate"].items()}
+    assert curve == {h["epoch"]: h[f"valid_{record['selection_metric']}"] for h in history}
 
 
 def test_the_first_trials_are_the_preset_then_hybrid_ids_at_temperature_0_05():
@@ -300,3 +302,4 @@ def test_a_resumed_trial_counts_its_earlier_sessions_against_the_budget(
     )
     trial = resumed["trials"][number]
     assert trial["stopped_by_budget"] and trial["epochs"] == 2 and trial["seconds"] > 1000
+    assert list(trial["intermediate"]) == ["1", "2"]  # the first session's epoch too
