@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from serving.auth import ApiKeyGuard
 from serving.batcher import MicroBatcher
 from serving.bodies import BodyValidator, describe_errors
+from serving.body_limit import BodyLimit
 from serving.errors import Conflict, RequestError
 from serving.export_loader import ExportError
 from serving.image_uploads import multipart_spec, read_image_upload
@@ -92,7 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Visually-aware art recommendations (CuratorNet towers, TFRS, ScaNN)",
         version="1",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         static_url="/docs-assets",
     )
     batcher = MicroBatcher(
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     bodies = BodyValidator()
     app.state.service, app.state.batcher = service, batcher
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # behind the key guard
     app.add_middleware(ApiKeyGuard, key=settings.api_key, guarded=GUARDED)
     app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: counts the 401s
 

@@ -120,6 +120,14 @@ class AlreadySold(Conflict):
         )
 
 
+class ItemsExist(Conflict):
+    """Artworks another replica added (or this model skipped) under the same ids."""
+
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+        super().__init__(f"items: item id(s) already in the catalogue: {self.item_ids[:10]}")
+
+
 class Store:
     def __init__(self, url: str):
         self.url = url
@@ -137,7 +145,9 @@ class Store:
             yield connection
 
     def add_items(self, items: Sequence[NewItem]) -> None:
-        """All or nothing, in one transaction."""
+        """All or nothing, in one transaction; ItemsExist (nothing written) if the database
+        already holds one of the ids: another replica added it since this one last read the
+        feed, or this replica's model skipped it."""
         rows = [
             {
                 "item_id": item.item_id,
@@ -148,8 +158,16 @@ class Store:
             }
             for item in items
         ]
-        with self._writing() as connection:
-            connection.execute(live_items.insert(), rows)
+        ids = [item.item_id for item in items]
+        try:
+            with self._writing() as connection:
+                existing = _existing_items(connection, ids)
+                if existing:
+                    raise ItemsExist(existing)
+                connection.execute(live_items.insert(), rows)
+        except sa.exc.IntegrityError:  # the key itself, should a writer race the check
+            with self.engine.connect() as connection:
+                raise ItemsExist(_existing_items(connection, ids) or ids) from None
 
     def add_purchases(self, records: Sequence[Purchase], originals: Collection[str] = ()):
         """All or nothing; `originals` are the one-of-a-kind artworks among them, which no
@@ -253,3 +271,9 @@ def favourites_after(events: Sequence[FavouriteEvent]) -> list[tuple[str, str]]:
         if event.added:
             state[key] = None
     return list(state)
+
+
+def _existing_items(connection: sa.Connection, item_ids: Sequence[str]) -> list[str]:
+    """The ones of `item_ids` the database holds, sorted."""
+    query = sa.select(live_items.c.item_id).where(live_items.c.item_id.in_(list(item_ids)))
+    return sorted(connection.execute(query).scalars())
