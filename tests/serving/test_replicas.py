@@ -41,10 +41,11 @@ def replicas(tiny_export, tmp_path, database_url):
     shutil.copytree(tiny_export, root / "1")
     started = []
 
-    def start(name: str):
+    def start(name: str, sync_seconds: float = 0.25):
         service = curator_service(
-            root, None, tmp_path / f"{name}.log", database_url=database_url, sync_seconds=0.25
-        )
+            root, None, tmp_path / f"{name}.log", database_url=database_url,
+            sync_seconds=sync_seconds,
+        )  # fmt: skip
         started.append(service)
         return service
 
@@ -120,3 +121,17 @@ def test_concurrent_sales_of_one_original_across_replicas_yield_one_sale(
         eventually(lambda s=service: not set(originals) & set(recommended(s, k=100)))
         late = {"purchases": [{"customer_id": "late", "item_id": originals[0]}]}
         assert service.client.post("/v1/purchases", json=late).status_code == 409
+
+
+def test_an_id_another_replica_added_is_a_409_before_the_feed_brings_it(
+    replicas, small_marketplace
+):
+    """Once a 500 (the database's unique key) from the replica that had not read it yet."""
+    a, b = replicas("a"), replicas("b", sync_seconds=3600)  # b reads the feed at start only
+    features = np.asarray(load_dataset(small_marketplace).features[3], np.float32).tolist()
+    body = {"items": [{"item_id": "twice", "features": features}]}
+    assert a.client.post("/v1/items", json=body).status_code == 200
+    response = b.client.post("/v1/items", json=body)
+    assert response.status_code == 409, response.text
+    assert response.json() == {"detail": "items: item id(s) already in the catalogue: ['twice']"}
+    assert b.client.get("/v1/items/twice/similar").status_code == 404  # b has not read it

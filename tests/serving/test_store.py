@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
-from serving.store import NewItem, Purchase, Store
+from serving.store import ItemsExist, NewItem, Purchase, Store
 
 
 def test_items_and_purchases_round_trip_through_the_database(tmp_path):
@@ -37,6 +36,6 @@ def test_a_failed_batch_writes_nothing(tmp_path):
         NewItem("b", "x", True, 1.0, np.zeros(3, np.float32)),
         NewItem("a", "x", True, 1.0, np.zeros(3, np.float32)),
     ]
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(ItemsExist, match=r"already in the catalogue: \['a'\]"):
         store.add_items(duplicate)
     assert [i.item_id for i in store.items()] == ["a"]
