@@ -222,7 +222,14 @@ class Catalogue:
 
     def embed(self, items: Sequence[NewItem]) -> np.ndarray:
         """The item tower's vectors [n, dim] of `items`; RequestError naming the first item
-        whose vector is not finite (finite features the tower still overflows on)."""
+        whose features are not of the model's dimension, or whose vector is not finite (finite
+        features the tower still overflows on)."""
+        dim = self.model.feature_dim
+        for item in items:  # a live artwork another replica's model took (another dimension)
+            if item.features.shape != (dim,):
+                raise RequestError(
+                    f"{item.item_id!r} has {item.features.size} features; this model takes {dim}"
+                )
         features = np.stack([item.features for item in items]).astype(np.float32)
         vectors = self.model.embed(
             features, [i.item_id for i in items], [i.artist_id for i in items]

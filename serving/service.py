@@ -70,7 +70,7 @@ class Service:
                 try:
                     live = self.store.changes_since()
                     catalogue = Catalogue.build(model, live)
-                except Exception as error:  # e.g. live artworks with another feature dimension
+                except Exception as error:  # (artworks of another dimension are skipped, logged)
                     raise ExportError(
                         f"{path}: cannot apply the live state to this export: {error}"
                     ) from error

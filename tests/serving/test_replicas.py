@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from serving.process import curator_service
+from serving.store import NewItem, Purchase, Store
 from serving.throwaway_postgres import ThrowawayPostgres
 from training.data.dataset import load_dataset
 
@@ -135,3 +136,30 @@ def test_an_id_another_replica_added_is_a_409_before_the_feed_brings_it(
     assert response.status_code == 409, response.text
     assert response.json() == {"detail": "items: item id(s) already in the catalogue: ['twice']"}
     assert b.client.get("/v1/items/twice/similar").status_code == 404  # b has not read it
+
+
+def test_a_live_artwork_of_another_dimension_is_skipped_and_later_writes_applied(
+    replicas, small_marketplace, database_url, tmp_path
+):
+    """Once the change feed stopped at such a row for good (TensorFlow's shape error is not a
+    ValueError), and a replica could neither start nor reload while the database held one."""
+    a = replicas("a")
+    dataset = load_dataset(small_marketplace)
+    reprint = str(dataset.item_ids[~dataset.items["one_of_a_kind"].to_numpy()][0])
+    other_model = Store(database_url)  # a replica serving a model of 5-d features
+    other_model.add_items([NewItem("five-d", "", False, time.time(), np.ones(5, np.float32))])
+    other_model.add_purchases([Purchase("walk-in", reprint, time.time())])
+    other_model.change_favourites("walk-in", [reprint], [])
+    other_model.close()
+    eventually(lambda: a.client.get("/v1/customers/walk-in/favourites").json()["item_ids"]
+               == [reprint])  # fmt: skip
+    answer = a.client.post("/v1/recommendations", json={"customer_id": "walk-in"}).json()
+    assert answer["strategy"] == "model"  # the purchase after the skipped artwork counts
+    assert a.client.get("/v1/items/five-d/similar").status_code == 404
+    for service in (a, replicas("b")):  # b starts with the row in the database
+        assert service.client.get("/v1/customers/walk-in/favourites").json()["item_ids"] == [
+            reprint
+        ]
+        assert service.client.post("/admin/reload").status_code == 200
+    log = (tmp_path / "a.log").read_text()
+    assert "live artwork 'five-d' skipped by this model: 'five-d' has 5 features" in log
