@@ -265,6 +265,12 @@ class Catalogue:
             raise UnknownItems("purchases", unknown)
         taken: set[int] = set()
         for position, purchase in enumerate(purchases):
+            if self._in_export[_key(purchase)]:  # a replay counts it once: so must this answer
+                raise Conflict(
+                    f"purchases[{position}]: the model's purchase log already holds this "
+                    f"purchase ({purchase.customer_id!r}, {purchase.item_id!r}, "
+                    f"{format_seconds(purchase.timestamp)})"
+                )
             row = self.row_of[purchase.item_id]
             if self.one_of_a_kind[row] and (self.sold[row] or row in taken):
                 raise Conflict(

@@ -171,6 +171,23 @@ def test_purchases_update_profiles_and_sell_originals(catalogue):
         catalogue.check_purchases([Purchase("other", "nope", 901.0)])
 
 
+def test_a_purchase_identical_to_one_in_the_export_log_is_refused(catalogue):
+    """Once counted live, then dropped by a replay (a reload, a restart, another replica),
+    which counts a database row matching the log's (customer, artwork, time) once."""
+    store = live_store()
+    logged = catalogue.model.purchases.iloc[-1]  # c99 bought five prints at 500 s
+    again = Purchase(logged["user_id"], logged["item_id"], float(logged["timestamp"]))
+    sales = catalogue.sales[catalogue.row_of[again.item_id]]
+    with pytest.raises(Conflict, match=r"purchases\[0\]: the model's purchase log already holds"):
+        catalogue.add_purchases([again], store)
+    assert store.purchases() == [] and catalogue.sales[catalogue.row_of[again.item_id]] == sales
+    later = Purchase(again.customer_id, again.item_id, 2000 * HOUR)
+    catalogue.add_purchases([later], store)
+    replayed = Catalogue.build(catalogue.model, store.changes_since())
+    row = catalogue.row_of[again.item_id]
+    assert catalogue.sales[row] == replayed.sales[row] == sales + 1
+
+
 def test_popular_ranks_by_sales_then_newest(catalogue):
     result = catalogue.popular(10, exclude=np.array([], int), available_only=True)
     size = catalogue.size
