@@ -363,6 +363,26 @@ def test_evaluate_warns_of_a_run_trained_on_other_data_and_not_of_one_on_the_sam
     assert done.stderr == "error: other/dataset.json is not a dataset record\n"
 
 
+def test_force_never_replaces_an_output_that_holds_the_input(tmp_path):
+    """Once `--out` a parent of `--data` with `--force` deleted the dataset and its neighbours."""
+    write_dataset(tmp_path / "parent" / "d", TINY_ITEMS, TINY_PURCHASES)
+    (tmp_path / "parent" / "notes.txt").write_text("keep")
+    for command in (
+        ["evaluate", "--data", "parent/d", "--baselines", "popular", "--out", "parent"],
+        ["data", "holdout", "--data", "parent/d", "--out", "parent"],
+        ["data", "holdout", "--data", "parent/d", "--out", "parent/d"],
+    ):
+        done = curator(*command, "--force", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        out = command[-1]
+        assert done.stderr == (
+            f"error: --out {out} holds the input parent/d: replacing it would delete it; "
+            "choose another output\n"
+        )
+        assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["d", "notes.txt"]
+        assert (tmp_path / "parent" / "d" / "purchases.csv").read_text() == TINY_PURCHASES
+
+
 def test_holdout_fraction_outside_its_range_names_the_option_and_writes_nothing(tmp_path):
     write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
     for fraction in ("0.5", "0", "nan"):

@@ -48,6 +48,21 @@ def check_output_directory(out: Path | str, *, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already exists (pass --force to replace it)")
 
 
+def refuse_output_over_inputs(out: Path | str, inputs: list[Path | str | None]) -> None:
+    """ValueError if an input (a file or directory the command reads) is `out` or inside it:
+    `--force` replaces `out` whole, so it would delete the input. `tfds:` names and None are
+    not paths and are skipped."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None or str(given).startswith("tfds:"):
+            continue
+        if Path(given).resolve().is_relative_to(target):
+            raise ValueError(
+                f"--out {out} holds the input {given}: replacing it would delete it; "
+                "choose another output"
+            )
+
+
 def check_run_directory(run_dir: Path | str, *, resume: bool) -> None:
     """FileExistsError if `run_dir` exists and is not a directory, or holds a run and `resume`
     is off (a training run is continued on request, never replaced)."""

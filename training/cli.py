@@ -70,9 +70,11 @@ def import_ugallery(
     force: Force = False,
 ) -> None:
     """Import UGallery's real transactions, with labelled stand-in item features."""
+    from training.atomic import refuse_output_over_inputs
     from training.data.dataset import save_dataset
     from training.data.importers import import_ugallery as run_import
 
+    refuse_output_over_inputs(out, [sales, artworks])
     dataset, readme = run_import(sales, artworks, seed=seed)
     save_dataset(dataset, out, overwrite=force, readme=readme)
     typer.echo(f"wrote {out}: {dataset.n_items} artworks, {len(dataset.purchases)} purchases")
@@ -90,9 +92,11 @@ def import_ugallery_release(
     force: Force = False,
 ) -> None:
     """Import the public UGallery release (hashed ids, real ResNet-50 embeddings)."""
+    from training.atomic import refuse_output_over_inputs
     from training.data.dataset import save_dataset
     from training.data.importers import import_ugallery_release as run_import
 
+    refuse_output_over_inputs(out, [inventory, purchases, embeddings])
     dataset, readme = run_import(inventory, purchases, embeddings, trust_pickle=trust_pickle)
     save_dataset(dataset, out, overwrite=force, readme=readme)
     typer.echo(f"wrote {out}: {dataset.n_items} artworks, {len(dataset.purchases)} purchases")
@@ -113,9 +117,11 @@ def import_mmrec(
     force: Force = False,
 ) -> None:
     """Import an MMRec-layout benchmark (fixed train/valid/test split, image + text features)."""
+    from training.atomic import refuse_output_over_inputs
     from training.data.dataset import save_dataset
     from training.data.mmrec import import_mmrec as run_import
 
+    refuse_output_over_inputs(out, [directory])
     dataset, readme = run_import(directory, name=name, text=text)
     save_dataset(dataset, out, overwrite=force, readme=readme)
     n_valid, n_test = (0 if s is None else len(s) for s in (dataset.valid, dataset.test))
@@ -157,10 +163,12 @@ def holdout(
     force: Force = False,
 ) -> None:
     """Copy a dataset with a fixed random holdout split (valid.csv, test.csv)."""
+    from training.atomic import refuse_output_over_inputs
     from training.data.dataset import open_dataset, save_dataset
     from training.data.history import check_holdout_fraction, holdout_split
 
     check_holdout_fraction(fraction)  # before the dataset is read
+    refuse_output_over_inputs(out, [data])
     dataset = holdout_split(open_dataset(data), fraction=fraction, seed=seed)
     save_dataset(dataset, out, overwrite=force, readme=f"Holdout split of {data} (seed {seed}).\n")
     typer.echo(f"wrote {out}: {len(dataset.test)} test and {len(dataset.valid)} valid purchases")
@@ -206,8 +214,10 @@ def features(
     force: Force = False,
 ) -> None:
     """Image features for a dataset: photographs through a keras.applications backbone."""
+    from training.atomic import refuse_output_over_inputs
     from training.images.batch import extract_features
 
+    refuse_output_over_inputs(out, [images, items, purchases])
     summary = extract_features(
         images,
         out,
@@ -360,6 +370,10 @@ def evaluate(
         raise ValueError(
             "--baselines names no baseline and there is no --model: nothing to evaluate"
         )
+    if out is not None:
+        from training.atomic import refuse_output_over_inputs
+
+        refuse_output_over_inputs(out, [data, *(model or [])])
     dataset = open_dataset(data)
     models = []
     if model:
