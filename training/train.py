@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,6 +172,11 @@ def train(
     their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    if _unstarted(run_dir):  # nothing to resume, nothing to keep: it starts again
+        logger.warning("%s recorded no epoch (stopped before its first checkpoint): starting "
+                       "it again", run_dir)  # fmt: skip
+        shutil.rmtree(run_dir)
+        resume = False
     check_run_directory(run_dir, resume=resume)  # the cheap refusal before hashing the data
     fingerprint = data_fingerprint(dataset)
     _check_run_dir(run_dir, config, resume, fingerprint)
@@ -187,6 +193,21 @@ def train(
     progress = progress and (workers is None or workers.chief)
     _epoch_loop(state, dataset, data, config, run_dir, progress=progress, on_epoch=on_epoch)
     return _finish(state, dataset, data, config, run_dir, fingerprint)
+
+
+def _unstarted(run_dir: Path) -> bool:
+    """A run directory begun and then stopped, or failed, before its first checkpoint: it holds
+    its config.yaml, dataset.json, logs/ and no checkpoint, nothing else."""
+    if not run_dir.is_dir() or run_dir.is_symlink() or not any(run_dir.iterdir()):
+        return False
+    if not {p.name for p in run_dir.iterdir()} <= {
+        "config.yaml",
+        DATASET_FILE,
+        "logs",
+        "checkpoints",
+    }:
+        return False
+    return not (run_dir / "checkpoints" / "checkpoint").exists()
 
 
 def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool, fingerprint: str) -> None:

@@ -273,6 +273,36 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_was_recorded(
     assert (run_dir / "checkpoints" / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(
+    small_marketplace, tmp_path, resume, monkeypatch
+):
+    """Once a dead end (Ctrl-C or a failure in epoch 1): without --resume "already exists",
+    with it "no checkpoints"; another config may be given, nothing was trained with the first."""
+    import training.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    dataset = load_dataset(small_marketplace)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "_fit_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(dataset, tiny_config(epochs=1, learning_rate=0.5), run_dir, progress=False)
+    assert {p.name for p in run_dir.iterdir()} <= {"config.yaml", "dataset.json", "logs"}
+
+    result = train(dataset, tiny_config(epochs=1), run_dir, resume=resume, progress=False)
+
+    assert result.epochs_run == 1
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["learning_rate"] != 0.5
+
+
+def test_a_run_with_a_checkpoint_is_still_never_replaced(trained_run, small_marketplace):
+    with pytest.raises(FileExistsError, match="pass --resume to continue it"):
+        train(load_dataset(small_marketplace), tiny_config(), trained_run, progress=False)
+
+
 def test_export_refuses_an_unfinished_run(tmp_path, small_marketplace):
     with pytest.raises(ValueError, match="not a finished training run"):
         export_run(tmp_path, load_dataset(small_marketplace), tmp_path / "exports")
