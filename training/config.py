@@ -147,8 +147,14 @@ class TrainConfig:
                 f"names from {POLICIES} with counts >= 0",
             ),
             "activation": (self.activation in ACTIVATIONS, f"one of {ACTIVATIONS}"),
-            "item_hidden": (all(u >= 1 for u in self.item_hidden), "units >= 1"),
-            "user_hidden": (all(u >= 1 for u in self.user_hidden), "units >= 1"),
+            "item_hidden": (
+                bool(self.item_hidden) and all(u >= 1 for u in self.item_hidden),
+                "a non-empty list of units >= 1",
+            ),
+            "user_hidden": (
+                bool(self.user_hidden) and all(u >= 1 for u in self.user_hidden),
+                "a non-empty list of units >= 1",
+            ),
             "temperature": (self.temperature > 0, "> 0"),
             "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "batch_size": (self.batch_size >= 2, ">= 2"),
@@ -211,11 +217,16 @@ class TrainConfig:
         an epoch), a flag only true/false; in lists, each element."""
         for field in fields(self):
             value, kind = getattr(self, field.name), field.type
-            if kind.startswith("tuple[tuple"):  # policies: checked as pairs below
+            if kind.startswith("tuple[tuple"):
+                self._check_policies()
                 continue
             element = kind.removeprefix("tuple[").removesuffix(", ...]")
-            # a list's elements; a string given for a list is checked whole (it is no list)
-            is_list = kind.startswith("tuple[") and not isinstance(value, str | bytes)
+            is_list = kind.startswith("tuple[")
+            if is_list and not isinstance(value, list | tuple):
+                raise ValueError(
+                    f"config field {field.name!r} must be a list, each element "
+                    f"{TYPE_WORDS[element]}, got {value!r}"
+                )
             where = " element" if is_list else ""
             for one in value if is_list else (value,):
                 if not _has_type(one, element):
@@ -223,6 +234,22 @@ class TrainConfig:
                         f"config field {field.name!r}{where} must be {TYPE_WORDS[element]}, "
                         f"got {one!r}"
                     )
+
+    def _check_policies(self) -> None:
+        """`policies`: a mapping of policy names to counts, or a list of [name, count] pairs
+        (a config's own `to_dict` and older files); each count an integer."""
+        value = self.policies
+        pairs = list(value.items()) if isinstance(value, dict) else value
+        expected = "a mapping of policy names to integer counts, e.g. {history: 1, one_item: 2000}"
+        if not isinstance(pairs, list | tuple) or not all(
+            isinstance(pair, list | tuple) and len(pair) == 2 for pair in pairs
+        ):
+            raise ValueError(f"config field 'policies' must be {expected}, got {value!r}")
+        for name, count in pairs:
+            if not isinstance(name, str) or not _has_type(count, "int"):
+                raise ValueError(
+                    f"config field 'policies' must be {expected}, got {name!r}: {count!r}"
+                )
 
     @property
     def policy_counts(self) -> dict[str, int]:
@@ -251,15 +278,23 @@ def load_config(source: str | Path | None) -> TrainConfig:
     if not path.exists():
         presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ValueError(f"config {source!r}: no such file, and not a preset ({presets})")
-    text = path.read_text()
+    if not path.is_file():  # a directory; a named pipe would block the read for good
+        raise ValueError(f"config {source}: not a regular file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path.name}: not UTF-8 text (byte {error.start})") from None
     try:
         values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"{path.name}: not valid {path.suffix[1:].upper()}: {error}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path.name}: expected a mapping of config fields")
+    if not isinstance(values, dict) or not values:  # an empty YAML is None, an empty TOML {}
+        raise ValueError(
+            f"{path.name}: expected a mapping of config fields (for the defaults, give no "
+            "--config or a preset's name)"
+        )
     known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(map(str, set(values) - known))
     if unknown:
         raise ValueError(f"{path.name}: unknown config field(s) {unknown}")
     try:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -388,6 +389,12 @@ def _run_epoch(
     metrics)."""
     model, current = state.model, state.epochs_done
     loss, n_examples = _fit_epoch(model, dataset, data.context, config, current, state.workers)
+    if not math.isfinite(loss):  # diverged: every later epoch and score would be NaN too
+        raise ValueError(
+            f"training diverged in epoch {current + 1}: the loss is {loss} (learning_rate "
+            f"{config.learning_rate}, temperature {config.temperature}: try a lower learning "
+            "rate or a higher temperature)"
+        )
     metrics = validate(model.item_tower, model.user_tower, dataset, data.validation_cases)
     record = {
         "epoch": current + 1,

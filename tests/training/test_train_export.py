@@ -298,6 +298,20 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["learning_rate"] != 0.5
 
 
+def test_a_diverged_epoch_names_the_settings_to_change(small_marketplace, tmp_path, monkeypatch):
+    """Once "validation: score() returned NaN or inf", naming neither training nor the config."""
+    import training.train as train_module
+
+    monkeypatch.setattr(train_module, "_fit_epoch", lambda *args: (float("nan"), 10))
+    config = tiny_config(epochs=2)
+    with pytest.raises(ValueError) as raised:
+        train(load_dataset(small_marketplace), config, tmp_path / "run", progress=False)
+    assert str(raised.value) == (
+        f"training diverged in epoch 1: the loss is nan (learning_rate {config.learning_rate}, "
+        f"temperature {config.temperature}: try a lower learning rate or a higher temperature)"
+    )
+
+
 def test_a_run_with_a_checkpoint_is_still_never_replaced(trained_run, small_marketplace):
     with pytest.raises(FileExistsError, match="pass --resume to continue it"):
         train(load_dataset(small_marketplace), tiny_config(), trained_run, progress=False)
