@@ -360,7 +360,7 @@ def test_evaluate_warns_of_a_run_trained_on_other_data_and_not_of_one_on_the_sam
     (tmp_path / "other" / "dataset.json").write_text("[]")
     done = curator(*args, "--model", "other", cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr == "error: other/dataset.json is not a dataset record\n"
+    assert done.stderr == "error: other/dataset.json: expected a mapping, found list\n"
 
 
 def test_force_never_replaces_an_output_that_holds_the_input(tmp_path):

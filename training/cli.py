@@ -430,16 +430,20 @@ def export(
     ] = None,
 ) -> None:
     """Export a run: tower and retrieval SavedModels, catalogue and manifest."""
-    import json
+    from training.atomic import refuse_non_directory
 
+    refuse_non_directory(out)  # before any work, TensorFlow's import included
     from training.data.dataset import open_dataset
     from training.export import export_run
+    from training.run_files import read_json
 
     if data is None:
         summary = run / "summary.json"
         if not summary.exists():
             raise ValueError(f"{run} is not a finished training run (no summary.json)")
-        data = json.loads(summary.read_text())["dataset"]
+        data = read_json(summary, keys=("dataset",))["dataset"]
+        if not isinstance(data, str):
+            raise ValueError(f"{summary}: 'dataset' is not a dataset's location: {data!r}")
     version = export_run(run, open_dataset(data, mmap=True), out, progress=typer.echo)
     typer.echo(f"exported {run} to {version}")
 

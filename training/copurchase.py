@@ -31,6 +31,7 @@ not change it).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,7 @@ class CoPurchase:
                 )
                 # files written before the EASE term have no kind: item-kNN
                 kind = saved["kind"] if "kind" in saved.files else np.array("item-knn")
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: not a co-purchase file ({error})") from error
         if kind.shape != () or kind.dtype.kind != "U" or str(kind) not in FILE_NAMES:
             shown = str(kind)[:40] if kind.dtype.kind == "U" else kind.dtype

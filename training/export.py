@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from towers.item_tower import ItemTower, item_inputs
 from towers.profile_encoder import ProfileEncoder
@@ -68,6 +67,7 @@ from training.index import (
     searcher_recall,
 )
 from training.nearest_purchase import load_if_present
+from training.run_files import read_json, read_yaml_mapping
 from training.trained_towers import (
     MODEL_DIR,
     MODEL_PREFIX,
@@ -267,13 +267,20 @@ def _index_description(settings: IndexConfig, n_items: int, apart: int) -> dict:
     return description
 
 
+# what an export reads from a run's summary.json
+SUMMARY_KEYS = ("data_fingerprint", "best_epoch", "best_validation", "epochs_run", "seconds")
+
+
 def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progress=print) -> Path:
     """Export a finished training run over `dataset`'s catalogue; returns the version dir."""
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "summary.json").exists():
         raise ValueError(f"{run_dir} is not a finished training run (no summary.json)")
-    config = TrainConfig(**yaml.safe_load((run_dir / "config.yaml").read_text()))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    try:
+        config = TrainConfig(**read_yaml_mapping(run_dir / "config.yaml"))
+    except TypeError as error:  # a field no config has (ValueError names itself)
+        raise ValueError(f"{run_dir / 'config.yaml'}: {error}") from None
+    summary = read_json(run_dir / "summary.json", keys=SUMMARY_KEYS)
     item_tower, user_tower = load_towers(run_dir)
     check_feature_dim(run_dir, item_tower, dataset)
     nearest = load_if_present(run_dir / MODEL_DIR)

@@ -44,6 +44,7 @@ Saved as `nearest_purchase.npz` (plain arrays, loaded with allow_pickle=False) i
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,7 +217,7 @@ class NearestPurchase:
                 arrays = {key: saved[key] for key in ("mean", "scale", "projection", "weight")}
                 for key in OPTIONAL_WEIGHTS:  # absent in files written before these terms
                     arrays[key] = saved[key] if key in saved.files else np.float64(0.0)
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: not a nearest-purchase file ({error})") from error
         mean, scale, projection = arrays["mean"], arrays["scale"], arrays["projection"]
         weight = arrays["weight"]

@@ -36,6 +36,7 @@ from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
 from training.evaluation.splits import require_validation_tests, training_split
+from training.run_files import read_json
 from training.train import (
     DATASET_FILE,
     check_same_data,
@@ -182,7 +183,9 @@ def search(
     if not (run_dir / DATASET_FILE).exists():
         data_record = {"data_fingerprint": fingerprint, "dataset": dataset.location}
         _write_json(run_dir / DATASET_FILE, data_record)
-    record = json.loads(record_path.read_text()) if resume and record_path.exists() else None
+    record = None
+    if resume and record_path.exists():
+        record = read_json(record_path, keys=("base", "space", "selection_metric", "trials"))
     if record is not None and record["base"] != base.to_dict():
         raise ValueError(f"--resume: the base config differs from {record_path}")
     record = record or {
@@ -298,7 +301,7 @@ def search(
     record["chosen_config"] = config_of(base, space, chosen["params"]).to_dict()
     _adopt(run_dir / "trials" / f"{chosen['number']:02d}", run_dir)
     _write_json(record_path, record)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     summary["search"] = {
         "trials": len(record["trials"]),
         "chosen": chosen["number"],
@@ -336,7 +339,10 @@ def _earlier_curve(trial_dir: Path, metric: str) -> dict[int, float]:
     path = trial_dir / "history.json"
     if not path.exists():
         return {}
-    return {int(r["epoch"]): float(r[f"valid_{metric}"]) for r in json.loads(path.read_text())}
+    try:
+        return {int(r["epoch"]): float(r[f"valid_{metric}"]) for r in read_json(path)}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a training history ({error})") from None
 
 
 def _seconds(record: dict) -> float:

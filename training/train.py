@@ -45,6 +45,7 @@ from training.data.history import (
 from training.distributed import Workers
 from training.evaluation.protocols import Case
 from training.evaluation.splits import require_validation_tests, training_split
+from training.run_files import read_json, read_yaml_mapping
 from training.sampling import Examples, SamplingContext, sample_examples
 from training.trained_towers import (
     MODEL_DIR,
@@ -255,19 +256,16 @@ def other_data(recorded: Path, fingerprint: str) -> str | None:
     existed). ValueError if the file is not a dataset record."""
     if not recorded.exists():
         return None
-    try:
-        saved = json.loads(recorded.read_text())
-        if saved["data_fingerprint"] == fingerprint:
-            return None
-        return str(saved.get("dataset") or "unnamed data")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"{recorded} is not a dataset record") from None
+    saved = read_json(recorded, keys=("data_fingerprint",))
+    if saved["data_fingerprint"] == fingerprint:
+        return None
+    return str(saved.get("dataset") or "unnamed data")
 
 
 def config_differences(run_dir: Path, config: TrainConfig) -> list[str]:
     """The fields in which `run_dir`'s config.yaml differs from `config` (fields added since the
     run began take their defaults); ValueError if it is not a config."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = read_yaml_mapping(run_dir / "config.yaml")
     try:
         saved = TrainConfig(**saved).to_dict()
     except (TypeError, ValueError) as error:
@@ -343,7 +341,13 @@ def _restore(state: _TrainingState, run_dir: Path) -> None:
     model.towers_on_batch(tf.constant([[0]], tf.int64), tf.constant([0], tf.int64))
     model.optimizer.build(model.trainable_variables)
     state.checkpoint.restore(state.manager.latest_checkpoint).assert_existing_objects_matched()
-    state.history = json.loads((run_dir / "history.json").read_text())[: state.epochs_done]
+    history = read_json(run_dir / "history.json")
+    if not isinstance(history, list) or len(history) < state.epochs_done:
+        raise ValueError(
+            f"{run_dir / 'history.json'}: not the history of the {state.epochs_done} epoch(s) "
+            "its last checkpoint recorded"
+        )
+    state.history = history[: state.epochs_done]
     state.elapsed_before = state.history[-1]["elapsed_s"] if state.history else 0.0
 
 

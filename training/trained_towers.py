@@ -30,6 +30,7 @@ from training.nearest_purchase import (
     sales_bonus,
     upload_days,
 )
+from training.run_files import read_json
 
 ITEM_CHUNK = 8_192
 MODEL_DIR = "model"  # a run's final model: weights and, if calibrated, the nearest-purchase term
@@ -203,16 +204,26 @@ def load_towers(run_dir: Path | str, prefix: str = MODEL_PREFIX) -> tuple[ItemTo
     for needed in ("towers.json", f"{prefix}.index"):
         if not (run_dir / needed).exists():
             raise ValueError(f"{run_dir} is not a finished training run (no {needed})")
-    configs = json.loads((run_dir / "towers.json").read_text())
-    item_tower = ItemTower.from_config(configs["item_tower"])
-    user_tower = UserTower.from_config(configs["user_tower"])
+    configs = read_json(run_dir / "towers.json", keys=("item_tower", "user_tower"))
+    try:
+        item_tower = ItemTower.from_config(configs["item_tower"])
+        user_tower = UserTower.from_config(configs["user_tower"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{run_dir / 'towers.json'}: not the towers' configs ({error})") from None
     features = tf.zeros([1, item_tower.feature_dim])
     if item_tower.uses_ids:
         features = item_inputs(features, [""], [""])
     vectors = item_tower(features)[:, None, :]  # build the variables before restoring them
     user_tower((vectors, tf.ones([1, 1], tf.bool)))
     checkpoint = tf.train.Checkpoint(item_tower=item_tower, user_tower=user_tower)
-    checkpoint.read(str(run_dir / prefix)).assert_existing_objects_matched().expect_partial()
+    try:
+        checkpoint.read(str(run_dir / prefix)).assert_existing_objects_matched().expect_partial()
+    except (tf.errors.OpError, AssertionError, IndexError, ValueError) as error:
+        # a truncated or missing weights file: TensorFlow's message runs to many lines
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ValueError(
+            f"{run_dir / prefix}: the towers' weights cannot be read ({first_line})"
+        ) from None
     return item_tower, user_tower
 
 
