@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from training.data.columns import (
     require_after_upload,
     require_ids,
     require_unique,
+    show_value,
     show_values,
 )
 
@@ -67,8 +68,9 @@ class SimulatorTruth:
         )
 
     @classmethod
-    def load(cls, path: Path) -> SimulatorTruth:
-        """The arrays `save` wrote; anything else under that name is a DatasetError naming it."""
+    def load(cls, path: Path, *, n_items: int, users: UserColumns = ()) -> SimulatorTruth:
+        """The arrays `save` wrote, as `check` wants them for a catalogue of `n_items` and the
+        customers of `users`; anything else under that name is a DatasetError naming it."""
         name = path.name
         with reading(path, name):
             with open(path, "rb") as file:
@@ -80,7 +82,74 @@ class SimulatorTruth:
                     raise DatasetError(
                         name, f"holds arrays {show_values(found)}, expected {TRUTH_ARRAYS}"
                     )
-                return cls(**{key: arrays[key] for key in TRUTH_ARRAYS})
+                truth = cls(**{key: arrays[key] for key in TRUTH_ARRAYS})
+        truth.check(n_items=n_items, users=users, name=name)
+        return truth
+
+    def check(self, *, n_items: int, users: UserColumns = (), name: str = "truth.npz") -> None:
+        """What the `ideal` baseline relies on, as the simulator writes it: user_ids distinct
+        strings [n_users]; user_vectors float32 [n_users, r]; item_vectors float32 [n_items, r]
+        (one row per catalogue item); item_bias float32 [n_items]; all finite; and a user vector
+        for every customer of `users`, (file, its user_id column) pairs. Otherwise a
+        DatasetError naming `name` and the array. Linear in the arrays and the columns."""
+        ids = self.user_ids
+        if ids.dtype.kind != "U" or ids.ndim != 1:
+            raise DatasetError(name, f"array 'user_ids' is {_described(ids)}, expected str [n]")
+        for array_name, ndim in TRUTH_FLOAT_ARRAYS.items():
+            array = getattr(self, array_name)
+            if array.dtype != np.float32 or array.ndim != ndim:
+                layout = ["[n]", "[n, r]"][ndim - 1]
+                raise DatasetError(
+                    name, f"array '{array_name}' is {_described(array)}, expected float32 {layout}"
+                )
+        rows = {
+            "user_vectors": (len(ids), "'user_ids' has {} ids"),
+            "item_vectors": (n_items, "items.csv has {} items"),
+            "item_bias": (n_items, "items.csv has {} items"),
+        }
+        for array_name, (expected, other) in rows.items():
+            found = len(getattr(self, array_name))
+            if found != expected:
+                raise DatasetError(
+                    name, f"array '{array_name}' has {found} rows but {other.format(expected)}"
+                )
+        r, item_r = self.user_vectors.shape[1], self.item_vectors.shape[1]
+        if item_r != r:
+            raise DatasetError(
+                name, f"array 'item_vectors' has {item_r} columns but 'user_vectors' has {r}"
+            )
+        for array_name in TRUTH_FLOAT_ARRAYS:
+            array = getattr(self, array_name)
+            bad = np.flatnonzero(~np.isfinite(array).all(axis=tuple(range(1, array.ndim))))
+            if bad.size:
+                raise DatasetError(
+                    name, f"array '{array_name}' row {int(bad[0])} has NaN or inf values"
+                )
+        index = pd.Index(ids)
+        if not index.is_unique:
+            row = int(np.flatnonzero(index.duplicated())[0])
+            first = int(np.flatnonzero(ids == ids[row])[0])
+            raise DatasetError(
+                name, f"array 'user_ids' holds {show_value(ids[row])} twice (rows {first}, {row})"
+            )
+        for file, user_ids in users:
+            missing = np.flatnonzero(~user_ids.isin(index).to_numpy())
+            if missing.size:
+                row = int(missing[0])
+                raise DatasetError(
+                    name,
+                    f"array 'user_ids' lacks {show_value(user_ids.iloc[row])}, the customer on "
+                    f"{file} line {line_of(row)}: the ideal baseline needs a vector for every "
+                    f"customer ({missing.size} row(s) of {file} without one in all)",
+                )
+
+
+UserColumns = Sequence[tuple[str, pd.Series]]  # (file, its user_id column)
+TRUTH_FLOAT_ARRAYS = {"user_vectors": 2, "item_vectors": 2, "item_bias": 1}  # name: ndim
+
+
+def _described(array: np.ndarray) -> str:
+    return f"{array.dtype} of shape {array.shape}"
 
 
 TRUTH_ARRAYS = ["user_ids", "user_vectors", "item_vectors", "item_bias"]
@@ -164,7 +233,12 @@ def load_dataset(path: Path | str, *, mmap: bool = False) -> Dataset:
         name: _load_split(path / f"{name}.csv", index) if _present(path / f"{name}.csv") else None
         for name in ("valid", "test")
     }
-    truth = SimulatorTruth.load(path / "truth.npz") if _present(path / "truth.npz") else None
+    truth = None
+    if _present(path / "truth.npz"):
+        users = [("purchases.csv", purchases["user_id"])] + [
+            (f"{name}.csv", split["user_id"]) for name, split in splits.items() if split is not None
+        ]
+        truth = SimulatorTruth.load(path / "truth.npz", n_items=len(items), users=users)
     return Dataset(items, features, purchases, splits["valid"], splits["test"], truth, path)
 
 

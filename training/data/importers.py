@@ -13,12 +13,13 @@ from training.data.columns import (
     parse_booleans,
     parse_timestamps,
     read_csv,
+    reading,
     require_after_upload,
     require_ids,
     require_unique,
     show_value,
 )
-from training.data.dataset import Dataset
+from training.data.dataset import NPY_MAGIC, ZIP_MAGIC, Dataset
 from training.data.features import FeatureRenderer
 
 STAND_IN_LATENT_DIM = 32
@@ -115,9 +116,12 @@ artworks missing from the inventory were ignored.
 
 
 def load_release_embeddings(path: Path, *, trust_pickle: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [n] str, vectors [n, d] float32) from the release's object array of (id, vector).
+    """(ids [n] str, vectors [n, d] float32) from the release's object array of (id, vector):
+    a .npy holding an object array [n] of (id, vector) pairs (or [n, 2]), every vector a flat
+    array of d numbers, finite and within float32's range.
 
     That .npy is a pickle: loading it can run code, so it is refused without `trust_pickle`.
+    Anything else is a DatasetError naming the file and, for a bad row, its index.
     """
     name = Path(path).name
     if not trust_pickle:
@@ -126,29 +130,70 @@ def load_release_embeddings(path: Path, *, trust_pickle: bool) -> tuple[np.ndarr
             "this file can only be read by unpickling, which can run arbitrary code; "
             "pass --trust-pickle if you trust its source",
         )
-    try:
-        rows = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as error:
-        raise DatasetError(name, f"cannot read as .npy ({error})") from None
-    if rows.ndim not in (1, 2) or len(rows) == 0:
+    with reading(path, name):
+        with open(path, "rb") as file:
+            start = file.read(len(NPY_MAGIC))
+        if start.startswith(ZIP_MAGIC):
+            raise DatasetError(name, "is a zip archive (an .npz?), not a .npy array")
+        if start != NPY_MAGIC:
+            raise DatasetError(name, "not a .npy file (it does not start with numpy's magic)")
+        try:
+            rows = np.load(path, allow_pickle=True)
+        except Exception as error:  # a damaged pickle fails in any of many ways
+            raise DatasetError(
+                name, f"cannot read as .npy ({type(error).__name__}: {error})"
+            ) from None
+    if rows.dtype != object or rows.ndim not in (1, 2) or len(rows) == 0:
         raise DatasetError(
-            name, f"expected a non-empty array of (id, vector) rows, got {rows.shape}"
+            name,
+            f"holds an array of dtype {rows.dtype} and shape {rows.shape}, expected a non-empty "
+            "object array of (id, vector) rows",
         )
     ids, vectors = [], []
     for index, row in enumerate(rows):
+        if not isinstance(row, tuple | list | np.ndarray) or getattr(row, "ndim", 1) == 0:
+            raise DatasetError(
+                name,
+                f"row {index}: expected an (id, vector) pair, got {type(row).__name__} "
+                f"{show_value(row)}",
+            )
         if len(row) != 2:
             raise DatasetError(name, f"row {index}: expected (id, vector), got {len(row)} fields")
-        vector = np.asarray(row[1], dtype=np.float64)
-        if vector.ndim != 1 or (vectors and vector.size != vectors[0].size):
-            expected = vectors[0].size if vectors else "a flat vector"
-            raise DatasetError(
-                name, f"row {index}: vector shape {vector.shape}, expected {expected}"
-            )
-        if not np.isfinite(vector).all():
-            raise DatasetError(name, f"row {index}: vector has NaN or inf values")
+        vectors.append(_release_vector(row[1], name, index, vectors[0].size if vectors else None))
         ids.append(str(row[0]))
-        vectors.append(vector)
-    return np.array(ids), np.stack(vectors).astype(np.float32)
+    return np.array(ids), np.stack(vectors)
+
+
+def _release_vector(value, name: str, index: int, size: int | None) -> np.ndarray:
+    """Row `index`'s vector as float32 [size] (any size for the first row, None)."""
+    try:
+        vector = np.asarray(value)
+    except ValueError as error:  # a ragged sequence
+        raise DatasetError(name, f"row {index}: the vector is not an array ({error})") from None
+    if vector.dtype.kind not in "fiu":
+        raise DatasetError(
+            name,
+            f"row {index}: the vector is {type(value).__name__} {show_value(value)}, expected "
+            "an array of numbers",
+        )
+    if vector.ndim != 1 or vector.size == 0 or (size is not None and vector.size != size):
+        raise DatasetError(
+            name,
+            f"row {index}: vector shape {vector.shape}, expected "
+            f"{f'({size},) as in row 0' if size is not None else 'a flat non-empty vector'}",
+        )
+    if not np.isfinite(vector).all():
+        raise DatasetError(name, f"row {index}: vector has NaN or inf values")
+    with np.errstate(over="ignore"):  # a finite float64 beyond float32's range becomes inf
+        single = vector.astype(np.float32)
+    if not np.isfinite(single).all():
+        value = vector[np.flatnonzero(~np.isfinite(single))[0]]
+        raise DatasetError(
+            name,
+            f"row {index}: vector value {value:.6g} is beyond float32's range "
+            f"(magnitudes up to {np.finfo(np.float32).max:.6g})",
+        )
+    return single
 
 
 def import_ugallery_release(

@@ -2,7 +2,7 @@
 
     <name>.inter     tab-separated, header `userID itemID rating timestamp x_label`; userID and
                      itemID are non-negative integers, itemID is a row of the feature files;
-                     x_label 0/1/2 = train/valid/test
+                     x_label 0/1/2 = train/valid/test; lines end in LF or CRLF
     image_feat.npy   float [n_items, d_image]
     text_feat.npy    optional, float [n_items, d_text]
 
@@ -14,6 +14,7 @@ valid.csv and test.csv.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from training.data.columns import (
     require_nonempty,
     show_value,
 )
-from training.data.dataset import Dataset, check_features, read_npy
+from training.data.dataset import FEATURE_CHECK_ROWS, Dataset, check_features, read_npy
 
 INTER_FIELDS = ("userID", "itemID", "x_label")  # the header may name more; they are ignored
 SPLIT_OF_LABEL = {"0": "train", "1": "valid", "2": "test"}
@@ -121,21 +122,42 @@ def _only_inter(directory: Path) -> Path:
 
 
 def _read_features(path: Path) -> np.ndarray:
-    """[n_items, d] float32 from a plain numeric .npy; every row finite."""
+    """[n_items, d] float32 from a plain numeric .npy; every row finite, and so within float32's
+    range (a finite float64 beyond it is refused, not cast to inf)."""
     array = read_npy(path)
     if array.dtype.kind not in "fiu":
         raise DatasetError(path.name, f"dtype is {array.dtype}, expected numbers")
     if array.ndim != 2 or len(array) == 0:
         raise DatasetError(path.name, f"shape is {array.shape}, expected [n_items, d]")
-    features = array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a finite value beyond float32's range: inf, refused here
+        features = array.astype(np.float32, copy=False)
+    if features is not array and array.dtype.kind == "f":
+        _refuse_float32_overflow(array, features, path.name)
     check_features(features, n_items=len(features), name=path.name, items_file=None)
     return features
+
+
+def _refuse_float32_overflow(array: np.ndarray, features: np.ndarray, name: str) -> None:
+    """DatasetError naming the first row where a finite value of `array` became inf in
+    `features`, its float32 copy."""
+    for start in range(0, len(array), FEATURE_CHECK_ROWS):
+        rows = slice(start, start + FEATURE_CHECK_ROWS)
+        overflow = np.isfinite(array[rows]) & ~np.isfinite(features[rows])
+        if overflow.any():
+            row, column = (int(k) for k in np.argwhere(overflow)[0])
+            raise DatasetError(
+                name,
+                f"row {start + row} has a value beyond float32's range "
+                f"({array[start + row, column]:.6g} in column {column}; float32 holds "
+                f"magnitudes up to {np.finfo(np.float32).max:.6g})",
+            )
 
 
 def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
     """user_id, item_id, item, split for every data row of a .inter file, in file order."""
     name = path.name
     content = read_text(path, name, delimiter="\t", quoted=False)
+    _refuse_lone_carriage_returns(content, name)
     lines = content.split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line
@@ -188,6 +210,27 @@ def _read_inter(path: Path, *, n_items: int) -> pd.DataFrame:
         )
     return pd.DataFrame(
         {"user_id": users, "item_id": items, "item": rows, "split": labels.map(SPLIT_OF_LABEL)}
+    )
+
+
+def _refuse_lone_carriage_returns(content: str, name: str) -> None:
+    """Lines end in LF or CRLF. A CR that ends no line, as CR-only (classic Mac) line endings
+    have, is refused: read as a line break it would put every line number here out of step with
+    read_text's errors, which count LFs; read as text it would garble the fields."""
+    lone = re.search(r"\r(?!\n|\Z)", content) if "\r" in content else None
+    if lone is None:
+        return
+    if "\n" not in content:
+        raise DatasetError(
+            name,
+            "lines end in CR (\\r) alone, with no LF (\\n) anywhere (classic Mac line "
+            "endings): convert them to LF or CRLF",
+        )
+    raise DatasetError(
+        name,
+        "a carriage return (\\r) that does not end the line: lines must end in LF (\\n) or "
+        "CRLF (\\r\\n)",
+        line=content.count("\n", 0, lone.start()) + 1,
     )
 
 

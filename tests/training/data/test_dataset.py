@@ -1,11 +1,16 @@
 """Loading a native dataset, and one test per validation rule (each matches its message)."""
 
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
 from training.data.columns import DatasetError
-from training.data.dataset import load_dataset, save_dataset
+from training.data.dataset import SimulatorTruth, load_dataset, save_dataset
 
 
 def test_loads_items_features_and_purchases(tiny_dataset_dir):
@@ -181,3 +186,129 @@ def test_items_with_only_item_id_round_trip_through_save(tmp_path):
     dataset = load_dataset(write_dataset(tmp_path / "d", items, TINY_PURCHASES))
     save_dataset(dataset, tmp_path / "copy")
     assert load_dataset(tmp_path / "copy").items.equals(dataset.items)
+
+
+# --- truth.npz: the simulator's true preference, checked against itself and the dataset --------
+
+
+def _truth(**change) -> dict[str, np.ndarray]:
+    """The arrays of a consistent truth for the tiny dataset (users u1-u3, items a-e, r = 2),
+    with `change`s."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "user_ids": np.array(["u1", "u2", "u3"]),
+        "user_vectors": rng.normal(size=(3, 2)).astype(np.float32),
+        "item_vectors": rng.normal(size=(5, 2)).astype(np.float32),
+        "item_bias": rng.normal(size=5).astype(np.float32),
+    }
+    for name, edit in change.items():
+        arrays[name] = edit(arrays[name])
+    return arrays
+
+
+def _with_truth(tmp_path, arrays: dict[str, np.ndarray], **extra) -> Path:
+    root = write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES, **extra)
+    np.savez(root / "truth.npz", **arrays)
+    return root
+
+
+def _truth_error(tmp_path, **change) -> str:
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(_with_truth(tmp_path, _truth(**change)))
+    return str(caught.value)
+
+
+def _set(index, value):
+    def edit(array):
+        array = array.copy()
+        array[index] = value
+        return array
+
+    return edit
+
+
+def test_a_consistent_truth_round_trips_through_save(tmp_path):
+    dataset = load_dataset(write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES))
+    save_dataset(replace(dataset, truth=SimulatorTruth(**_truth())), tmp_path / "copy")
+    truth = load_dataset(tmp_path / "copy").truth
+    for name, array in _truth().items():
+        assert np.array_equal(getattr(truth, name), array)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (  # once IndexError: index 5 is out of bounds, in the ideal baseline
+            {"item_vectors": lambda v: v[:3], "item_bias": lambda v: v[:3]},
+            "array 'item_vectors' has 3 rows but items.csv has 5 items",
+        ),
+        ({"item_bias": lambda v: v[:4]}, "array 'item_bias' has 4 rows but items.csv has 5 items"),
+        (
+            {"user_vectors": lambda v: v[:2]},
+            "array 'user_vectors' has 2 rows but 'user_ids' has 3 ids",
+        ),
+        (  # once numpy's "matmul: Input operand 1 has a mismatch in its core dimension"
+            {"user_vectors": lambda v: v[:, :1]},
+            "array 'item_vectors' has 2 columns but 'user_vectors' has 1",
+        ),
+        (
+            {"item_vectors": lambda v: v.astype(np.float64)},
+            "array 'item_vectors' is float64 of shape (5, 2), expected float32 [n, r]",
+        ),
+        (
+            {"item_bias": lambda v: v[:, None]},
+            "array 'item_bias' is float32 of shape (5, 1), expected float32 [n]",
+        ),
+        (
+            {"user_ids": lambda v: np.arange(3)},
+            "array 'user_ids' is int64 of shape (3,), expected str [n]",
+        ),
+        (  # once "ideal: score() returned NaN or inf", naming neither file nor array
+            {"item_bias": _set(3, np.nan)},
+            "array 'item_bias' row 3 has NaN or inf values",
+        ),
+        (
+            {"user_vectors": _set((1, 0), np.inf)},
+            "array 'user_vectors' row 1 has NaN or inf values",
+        ),
+        (
+            {"user_ids": lambda v: np.array(["u1", "u2", "u1"])},
+            "array 'user_ids' holds 'u1' twice (rows 0, 2)",
+        ),
+        (  # once KeyError: 'u3' in the ideal baseline
+            {"user_ids": lambda v: v[:2], "user_vectors": lambda v: v[:2]},
+            "array 'user_ids' lacks 'u3', the customer on purchases.csv line 8: the ideal "
+            "baseline needs a vector for every customer (1 row(s) of purchases.csv without one "
+            "in all)",
+        ),
+    ],
+)
+def test_a_truth_that_does_not_fit_names_the_array(tmp_path, change, message):
+    assert _truth_error(tmp_path, **change) == f"truth.npz: {message}"
+
+
+def test_a_truth_without_the_customer_of_a_split_is_refused(tmp_path):
+    root = _with_truth(tmp_path, _truth(), test="user_id,item_id\nu1,c\nu4,a\n")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(root)
+    assert str(caught.value) == (
+        "truth.npz: array 'user_ids' lacks 'u4', the customer on test.csv line 3: the ideal "
+        "baseline needs a vector for every customer (1 row(s) of test.csv without one in all)"
+    )
+
+
+def test_holdout_refuses_a_bad_truth_with_exit_2_and_writes_nothing(tmp_path):
+    """Once `curator data holdout` copied a truth.npz with 3 item rows for 5 items, exit 0."""
+    root = _with_truth(tmp_path, _truth(item_bias=lambda v: v[:3]))
+    command = [sys.executable, "-c", "from training.cli import main; main()"]
+    done = subprocess.run(
+        [*command, "data", "holdout", "--data", str(root), "--out", str(tmp_path / "h")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "error: truth.npz: array 'item_bias' has 3 rows but items.csv has 5 items"
+    )
+    assert not (tmp_path / "h").exists()

@@ -121,3 +121,88 @@ def test_release_import_rejects_inventory_without_embedding(tmp_path):
     inventory.write_text(inventory.read_text() + "h9,B,1400000300\n")
     with pytest.raises(DatasetError, match="line 5, field 'artwork_id_hash': artwork 'h9' has no"):
         import_ugallery_release(*_release_args(root), trust_pickle=True)
+
+
+def _object_rows(*rows) -> np.ndarray:
+    array = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        array[i] = row
+    return array
+
+
+def _save_pickle(rows):
+    return lambda path: np.save(path, rows, allow_pickle=True)
+
+
+def _truncated(path):
+    _save_pickle(_object_rows(("h1", np.ones(8)), ("h2", np.ones(8))))(path)
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _npz_under_npy_name(path):
+    with path.open("wb") as file:
+        np.savez(file, rows=np.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (  # once TypeError: object of type 'numpy.float32' has no len()
+            lambda path: np.save(path, np.ones(5, np.float32)),
+            "holds an array of dtype float32 and shape (5,), expected a non-empty object array "
+            "of (id, vector) rows",
+        ),
+        (  # once AttributeError: 'NpzFile' object has no attribute 'ndim'
+            _npz_under_npy_name,
+            "is a zip archive (an .npz?), not a .npy array",
+        ),
+        (
+            lambda path: path.write_text("h1 0.5 0.5\n"),
+            "not a .npy file (it does not start with numpy's magic)",
+        ),
+        (  # once UnpicklingError: pickle data was truncated
+            _truncated,
+            "cannot read as .npy (UnpicklingError: pickle data was truncated)",
+        ),
+        (  # once TypeError: object of type 'int' has no len()
+            _save_pickle(_object_rows(("h1", np.ones(4)), 5)),
+            "row 1: expected an (id, vector) pair, got int '5'",
+        ),
+        (  # once "could not convert string to float: 'hello'", naming no file or row
+            _save_pickle(_object_rows(("h1", np.ones(4)), ("h2", "hello"))),
+            "row 1: the vector is str 'hello', expected an array of numbers",
+        ),
+        (
+            _save_pickle(_object_rows(("h1", None))),
+            "row 0: the vector is NoneType 'None', expected an array of numbers",
+        ),
+        (
+            _save_pickle(_object_rows(("h1", np.ones(4)), ("h2", np.ones(3)))),
+            "row 1: vector shape (3,), expected (4,) as in row 0",
+        ),
+        (
+            _save_pickle(_object_rows(("h1", np.ones((2, 2))))),
+            "row 0: vector shape (2, 2), expected a flat non-empty vector",
+        ),
+        (  # once cast to inf with numpy's RuntimeWarning, then refused as features.npy's inf
+            _save_pickle(_object_rows(("h1", np.ones(4)), ("h2", np.array([1, 1e300, 1, 1])))),
+            "row 1: vector value 1e+300 is beyond float32's range (magnitudes up to 3.40282e+38)",
+        ),
+    ],
+)
+def test_release_import_refuses_malformed_embeddings_naming_file_and_row(tmp_path, write, message):
+    root, _ = _write_release(tmp_path / "rel")
+    write(root / "ugallery_resnet50_embeddings.npy")
+    with pytest.raises(DatasetError) as caught:
+        import_ugallery_release(*_release_args(root), trust_pickle=True)
+    assert str(caught.value) == f"ugallery_resnet50_embeddings.npy: {message}"
+
+
+def test_release_embeddings_may_be_an_object_array_of_id_vector_columns(tmp_path):
+    root, vectors = _write_release(tmp_path / "rel")
+    rows = np.empty((4, 2), dtype=object)
+    for i, (item, vector) in enumerate(zip(["h3", "h1", "extra", "h2"], vectors, strict=True)):
+        rows[i, 0], rows[i, 1] = item, vector
+    np.save(root / "ugallery_resnet50_embeddings.npy", rows, allow_pickle=True)
+    dataset, _ = import_ugallery_release(*_release_args(root), trust_pickle=True)
+    np.testing.assert_allclose(dataset.features[0], vectors[1], rtol=1e-6)  # h1

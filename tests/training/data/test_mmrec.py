@@ -1,5 +1,7 @@
 """Importing the MMRec layout: splits by x_label, image + text features, one test per bad row."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -252,3 +254,62 @@ def test_a_non_finite_image_feature_names_its_row_and_no_items_csv(tmp_path):
     with pytest.raises(DatasetError) as caught:
         import_mmrec(root)
     assert str(caught.value) == "image_feat.npy: row 3 has NaN or inf values"
+
+
+def test_a_finite_float64_feature_beyond_float32_names_its_row_without_a_warning(tmp_path):
+    """Once numpy's "RuntimeWarning: overflow encountered in cast", then "row 2 has NaN or inf
+    values" about a file that holds none."""
+    root = write_mmrec(tmp_path / "mm")
+    image = np.ones((N_ITEMS, IMAGE_DIM))
+    image[2, 1], image[6, 0] = -1e300, np.nan  # the overflow comes first, and is named
+    np.save(root / "image_feat.npy", image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DatasetError) as caught:
+            import_mmrec(root)
+    assert str(caught.value) == (
+        "image_feat.npy: row 2 has a value beyond float32's range (-1e+300 in column 1; float32 "
+        "holds magnitudes up to 3.40282e+38)"
+    )
+
+
+def test_float64_features_at_float32s_limit_are_kept(tmp_path):
+    root = write_mmrec(tmp_path / "mm")
+    image = np.ones((N_ITEMS, IMAGE_DIM))
+    image[0, 0] = float(np.finfo(np.float32).max)
+    np.save(root / "image_feat.npy", image)
+    dataset, _ = import_mmrec(root)
+    assert dataset.features[0, 0] == np.finfo(np.float32).max
+
+
+def test_cr_only_line_endings_are_refused_as_such(tmp_path):
+    """Once "line 1: column '5' appears twice in the header": the whole file read as one line."""
+    root = write_mmrec(tmp_path / "mm")
+    (root / "tiny.inter").write_bytes(("\r".join(inter_lines()) + "\r").encode())
+    with pytest.raises(DatasetError) as caught:
+        import_mmrec(root)
+    assert str(caught.value) == (
+        "tiny.inter: lines end in CR (\\r) alone, with no LF (\\n) anywhere (classic Mac line "
+        "endings): convert them to LF or CRLF"
+    )
+
+
+def test_a_carriage_return_inside_a_line_names_the_line(tmp_path):
+    lines = inter_lines()
+    lines[3] = lines[3] + "\r" + lines[4]  # a CR-only ending among LF ones
+    del lines[4]
+    root = write_mmrec(tmp_path / "mm", lines)
+    with pytest.raises(DatasetError) as caught:
+        import_mmrec(root)
+    assert str(caught.value) == (
+        "tiny.inter, line 4: a carriage return (\\r) that does not end the line: lines must end "
+        "in LF (\\n) or CRLF (\\r\\n)"
+    )
+
+
+def test_crlf_line_endings_are_read(tmp_path):
+    root = write_mmrec(tmp_path / "mm")
+    (root / "tiny.inter").write_bytes(("\r\n".join(inter_lines())).encode())  # no final newline
+    expected, _ = import_mmrec(write_mmrec(tmp_path / "lf"))
+    dataset, _ = import_mmrec(root)
+    assert dataset.purchases.equals(expected.purchases) and dataset.test.equals(expected.test)
