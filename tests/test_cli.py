@@ -383,6 +383,22 @@ def test_force_never_replaces_an_output_that_holds_the_input(tmp_path):
         assert (tmp_path / "parent" / "d" / "purchases.csv").read_text() == TINY_PURCHASES
 
 
+def test_a_budget_or_seed_out_of_range_names_its_option(tmp_path):
+    """Once NaN minutes meant no budget, -1 was taken, and a seed of -1 said "expected
+    non-negative integer" without naming --seed."""
+    write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
+    for minutes in ("nan", "-1"):
+        done = curator("train", "--data", "d", "--out", "r", "--budget-minutes", minutes,
+                       cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr == (
+            f"error: --budget-minutes must be >= 0 (inf: no budget), got {float(minutes)}\n"
+        )
+    done = curator("data", "holdout", "--data", "d", "--out", "h", "--seed", "-1", cwd=tmp_path)
+    assert done.returncode == 2 and "Invalid value for '--seed'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
 def test_holdout_fraction_outside_its_range_names_the_option_and_writes_nothing(tmp_path):
     write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
     for fraction in ("0.5", "0", "nan"):

@@ -15,7 +15,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Create, import and split data
 app.add_typer(data_app, name="data")
 
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
+Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")]
 DataRef = Annotated[
     Path,
     typer.Option(
@@ -209,8 +209,8 @@ def features(
         Path | None,
         typer.Option(help="A purchases.csv to copy into OUT, making it a complete dataset."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of --weights random.")] = 0,
     force: Force = False,
 ) -> None:
     """Image features for a dataset: photographs through a keras.applications backbone."""
@@ -274,6 +274,8 @@ def train(
     """Train the towers: choose a configuration on the validation split, keep its best epoch."""
     from training.atomic import refuse_non_directory
 
+    if not budget_minutes >= 0:  # NaN too: it compared as no budget at all
+        raise ValueError(f"--budget-minutes must be >= 0 (inf: no budget), got {budget_minutes}")
     for directory in (out, export) if export is not None else (out,):
         refuse_non_directory(directory)  # before any work, TensorFlow's import included
     import os

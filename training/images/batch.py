@@ -159,7 +159,11 @@ def extract_features(
     }
     extractor, done = _resume_or_start(partial, plan, echo)
     if extractor is None:
-        extractor = FeatureExtractor.create(backbone, weights, seed=seed)
+        try:
+            extractor = FeatureExtractor.create(backbone, weights, seed=seed)
+        except BaseException:  # bad weights: nothing was done, nothing to resume
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         extractor.save(partial)
         write_text_atomic(partial / PLAN_FILE, json.dumps(plan))
     _extract_remaining(extractor, sources, partial, done, batch_size, chunk_images, progress)

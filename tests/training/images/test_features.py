@@ -91,6 +91,16 @@ def test_random_weights_are_seeded_and_a_local_weights_file_loads(photos, extrac
         extract_features(folder, tmp_path / "x", backbone="vgg", weights="random")
 
 
+def test_a_weights_file_that_does_not_load_leaves_no_partial_run(photos, tmp_path):
+    """Once an empty .OUT.partial/ stayed behind."""
+    folder, _ = photos
+    bad = tmp_path / "weights.keras"
+    bad.write_text("not weights")
+    with pytest.raises(ValueError):
+        extract_features(folder, tmp_path / "x", backbone=BACKBONE, weights=str(bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.keras"]
+
+
 def test_a_csv_aligned_to_an_items_file_keeps_its_order_and_names_a_missing_image(
     photos, extracted, tmp_path
 ):
