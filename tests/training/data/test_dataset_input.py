@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TINY_ITEMS, TINY_PURCHASES, write_dataset
-from training.data.columns import DatasetError, read_text
+from training.data.columns import DatasetError, read_csv, read_text
 from training.data.dataset import load_dataset, save_dataset
 from training.data.ids import ID_RULE
 from training.data.importers import import_ugallery, import_ugallery_release
@@ -517,3 +517,150 @@ def test_a_huge_bad_value_is_shown_cut_short_with_its_length(tmp_path, file, lin
     assert message == (
         f"{file}.csv, line {line}, field '{field}': " + problem.format(shown, rule=ID_RULE)
     )
+
+
+# --- records: one line each, of as many fields as the header -----------------------------------
+# Errors elsewhere name line_of(row) = row + 2, one line per record: pandas skipped blank lines,
+# joined a quoted value's lines into one record, took an extra field in the first row for an
+# index column (shifting every column left) and read a short row's missing cells as empty.
+
+QUOTE_AND_BREAK = "a quoted value runs on to line {} (no field may hold a line break; is a closing "
+QUOTE_AND_BREAK += "quote missing?)"
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\t", "\r"])
+def test_a_blank_line_between_records_is_refused_naming_it(tmp_path, blank):
+    """Once skipped: every later error named the line above the bad one."""
+    purchases = TINY_PURCHASES.replace("u2,b,", f"{blank}\nu2,b,").replace(",e,", ",nope,")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 3: blank line (only the end of the file may have them)"
+
+
+def test_a_blank_line_before_the_header_is_refused(tmp_path):
+    """Once skipped: the header was taken from line 2."""
+    message = _error(write_dataset(tmp_path / "d", "\n" + TINY_ITEMS, TINY_PURCHASES))
+    assert message == "items.csv, line 1: blank line (only the end of the file may have them)"
+
+
+def test_blank_lines_at_the_end_and_crlf_line_ends_are_accepted(tmp_path):
+    purchases = TINY_PURCHASES.replace("\n", "\r\n") + "\r\n  \n\n"
+    dataset = load_dataset(write_dataset(tmp_path / "d", TINY_ITEMS + "\n\n", purchases))
+    assert len(dataset.items) == 5 and len(dataset.purchases) == 7
+
+
+def test_a_quoted_value_over_two_lines_is_refused_naming_the_line_it_starts_on(tmp_path):
+    """Once read as one record: every later error named the line above the bad one."""
+    purchases = TINY_PURCHASES.replace("u2,b,2020-01-20", 'u2,b,"2020-01-20\n"')
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 3, field 'timestamp': " + QUOTE_AND_BREAK.format(4)
+
+
+def test_a_quoted_value_over_lines_in_an_unread_column_is_refused(tmp_path):
+    """Once accepted (the column is not read), with every later line number off by two."""
+    items = TINY_ITEMS.replace("one_of_a_kind", "one_of_a_kind,title")
+    items = items.replace("true\n", "true,t\n").replace("false\n", "false,f\n")
+    items = items.replace("b,x,2020-01-01,false,f", 'b,x,2020-01-01,false,"one\ntwo\r\nthree"')
+    message = _error(_write_bytes(tmp_path, items.encode()))
+    assert message == "items.csv, line 3, field 'title': " + QUOTE_AND_BREAK.format(5)
+
+
+def test_a_quote_never_closed_is_refused_naming_its_line(tmp_path):
+    purchases = TINY_PURCHASES.replace("u2,b,", 'u2,"b,')
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 3, field 'item_id': " + QUOTE_AND_BREAK.format(8)
+    last = TINY_PURCHASES.replace("u3,c,", 'u3,"c,')
+    message = _error(write_dataset(tmp_path / "e", TINY_ITEMS, last))
+    assert message == (  # once pandas' "EOF inside string starting at row 7"
+        "purchases.csv, line 8, field 'item_id': a quoted value is never closed "
+        "(is a closing quote missing?)"
+    )
+
+
+def test_a_quote_never_closed_past_the_csv_field_size_limit_names_its_line(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text('user_id,item_id\nu1,"a\n' + "u2,b\n" * 40_000)
+    with pytest.raises(DatasetError) as caught:
+        read_csv(path, "x.csv", ["user_id", "item_id"])
+    assert str(caught.value) == "x.csv, line 2, field 'item_id': " + QUOTE_AND_BREAK.format(40002)
+
+
+def test_a_huge_quoted_value_is_still_refused_for_what_it_holds(tmp_path):
+    """Past the csv module's field size limit (131,072 characters), as the checks that
+    follow see it."""
+    huge = "2" * 200_000
+    purchases = TINY_PURCHASES + f'u1,e,"{huge}"\n'
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == (
+        f"purchases.csv, line 9, field 'timestamp': cannot parse {huge[:60]!r}... "
+        "(200,000 characters) as a timestamp (ISO 8601 or unix seconds)"
+    )
+
+
+@pytest.mark.parametrize("title", ['"Smith, John"', '"say ""hi"", twice"', 'a "b" c'])
+def test_quoted_values_on_one_line_are_accepted_and_lines_stay_true(tmp_path, title):
+    """Quotes around commas (split by the csv module) or none (counted by commas)."""
+    items = TINY_ITEMS.replace("one_of_a_kind", "one_of_a_kind,title")
+    items = items.replace("true\n", "true,t\n").replace("false\n", f"false,{title}\n")
+    purchases = TINY_PURCHASES.replace("u2,b,2020-01-20", '"u2","b","2020-01-20"')
+    dataset = load_dataset(_write_bytes(tmp_path, items.encode(), purchases.encode()))
+    assert dataset.purchases["user_id"].iloc[1] == "u2"
+    items = items.replace("e,z,", "e,z/z,")
+    message = _error(_write_bytes(tmp_path / "e", items.encode(), purchases.encode()))
+    assert message.startswith("items.csv, line 6, field 'artist_id': 'z/z' is not a valid id")
+
+
+def test_an_extra_field_in_the_first_row_is_refused(tmp_path):
+    """Once taken for an index column: every column shifted left, and the error was
+    "field 'item_id': unknown item '2020-01-10'"."""
+    purchases = TINY_PURCHASES.replace("u1,a,2020-01-10", "u1,a,2020-01-10,x")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 2: 4 fields, the header has 3"
+
+
+def test_a_trailing_comma_on_every_row_is_refused(tmp_path):
+    purchases = TINY_PURCHASES.replace("\n", ",\n").replace("timestamp,\n", "timestamp\n")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 2: 4 fields, the header has 3"
+
+
+def test_an_extra_field_in_a_later_row_is_refused(tmp_path):
+    """Once pandas' "Expected 3 fields in line 7, saw 4"."""
+    purchases = TINY_PURCHASES.replace("u1,e,2020-04-01", "u1,e,2020-04-01,x")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 7: 4 fields, the header has 3"
+
+
+@pytest.mark.parametrize(
+    ("file", "before", "after", "expected"),
+    [
+        ("items", "c,y,2020-01-01,true", "c", "items.csv, line 4: 1 field, the header has 4"),
+        (
+            "purchases",
+            "u1,d,2020-02-10",
+            "u1,d",
+            "purchases.csv, line 5: 2 fields, the header has 3",
+        ),
+        ("valid", "u1,c", "u1", "valid.csv, line 3: 1 field, the header has 2"),
+    ],
+)
+def test_a_short_row_is_refused(tmp_path, file, before, after, expected):
+    """Once its missing cells were read as empty: an artwork without artist or upload time."""
+    texts = {
+        "items": TINY_ITEMS,
+        "purchases": TINY_PURCHASES,
+        "valid": "user_id,item_id\nu1,a\nu1,c\n",
+    }
+    texts[file] = texts[file].replace(before, after)
+    root = _write_bytes(tmp_path, texts["items"].encode(), texts["purchases"].encode(),
+                        valid=texts["valid"].encode())  # fmt: skip
+    assert _error(root) == expected
+
+
+def test_lines_ended_by_cr_alone_are_counted_as_lines(tmp_path):
+    """As pandas splits them (and editors show them)."""
+    purchases = TINY_PURCHASES.replace(",e,", ",nope,").replace("\n", "\r")
+    message = _error(write_dataset(tmp_path / "d", TINY_ITEMS, purchases))
+    assert message.startswith("purchases.csv, line 7, field 'item_id': unknown item 'nope'")
+    purchases = TINY_PURCHASES.replace("u2,b,", 'u2,"b\rb",')
+    message = _error(write_dataset(tmp_path / "e", TINY_ITEMS, purchases))
+    assert message == "purchases.csv, line 3, field 'item_id': " + QUOTE_AND_BREAK.format(4)
