@@ -7,11 +7,12 @@ buffer or parse a large body.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 
 from pydantic import SecretStr
+
+from serving.errors import send_problem
 
 HEADER = "X-API-Key"
 
@@ -51,16 +52,6 @@ class ApiKeyGuard:
 
 
 async def _refuse(send) -> None:
-    body = json.dumps({"detail": f"missing or wrong {HEADER} header"}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", HEADER.encode()),
-            ],
-        }
+    await send_problem(
+        send, 401, f"missing or wrong {HEADER} header", [(b"www-authenticate", HEADER.encode())]
     )
-    await send({"type": "http.response.body", "body": body})

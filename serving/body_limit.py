@@ -10,9 +10,7 @@ the JSON body every other error has.
 
 from __future__ import annotations
 
-import json
-
-from serving.errors import PayloadTooLarge
+from serving.errors import PayloadTooLarge, send_problem
 
 
 class BodyLimit:
@@ -27,7 +25,7 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _refuse(send, self.message)
+            await send_problem(send, 413, self.message, [(b"connection", b"close")])
             return
         received = 0
 
@@ -53,19 +51,3 @@ def _content_length(scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-async def _refuse(send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

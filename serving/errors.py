@@ -3,6 +3,7 @@ validation can run in a worker process that imports only the schemas)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 
@@ -45,3 +46,21 @@ class Conflict(RequestError):
 
 class NotReady(RequestError):
     status = 503
+
+
+async def send_problem(send, status: int, detail: str, headers: Sequence = ()) -> None:
+    """An ASGI answer with the API's JSON problem body, sent by middleware in front of the
+    app (which answers through its exception handlers)."""
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -297,15 +297,20 @@ def read_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
             raise DatasetError(name, f"cannot read as .npy ({error})") from None
 
 
+def require_npy_magic(start: bytes, name: str) -> None:
+    """DatasetError unless `start`, a file's first bytes, opens a .npy array (an .npz archive
+    is named as such)."""
+    if start.startswith(ZIP_MAGIC):
+        raise DatasetError(name, "is a zip archive (an .npz?), not a .npy array")
+    if start != NPY_MAGIC:
+        raise DatasetError(name, "not a .npy file (it does not start with numpy's magic)")
+
+
 def _check_npy_header(path: Path, name: str) -> None:
     """DatasetError unless `path` starts with a .npy header of a plain (no Python objects) array
     whose declared size is the size of the data after it."""
     with open(path, "rb") as file:
-        start = file.read(len(NPY_MAGIC))
-        if start.startswith(ZIP_MAGIC):
-            raise DatasetError(name, "is a zip archive (an .npz?), not a .npy array")
-        if start != NPY_MAGIC:
-            raise DatasetError(name, "not a .npy file (it does not start with numpy's magic)")
+        require_npy_magic(file.read(len(NPY_MAGIC)), name)
         file.seek(0)
         try:
             version = np.lib.format.read_magic(file)

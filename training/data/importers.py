@@ -19,7 +19,7 @@ from training.data.columns import (
     require_unique,
     show_value,
 )
-from training.data.dataset import NPY_MAGIC, ZIP_MAGIC, Dataset
+from training.data.dataset import NPY_MAGIC, Dataset, require_npy_magic
 from training.data.features import FeatureRenderer
 
 STAND_IN_LATENT_DIM = 32
@@ -132,11 +132,7 @@ def load_release_embeddings(path: Path, *, trust_pickle: bool) -> tuple[np.ndarr
         )
     with reading(path, name):
         with open(path, "rb") as file:
-            start = file.read(len(NPY_MAGIC))
-        if start.startswith(ZIP_MAGIC):
-            raise DatasetError(name, "is a zip archive (an .npz?), not a .npy array")
-        if start != NPY_MAGIC:
-            raise DatasetError(name, "not a .npy file (it does not start with numpy's magic)")
+            require_npy_magic(file.read(len(NPY_MAGIC)), name)
         try:
             rows = np.load(path, allow_pickle=True)
         except Exception as error:  # a damaged pickle fails in any of many ways
