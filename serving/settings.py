@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_POLL_SECONDS = 0.05  # the shortest sync or watch interval
 
 
 class Settings(BaseSettings):
@@ -17,7 +19,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the live state; default: SQLite beside the exports"
     )
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="bind address (empty: refused, it would bind every interface)",
+    )
     port: int = Field(8000, ge=1, le=65535)
     max_k: int = Field(100, ge=1, le=10_000)
     max_profile: int = Field(50, ge=1, description="longest profile used (most recent kept)")
@@ -59,11 +65,26 @@ class Settings(BaseSettings):
     sync_seconds: float = Field(
         1.0,
         ge=0.0,
-        description="read other replicas' writes from the database this often (0: off)",
+        le=86_400.0,
+        allow_inf_nan=False,
+        description="read other replicas' writes from the database this often (0: off; else "
+        f"at least {MIN_POLL_SECONDS} s)",
     )
     watch_seconds: float = Field(
-        0.0, ge=0.0, description="poll the export root for a newer version (0: off)"
+        0.0,
+        ge=0.0,
+        le=86_400.0,
+        allow_inf_nan=False,
+        description=f"poll the export root for a newer version (0: off; else at least "
+        f"{MIN_POLL_SECONDS} s)",
     )
+
+    @field_validator("sync_seconds", "watch_seconds")
+    @classmethod
+    def _off_or_a_real_interval(cls, seconds: float) -> float:
+        if 0 < seconds < MIN_POLL_SECONDS:  # 1e-9 polled non-stop: a core at 100% when idle
+            raise ValueError(f"must be 0 (off) or at least {MIN_POLL_SECONDS} s")
+        return seconds
 
     @field_validator("api_key")
     @classmethod
@@ -73,9 +94,28 @@ class Settings(BaseSettings):
                 "CURATOR_API_KEY is empty: set a real key, or unset the variable to run "
                 "without one (write and admin endpoints are then open)"
             )
+        if key is not None and key.get_secret_value() != key.get_secret_value().strip():
+            raise ValueError(
+                "CURATOR_API_KEY starts or ends with white space, which no client can send "
+                "(HTTP trims it from header values): every guarded endpoint would refuse all"
+            )
         return key
 
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.model_dir / 'curator.db').resolve()}"
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line per invalid setting, named as the user sets it (CURATOR_<FIELD>), with the
+    value given: pydantic's own message names the field and adds a link per error."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        given = problem.get("input")
+        secret = problem["loc"][:1] == ("api_key",)
+        shown = "" if isinstance(given, dict) or secret else f" (got {given!r})"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"CURATOR_{field.upper()}: {message}{shown}")
+    return "; ".join(lines)

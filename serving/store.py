@@ -128,13 +128,22 @@ class ItemsExist(Conflict):
         super().__init__(f"items: item id(s) already in the catalogue: {self.item_ids[:10]}")
 
 
+class DatabaseUnavailable(ValueError):
+    """The live state's database cannot be opened: the URL, its driver, or the server."""
+
+
 class Store:
     def __init__(self, url: str):
         self.url = url
-        self.engine = sa.create_engine(url)
-        self.postgresql = self.engine.dialect.name == "postgresql"
-        with self._writing() as connection:  # replicas starting together create tables once
-            metadata.create_all(connection)
+        try:
+            self.engine = sa.create_engine(url)
+            self.postgresql = self.engine.dialect.name == "postgresql"
+            with self._writing() as connection:  # replicas starting together create tables once
+                metadata.create_all(connection)
+        except (sa.exc.SQLAlchemyError, ImportError) as error:  # ImportError: a missing driver
+            raise DatabaseUnavailable(
+                f"database {_shown(url)}: cannot open it ({_first_line(error)})"
+            ) from None
 
     @contextmanager
     def _writing(self) -> Iterator[sa.Connection]:
@@ -277,3 +286,17 @@ def _existing_items(connection: sa.Connection, item_ids: Sequence[str]) -> list[
     """The ones of `item_ids` the database holds, sorted."""
     query = sa.select(live_items.c.item_id).where(live_items.c.item_id.in_(list(item_ids)))
     return sorted(connection.execute(query).scalars())
+
+
+def _shown(url: str) -> str:
+    """`url` with its password hidden, when it parses as a URL."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return repr(url)
+
+
+def _first_line(error: Exception) -> str:
+    """SQLAlchemy's message without its SQL, parameters and documentation link."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

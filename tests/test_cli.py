@@ -399,6 +399,39 @@ def test_a_budget_or_seed_out_of_range_names_its_option(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
+def test_serve_refuses_a_bad_start_in_one_line(tiny_export, tmp_path):
+    """Once tracebacks of hundreds of lines (SQLAlchemy's), or for a mistyped --model, SQLite's
+    "unable to open database file" for the database it meant to make beside the exports."""
+    import shutil
+
+    shutil.copytree(tiny_export, tmp_path / "exports" / "1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATOR_")}
+
+    def serve(*args, **variables):
+        command = [sys.executable, "-m", "training.cli", "serve", "--port", "1", *args]
+        return subprocess.run(command, cwd=tmp_path, env={**env, **variables},
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    done = serve("--model", "exprts")
+    assert done.returncode == 2
+    assert done.stderr == "error: exprts: no export found (run `curator export`)\n"
+    for url, problem in (
+        ("notaurl", "database 'notaurl': cannot open it (Could not parse SQLAlchemy URL"),
+        ("sqlite:////no/such/dir/x.db", "database sqlite:////no/such/dir/x.db: cannot open it "
+                                        "(unable to open database file)"),
+        ("postgresql+psycopg://u:pw@127.0.0.1:1/x", "database postgresql+psycopg://u:***@"
+                                                    "127.0.0.1:1/x: cannot open it ("),
+    ):  # fmt: skip
+        done = serve("--model", "exports", CURATOR_DATABASE_URL=url)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: {problem}") and done.stderr.count("\n") == 1
+    done = serve("--model", "exports", CURATOR_MAX_K="0")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: CURATOR_MAX_K: Input should be greater than or equal to 1 (got '0')\n"
+    )
+
+
 def test_holdout_fraction_outside_its_range_names_the_option_and_writes_nothing(tmp_path):
     write_dataset(tmp_path / "d", TINY_ITEMS, TINY_PURCHASES)
     for fraction in ("0.5", "0", "nan"):

@@ -467,13 +467,19 @@ def serve(
 ) -> None:
     """Serve recommendations over HTTP from the newest export (settings: docs/serving.md)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from serving.app import create_app
+    from serving.export_loader import newest_version
     from serving.http_protocol import bounded_httptools_protocol
-    from serving.settings import Settings
+    from serving.settings import Settings, describe_settings_error
 
     given = {"model_dir": model, "host": host, "port": port, "image_extractor": image_extractor}
-    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as error:
+        raise ValueError(describe_settings_error(error)) from None
+    newest_version(settings.model_dir)  # "no export found" before a database is made beside it
     app = create_app(settings)
     # clear errors before uvicorn starts: the export (loaded once, here: the app's start-up
     # then finds it loaded), and an extractor that fits it
