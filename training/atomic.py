@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import io
 import os
 import shutil
@@ -27,16 +30,58 @@ def atomic_directory(out: Path | str, *, overwrite: bool = False) -> Iterator[Pa
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        _move_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename `tmp` to `out`. Another process may have written `out` since the check before
+    the work: without `overwrite` that is a FileExistsError (a rename never replaces a
+    directory that has files), with it theirs is replaced, whatever the order of events."""
+    for attempt in range(100):
+        try:
+            os.rename(tmp, out)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already exists: another process wrote it meanwhile (pass --force to "
+                "replace it)"
+            )
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{attempt}")
+        with contextlib.suppress(FileNotFoundError):  # another replacer may have moved it
+            os.rename(out, old)
+            shutil.rmtree(old)
+    raise FileExistsError(f"{out}: other processes keep writing it")
+
+
+@contextmanager
+def directory_lock(path: Path | str, *, wait: bool, busy: str = "") -> Iterator[None]:
+    """An exclusive lock on directory `path` (made if missing) while the block runs, released
+    when it ends or the process dies (flock). `wait`: until another holder lets go; otherwise
+    FileExistsError(`busy`). A directory this call made is removed again if left empty."""
+    path = Path(path)
+    refuse_non_directory(path)
+    made = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise FileExistsError(busy or f"{path} is in use by another process") from None
+        try:
+            yield
+        finally:
+            if made:
+                with contextlib.suppress(OSError):  # not empty: it is the output
+                    path.rmdir()
+    finally:
+        os.close(handle)
 
 
 def check_output_directory(out: Path | str, *, overwrite: bool) -> None:

@@ -52,7 +52,7 @@ import tensorflow as tf
 
 from towers.item_tower import ItemTower, item_inputs
 from towers.profile_encoder import ProfileEncoder
-from training.atomic import atomic_directory
+from training.atomic import atomic_directory, directory_lock
 from training.config import TrainConfig
 from training.copurchase import FILE_NAMES as COPURCHASE_FILES
 from training.copurchase import WEIGHT_FIELDS as COPURCHASE_WEIGHTS
@@ -150,14 +150,16 @@ def file_digests(version_dir: Path) -> dict[str, dict]:
 
 
 def export_versions(root: Path | str) -> list[int]:
-    """Version numbers of the complete exports under root, oldest first."""
+    """Version numbers of the complete exports under root, oldest first. Only a directory named
+    as `curator export` names them (1, 2, ...) counts: `02`, `002` or `٢` (another script's
+    digit) would be read as version 2 and then looked for under `2`."""
     root = Path(root)
     if not root.is_dir():
         return []
     return sorted(
         int(p.name)
         for p in root.iterdir()
-        if re.fullmatch(r"\d+", p.name) and (p / MANIFEST).is_file()
+        if re.fullmatch(r"[1-9][0-9]*", p.name) and (p / MANIFEST).is_file()
     )
 
 
@@ -318,87 +320,90 @@ def export_run(run_dir: Path | str, dataset: Dataset, out: Path | str, *, progre
         f"the service's search {serving_recall:.4f}"
     )
 
-    version = (export_versions(out) or [0])[-1] + 1
-    options = tf.saved_model.SaveOptions(namespace_whitelist=SCANN_NAMESPACE)
-    with atomic_directory(out / str(version)) as tmp:
-        item_module = _ItemTowerModule(item_tower)
-        tf.saved_model.save(item_module, tmp / "item_tower", signatures=item_module.serve)
-        user_module = _UserTowerModule(encoder)
-        tf.saved_model.save(
-            user_module,
-            tmp / "user_tower",
-            signatures={
-                "serving_default": user_module.serve,
-                "from_item_vectors": user_module.from_item_vectors,
-            },
-        )
-        retrieval = _RetrievalModule(index, encoder)
-        tf.saved_model.save(
-            retrieval, tmp / "retrieval", signatures=retrieval.serve, options=options
-        )
-        (tmp / "catalogue").mkdir()
-        items = dataset.items.copy()
-        items["upload_time"] = format_time(items["upload_time"].to_numpy())
-        items.to_csv(tmp / "catalogue" / "items.csv", index=False)
-        np.save(tmp / "catalogue" / "item_vectors.npy", vectors.astype(np.float32))
-        write_purchases_csv(tmp / "catalogue" / "purchases.csv", dataset.purchases)
-        save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
-        if nearest is not None:
-            nearest.save(tmp / MODEL_DIR)
-            np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
-        for matrix in matrices:
-            matrix.save(tmp / MODEL_DIR)
-        if searcher is not None:
-            searcher.save(tmp / SEARCHER_DIR)
-        if match_searcher is not None:
-            match_searcher.save(tmp / MATCH_SEARCHER_DIR)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "version": version,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "run": str(run_dir.resolve()),
-            "dataset": dataset.location,
-            "data_fingerprint": summary["data_fingerprint"],
-            "config": config.to_dict(),
-            "training": {
-                **{
-                    k: summary[k]
-                    for k in ("best_epoch", "best_validation", "epochs_run", "seconds")
+    # one export at a time into a root: two would take the same version number (the
+    # second waits here, then numbers its version after the first's)
+    with directory_lock(out, wait=True):
+        version = (export_versions(out) or [0])[-1] + 1
+        options = tf.saved_model.SaveOptions(namespace_whitelist=SCANN_NAMESPACE)
+        with atomic_directory(out / str(version)) as tmp:
+            item_module = _ItemTowerModule(item_tower)
+            tf.saved_model.save(item_module, tmp / "item_tower", signatures=item_module.serve)
+            user_module = _UserTowerModule(encoder)
+            tf.saved_model.save(
+                user_module,
+                tmp / "user_tower",
+                signatures={
+                    "serving_default": user_module.serve,
+                    "from_item_vectors": user_module.from_item_vectors,
                 },
-                "artist_prior_weight": summary.get("artist_prior", {}).get("weight"),
-            },
-            "catalogue": {
-                "items": int(dataset.n_items),
-                "feature_dim": int(item_tower.feature_dim),
-                "vector_dim": int(vectors.shape[1]),
-            },
-            "index": {
-                **_index_description(settings, dataset.n_items, apart),
-                "settings": index_settings(settings),
-                "prior_rows_apart": int(apart),
-                "recall_at_10": round(recall, 4),
-                "serving_recall_at_10": round(serving_recall, 4),
-                "recall_queries": len(profiles),
-            },
-            "nearest_purchase": (
-                None
-                if nearest is None
-                else {
-                    "weight": nearest.weight,
-                    "mean_weight": nearest.mean_weight,
-                    "popularity_weight": nearest.popularity_weight,
-                    "copurchase_weight": nearest.copurchase_weight,
-                    "freshness_weight": nearest.freshness_weight,
-                    "freshness_days": nearest.freshness_days,
-                    "era_weight": nearest.era_weight,
-                    "era_days": nearest.era_days,
-                    "ease_weight": nearest.ease_weight,
-                    "dim": nearest.dim,
-                }
-            ),
-            "uses_ids": item_tower.uses_ids,
-            "tensorflow": tf.__version__,
-            "files": file_digests(tmp),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return out / str(version)
+            )
+            retrieval = _RetrievalModule(index, encoder)
+            tf.saved_model.save(
+                retrieval, tmp / "retrieval", signatures=retrieval.serve, options=options
+            )
+            (tmp / "catalogue").mkdir()
+            items = dataset.items.copy()
+            items["upload_time"] = format_time(items["upload_time"].to_numpy())
+            items.to_csv(tmp / "catalogue" / "items.csv", index=False)
+            np.save(tmp / "catalogue" / "item_vectors.npy", vectors.astype(np.float32))
+            write_purchases_csv(tmp / "catalogue" / "purchases.csv", dataset.purchases)
+            save_towers(tmp, item_tower, user_tower, MODEL_PREFIX)
+            if nearest is not None:
+                nearest.save(tmp / MODEL_DIR)
+                np.save(tmp / "catalogue" / "match_vectors.npy", match_vectors)
+            for matrix in matrices:
+                matrix.save(tmp / MODEL_DIR)
+            if searcher is not None:
+                searcher.save(tmp / SEARCHER_DIR)
+            if match_searcher is not None:
+                match_searcher.save(tmp / MATCH_SEARCHER_DIR)
+            manifest = {
+                "format": FORMAT_VERSION,
+                "version": version,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "run": str(run_dir.resolve()),
+                "dataset": dataset.location,
+                "data_fingerprint": summary["data_fingerprint"],
+                "config": config.to_dict(),
+                "training": {
+                    **{
+                        k: summary[k]
+                        for k in ("best_epoch", "best_validation", "epochs_run", "seconds")
+                    },
+                    "artist_prior_weight": summary.get("artist_prior", {}).get("weight"),
+                },
+                "catalogue": {
+                    "items": int(dataset.n_items),
+                    "feature_dim": int(item_tower.feature_dim),
+                    "vector_dim": int(vectors.shape[1]),
+                },
+                "index": {
+                    **_index_description(settings, dataset.n_items, apart),
+                    "settings": index_settings(settings),
+                    "prior_rows_apart": int(apart),
+                    "recall_at_10": round(recall, 4),
+                    "serving_recall_at_10": round(serving_recall, 4),
+                    "recall_queries": len(profiles),
+                },
+                "nearest_purchase": (
+                    None
+                    if nearest is None
+                    else {
+                        "weight": nearest.weight,
+                        "mean_weight": nearest.mean_weight,
+                        "popularity_weight": nearest.popularity_weight,
+                        "copurchase_weight": nearest.copurchase_weight,
+                        "freshness_weight": nearest.freshness_weight,
+                        "freshness_days": nearest.freshness_days,
+                        "era_weight": nearest.era_weight,
+                        "era_days": nearest.era_days,
+                        "ease_weight": nearest.ease_weight,
+                        "dim": nearest.dim,
+                    }
+                ),
+                "uses_ids": item_tower.uses_ids,
+                "tensorflow": tf.__version__,
+                "files": file_digests(tmp),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        return out / str(version)

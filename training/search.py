@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 import yaml
 
-from training.atomic import check_run_directory, write_text_atomic
+from training.atomic import check_run_directory, directory_lock, write_text_atomic
 from training.config import TrainConfig
 from training.data.dataset import Dataset
 from training.distributed import Workers
@@ -171,6 +171,18 @@ def search(
         raise ValueError(f"--trials must be >= 1, got {trials}")
     check_run_directory(run_dir, resume=resume)
     require_validation_tests(dataset, training_split(dataset)[1])  # before anything is written
+    busy = f"{run_dir} is being searched by another process: wait for it, or choose another --out"
+    with directory_lock(run_dir, wait=False, busy=busy):
+        return _search_locked(
+            dataset, base, run_dir, trials, budget_s, resume, progress, space, workers
+        )
+
+
+def _search_locked(
+    dataset, base, run_dir, trials, budget_s, resume, progress, space, workers
+) -> dict:
+    """`search`, with the run directory locked to this process."""
+    check_run_directory(run_dir, resume=resume)  # another process may have filled it meanwhile
     run_dir.mkdir(parents=True, exist_ok=True)
     base = adapt_to_data(base, dataset)
     space = space_for(dataset) if space is None else space

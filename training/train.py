@@ -33,7 +33,7 @@ import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
-from training.atomic import check_run_directory, write_text_atomic
+from training.atomic import check_run_directory, directory_lock, write_text_atomic
 from training.calibration import calibrate_artist_prior, calibrate_terms, uses_terms, validate
 from training.config import TrainConfig
 from training.data.dataset import Dataset
@@ -173,11 +173,24 @@ def train(
     `workers`: this process is one of several (training/distributed.py): the model lives in
     their strategy's scope and each fits its share of every batch."""
     run_dir = Path(run_dir)
+    check_run_directory(run_dir, resume=resume or _unstarted(run_dir))  # before the lock
+    with directory_lock(run_dir, wait=False, busy=_busy(run_dir)):
+        return _train_locked(dataset, config, run_dir, resume, progress, on_epoch, workers)
+
+
+def _busy(run_dir: Path) -> str:
+    return f"{run_dir} is being trained by another process: wait for it, or choose another --out"
+
+
+def _train_locked(dataset, config, run_dir, resume, progress, on_epoch, workers) -> TrainResult:
+    """`train`, with the run directory locked to this process (another one training into it
+    would mix checkpoints; one starting it again would delete what this one writes)."""
     started = time.perf_counter()
     if _unstarted(run_dir):  # nothing to resume, nothing to keep: it starts again
         logger.warning("%s recorded no epoch (stopped before its first checkpoint): starting "
                        "it again", run_dir)  # fmt: skip
-        shutil.rmtree(run_dir)
+        for entry in run_dir.iterdir():  # the directory stays: this process holds its lock
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         resume = False
     check_run_directory(run_dir, resume=resume)  # the cheap refusal before hashing the data
     fingerprint = data_fingerprint(dataset)

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds  # ~0.5 s; tensorflow itself is imported on first use
 
+from training.atomic import directory_lock
 from training.data.columns import (
     DatasetError,
     lookup_items,
@@ -222,32 +223,36 @@ def publish(native_dir: Path | str, *, name: str, data_dir: Path | str) -> str:
     native_dir, data_dir = Path(native_dir), Path(data_dir)
     dataset = load_dataset(native_dir, mmap=True)  # bad data fails here, before any write
     dims = _dims(dataset)
-    existing = [str(p) for t in TABLES if (p := _table_dir(data_dir, name, t)).exists()]
-    if existing:
-        raise FileExistsError(
-            f"{BUILDER}/{name}:{FORMAT_VERSION} is already published under {data_dir} (published "
-            f"datasets do not change: choose another name, or delete {', '.join(existing)})"
+    # one publisher at a time under a data directory: two of one name would race to rename
+    # their tables into place (the second waits, then is told the name is taken)
+    with directory_lock(data_dir, wait=True):
+        existing = [str(p) for t in TABLES if (p := _table_dir(data_dir, name, t)).exists()]
+        if existing:
+            raise FileExistsError(
+                f"{BUILDER}/{name}:{FORMAT_VERSION} is already published under {data_dir} "
+                "(published datasets do not change: choose another name, or delete "
+                f"{', '.join(existing)})"
+            )
+        data_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{BUILDER}-{name}.tmp-", dir=data_dir))
+        download_config = tfds.download.DownloadConfig(
+            manual_dir=os.fspath(native_dir), try_download_gcs=False
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{BUILDER}-{name}.tmp-", dir=data_dir))
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=os.fspath(native_dir), try_download_gcs=False
-    )
-    try:
-        tables = [table for table in TABLES if table in dims]
-        for table in tables:
-            config = CuratorConfig(name=f"{name}-{table}", table=table, dim=dims[table])
-            with _quiet():
-                builder = CuratorDataset(config=config, data_dir=staging)
-                builder.download_and_prepare(
-                    download_dir=staging / "downloads", download_config=download_config
-                )
-        for table in tables:
-            target = _table_dir(data_dir, name, table)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(_table_dir(staging, name, table), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            tables = [table for table in TABLES if table in dims]
+            for table in tables:
+                config = CuratorConfig(name=f"{name}-{table}", table=table, dim=dims[table])
+                with _quiet():
+                    builder = CuratorDataset(config=config, data_dir=staging)
+                    builder.download_and_prepare(
+                        download_dir=staging / "downloads", download_config=download_config
+                    )
+            for table in tables:
+                target = _table_dir(data_dir, name, table)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(_table_dir(staging, name, table), target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return f"{BUILDER}/{name}:{FORMAT_VERSION}"
 
 
