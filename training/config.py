@@ -201,6 +201,11 @@ class TrainConfig:
                 raise ValueError(
                     f"config field {name!r} must be {expected}, got {getattr(self, name)!r}"
                 )
+        if self.item_hidden[-1] != self.user_hidden[-1]:  # scores are their dot products
+            raise ValueError(
+                f"config: item_hidden ends in {self.item_hidden[-1]} units and user_hidden in "
+                f"{self.user_hidden[-1]}: both towers must end in the same width"
+            )
         if (self.hybrid or self.artist_embedding) and self.loss == "bpr":
             raise ValueError(
                 "config: hybrid and artist_embedding towers are trained with the softmax loss only"

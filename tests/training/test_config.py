@@ -41,6 +41,9 @@ from training.config import load_config
                                      "'history': 'abc'"),
         ("policies: {history: 1.7}", "config field 'policies' must be a mapping"),
         ("1: 2", "unknown config field(s) ['1']"),
+        # once a 40-line TensorFlow error in epoch 1
+        ("item_hidden: [64]", "config: item_hidden ends in 64 units and user_hidden in 200: "
+                              "both towers must end in the same width"),
     ],
 )  # fmt: skip
 def test_a_bad_field_is_refused_naming_the_file_and_field(tmp_path, line, message):
